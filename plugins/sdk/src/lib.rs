@@ -41,6 +41,8 @@
 
 pub mod form;
 pub mod json;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
@@ -87,6 +89,38 @@ impl Request {
         let value = self.header("content-type")?;
         let media = value.split(';').next().unwrap_or("").trim();
         Some(media.to_ascii_lowercase())
+    }
+
+    /// The checks every converter makes before parsing, in the spec's order:
+    /// `empty_body`, `payload_too_large` (over [`MAX_BODY_BYTES`]),
+    /// `unsupported_content_type` (the media type, parameters ignored, must
+    /// be `media_type`), `invalid_encoding` (the body must be UTF-8). Returns
+    /// the body as text.
+    pub fn body_text(&self, media_type: &str) -> Result<&str, ConvertError> {
+        if self.body.is_empty() {
+            return Err(ConvertError::new(ErrorKind::EmptyBody, "empty body"));
+        }
+        if self.body.len() > MAX_BODY_BYTES {
+            return Err(ConvertError::new(
+                ErrorKind::PayloadTooLarge,
+                "body over 1 MiB",
+            ));
+        }
+        let actual = self
+            .header("content-type")
+            .map(|v| v.split(';').next().unwrap_or("").trim());
+        if !actual.is_some_and(|a| a.eq_ignore_ascii_case(media_type)) {
+            return Err(ConvertError::new(
+                ErrorKind::UnsupportedContentType,
+                format!("content-type must be {media_type}"),
+            ));
+        }
+        std::str::from_utf8(&self.body).map_err(|e| {
+            ConvertError::new(
+                ErrorKind::InvalidEncoding,
+                format!("body is not UTF-8 (byte {})", e.valid_up_to()),
+            )
+        })
     }
 }
 
@@ -286,6 +320,17 @@ impl ConvertError {
     }
 }
 
+impl ConvertError {
+    /// Of several faults found in one request, the one the spec reports: the
+    /// earliest kind in [`ErrorKind`]'s order (the first given among equals).
+    /// `None` when there are none.
+    pub fn earliest(errors: impl IntoIterator<Item = ConvertError>) -> Option<ConvertError> {
+        errors
+            .into_iter()
+            .reduce(|a, b| if b.kind < a.kind { b } else { a })
+    }
+}
+
 impl std::fmt::Display for ConvertError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.kind.as_str(), self.message)
@@ -414,4 +459,43 @@ pub fn log(level: Level, message: &str) {
     guest::log(level, message);
     #[cfg(not(target_arch = "wasm32"))]
     let _ = (level, message);
+}
+
+/// Export a [`Converter`] as the component's `converter` interface:
+///
+/// ```ignore
+/// hermes_converter_sdk::export_converter!(MyConverter);
+/// ```
+///
+/// On native targets the macro expands to nothing (the glue lives in the
+/// wasm32-only `guest` module), so the same crate builds
+/// as a plain library for unit tests.
+#[macro_export]
+macro_rules! export_converter {
+    ($converter:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct __HermesConverterExport;
+
+            impl $crate::guest::exports::hermes::converter::converter::Guest
+                for __HermesConverterExport
+            {
+                fn describe() -> $crate::guest::hermes::converter::types::PluginInfo {
+                    $crate::guest::describe::<$converter>()
+                }
+                fn tenant_of(
+                    req: $crate::guest::hermes::converter::types::Request,
+                ) -> ::core::option::Option<::std::string::String> {
+                    $crate::guest::tenant_of::<$converter>(req)
+                }
+                fn convert(
+                    req: $crate::guest::hermes::converter::types::Request,
+                ) -> $crate::guest::hermes::converter::types::Outcome {
+                    $crate::guest::convert::<$converter>(req)
+                }
+            }
+
+            $crate::guest::__export_converter_plugin!(__HermesConverterExport with_types_in $crate::guest);
+        };
+    };
 }

@@ -1,0 +1,267 @@
+//! The `exec:COMMAND` backend: one `sh -c COMMAND` per turn.
+//!
+//! The child gets one JSON line `{"session_key", "event"}` (the event in its
+//! wire form, relay-contract §5.1) on stdin, then EOF; its stdout, minus one
+//! trailing newline, is the reply. A non-zero exit is an error.
+//!
+//! The child runs in its own process group and the whole group is killed on
+//! cancel, on timeout and when the turn's future is dropped: `sh -c 'sleep 30'`
+//! forks `sleep`, and killing only `sh` would leave `sleep` running (holding
+//! the stdout pipe open, so the turn would not even end).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use rustix::process::{Pid, Signal, kill_process_group};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use super::{Agent, AgentError, TurnInput};
+
+/// Most stdout bytes kept as the reply; the rest is read and discarded so the
+/// child never blocks on a full pipe.
+const MAX_REPLY_BYTES: usize = 1 << 20;
+/// Most stderr bytes kept for the error message (the end of it).
+const MAX_STDERR_BYTES: usize = 2048;
+
+/// Runs a shell command per turn.
+#[derive(Debug, Clone)]
+pub struct ExecAgent {
+    command: String,
+    timeout: Duration,
+}
+
+impl ExecAgent {
+    /// `command` is run with `sh -c`; a turn taking longer than `timeout` is killed.
+    pub fn new(command: String, timeout: Duration) -> Self {
+        Self { command, timeout }
+    }
+}
+
+/// A spawned child whose process group is killed when this is dropped,
+/// unless the child was reaped after exiting by itself.
+struct GroupChild {
+    child: Child,
+    pgid: Option<Pid>,
+}
+
+impl GroupChild {
+    fn kill_group(&mut self) {
+        // The leader is not reaped yet, so its pid (= the group id) cannot
+        // have been reused: the signal reaches only this turn's processes.
+        if let Some(pgid) = self.pgid.take() {
+            let _ = kill_process_group(pgid, Signal::KILL);
+        }
+        let _ = self.child.start_kill();
+    }
+}
+
+impl Drop for GroupChild {
+    fn drop(&mut self) {
+        self.kill_group();
+    }
+}
+
+async fn read_bounded<R: AsyncRead + Unpin>(mut reader: R, limit: usize, keep_tail: bool) -> std::io::Result<Vec<u8>> {
+    let mut kept = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = reader.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(kept);
+        }
+        let data = chunk.get(..n).unwrap_or_default();
+        kept.extend_from_slice(data);
+        if kept.len() > limit {
+            if keep_tail {
+                let excess = kept.len() - limit;
+                kept.drain(..excess);
+            } else {
+                kept.truncate(limit);
+            }
+        }
+    }
+}
+
+impl ExecAgent {
+    async fn run(&self, turn: &TurnInput) -> Result<String, AgentError> {
+        let mut line = serde_json::to_vec(&serde_json::json!({
+            "session_key": turn.session_key.as_str(),
+            "event": &turn.event,
+        }))
+        .map_err(|e| AgentError::Io(std::io::Error::other(e)))?;
+        line.push(b'\n');
+
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(&self.command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()?;
+        let pgid = child.id().and_then(|id| i32::try_from(id).ok()).and_then(Pid::from_raw);
+        let mut stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let mut guard = GroupChild { child, pgid };
+
+        // Feed stdin while draining the outputs: a large event must not
+        // deadlock against a child that writes before it reads.
+        let feed = async {
+            if let Some(mut stdin) = stdin.take() {
+                // A child that exits without reading its input is not an error.
+                let _ = stdin.write_all(&line).await;
+                let _ = stdin.shutdown().await;
+            }
+        };
+        let out = async {
+            match stdout {
+                Some(s) => read_bounded(s, MAX_REPLY_BYTES, false).await,
+                None => Ok(Vec::new()),
+            }
+        };
+        let err = async {
+            match stderr {
+                Some(s) => read_bounded(s, MAX_STDERR_BYTES, true).await,
+                None => Ok(Vec::new()),
+            }
+        };
+        let ((), out, err) = tokio::join!(feed, out, err);
+        let status = guard.child.wait().await?;
+        // Reaped: its pid may be reused from now on, so never signal the group again.
+        guard.pgid = None;
+        let out = out?;
+        let err = err.unwrap_or_default();
+        if !status.success() {
+            return Err(AgentError::Exit {
+                status: status.to_string(),
+                stderr: String::from_utf8_lossy(&err).trim().to_owned(),
+            });
+        }
+        let mut reply = String::from_utf8_lossy(&out).into_owned();
+        if reply.ends_with('\n') {
+            reply.pop();
+            if reply.ends_with('\r') {
+                reply.pop();
+            }
+        }
+        Ok(reply)
+    }
+}
+
+impl Agent for ExecAgent {
+    async fn respond(&self, turn: &TurnInput, cancel: CancellationToken) -> Result<String, AgentError> {
+        // Dropping `run` drops its `GroupChild`, which kills the group.
+        tokio::select! {
+            result = self.run(turn) => result,
+            () = cancel.cancelled() => Err(AgentError::Cancelled),
+            () = tokio::time::sleep(self.timeout) => Err(AgentError::TimedOut(self.timeout)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hermes_protocol::event::MessageEvent;
+    use hermes_protocol::session::SessionKey;
+    use std::time::Instant;
+
+    fn turn(text: &str) -> TurnInput {
+        let mut event = MessageEvent { text: text.to_owned(), ..MessageEvent::default() };
+        event.source.chat_id = "c1".to_owned();
+        TurnInput { session_key: SessionKey::from_wire("agent:main:relay:dm:c1".to_owned()), event }
+    }
+
+    #[tokio::test]
+    async fn cat_echoes_the_json_line_minus_its_newline() {
+        let agent = ExecAgent::new("cat".into(), Duration::from_secs(10));
+        let input = turn("hi there");
+        let reply = agent.respond(&input, CancellationToken::new()).await.expect("cat succeeds");
+        let v: serde_json::Value = serde_json::from_str(&reply).expect("stdin was one JSON object");
+        assert_eq!(v["session_key"], "agent:main:relay:dm:c1");
+        assert_eq!(v["event"], serde_json::to_value(&input.event).expect("event serializes"));
+        assert!(!reply.ends_with('\n'), "one trailing newline trimmed");
+    }
+
+    #[tokio::test]
+    async fn non_zero_exit_is_an_error_with_stderr() {
+        let agent = ExecAgent::new("echo boom >&2; exit 3".into(), Duration::from_secs(10));
+        let err = agent.respond(&turn("x"), CancellationToken::new()).await.expect_err("exit 3 fails");
+        match err {
+            AgentError::Exit { status, stderr } => {
+                assert!(status.contains('3'), "status names the code: {status}");
+                assert_eq!(stderr, "boom");
+            }
+            other => panic!("expected an exit error, got {other:?}"),
+        }
+    }
+
+    /// Whether any live (non-zombie) process is in group `pgid`. Read from
+    /// /proc rather than probed with signal 0, which also "finds" zombies that
+    /// a container's init may never reap.
+    fn group_alive(pgid: i32) -> bool {
+        let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+        entries.flatten().any(|entry| {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { return false };
+            // After the parenthesised command name: state, ppid, pgrp, ...
+            let Some((_, rest)) = stat.rsplit_once(')') else { return false };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let state = fields.first().copied().unwrap_or("Z");
+            let pgrp = fields.get(2).and_then(|f| f.parse::<i32>().ok());
+            pgrp == Some(pgid) && state != "Z" && state != "X"
+        })
+    }
+
+    async fn wait_for_pid_file(path: &std::path::Path) -> i32 {
+        loop {
+            if let Ok(s) = tokio::fs::read_to_string(path).await
+                && let Ok(pid) = s.trim().parse::<i32>()
+            {
+                return pid;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn cancel_kills_the_whole_group() {
+        let dir = std::env::temp_dir().join(format!("hermes-exec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let pid_file = dir.join("cancel.pid");
+        let _ = std::fs::remove_file(&pid_file);
+        // `$$` is the shell, which leads the new group; `sleep` is its child.
+        let agent = ExecAgent::new(format!("echo $$ > {}; sleep 30", pid_file.display()), Duration::from_secs(60));
+        let cancel = CancellationToken::new();
+        let input = turn("x");
+        let started = Instant::now();
+        let turn_fut = agent.respond(&input, cancel.clone());
+        let canceller = async {
+            let pgid = wait_for_pid_file(&pid_file).await;
+            cancel.cancel();
+            pgid
+        };
+        let (result, pgid) = tokio::join!(turn_fut, canceller);
+        assert!(matches!(result, Err(AgentError::Cancelled)), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(10), "cancel returned promptly");
+        // SIGKILL delivery is asynchronous; the group disappears once reaped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while group_alive(pgid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!group_alive(pgid), "sleep in group {pgid} still alive after cancel");
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_turn() {
+        let agent = ExecAgent::new("sleep 30".into(), Duration::from_millis(200));
+        let started = Instant::now();
+        let result = agent.respond(&turn("x"), CancellationToken::new()).await;
+        assert!(matches!(result, Err(AgentError::TimedOut(_))), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}

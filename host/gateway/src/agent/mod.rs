@@ -1,0 +1,222 @@
+//! Agent backends: what answers a turn.
+//!
+//! An agent gets the session key and the event of one turn plus a
+//! [`CancellationToken`], and returns the reply text. Cancellation must really
+//! stop the work: the `exec` backend kills the child's whole process group,
+//! the `openai` backend drops the HTTP stream.
+//!
+//! Backends are chosen with a spec string (`cli.md`, `--agent`):
+//!
+//! | spec | backend |
+//! | --- | --- |
+//! | `echo` | [`EchoAgent`]: replies exactly the event text, `(empty)` for none |
+//! | `exec:COMMAND` | [`ExecAgent`]: `sh -c COMMAND` per turn, JSON on stdin, stdout is the reply |
+//! | `openai:BASE_URL` | [`OpenAiAgent`]: streaming chat completions with per-session history |
+
+mod echo;
+mod exec;
+mod openai;
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use hermes_protocol::event::MessageEvent;
+use hermes_protocol::session::SessionKey;
+use tokio_util::sync::CancellationToken;
+
+pub use echo::EchoAgent;
+pub use exec::ExecAgent;
+pub use openai::{OpenAiAgent, OpenAiOptions};
+
+/// Everything an agent needs to answer one turn.
+#[derive(Debug, Clone)]
+pub struct TurnInput {
+    /// The session the turn belongs to (relay-contract §5.3).
+    pub session_key: SessionKey,
+    /// The user's message.
+    pub event: MessageEvent,
+}
+
+/// Why an agent produced no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The turn was cancelled (interrupt, `/stop`, drain). No reply is sent.
+    #[error("turn cancelled")]
+    Cancelled,
+    /// The agent did not finish within the turn timeout.
+    #[error("agent timed out after {0:?}")]
+    TimedOut(Duration),
+    /// The `exec` command could not be started or talked to.
+    #[error("agent command failed to run: {0}")]
+    Io(#[from] std::io::Error),
+    /// The `exec` command exited unsuccessfully.
+    #[error("agent command exited with {status}{}", stderr_suffix(.stderr))]
+    Exit {
+        /// The exit status as the OS reports it.
+        status: String,
+        /// The end of what the command wrote to stderr, if anything.
+        stderr: String,
+    },
+    /// The chat-completions request failed before or during the response.
+    #[error("chat completion request failed: {0}")]
+    Http(String),
+    /// The chat-completions server answered with an error status.
+    #[error("chat completion server answered {status}: {body}")]
+    Status {
+        /// HTTP status code.
+        status: u16,
+        /// The start of the response body.
+        body: String,
+    },
+    /// The stream carried something that is not a chat-completion chunk.
+    #[error("chat completion stream malformed: {0}")]
+    Stream(String),
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    if stderr.is_empty() { String::new() } else { format!(": {stderr}") }
+}
+
+/// Something that answers turns.
+///
+/// Implementations must return promptly once `cancel` fires, having stopped
+/// every side effect of the turn.
+pub trait Agent: Send + Sync + 'static {
+    /// Produces the reply text for `turn`.
+    fn respond(
+        &self,
+        turn: &TurnInput,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = Result<String, AgentError>> + Send;
+}
+
+/// A parsed `--agent` spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentSpec {
+    /// `echo`.
+    Echo,
+    /// `exec:COMMAND`; the command is run through `sh -c`.
+    Exec(String),
+    /// `openai:BASE_URL`; the base URL of an OpenAI-compatible API (e.g. `http://host/v1`).
+    OpenAi(String),
+}
+
+/// Why an `--agent` spec was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentSpecError {
+    /// The spec names no known backend.
+    #[error("unknown agent `{0}`: expected `echo`, `exec:COMMAND` or `openai:BASE_URL`")]
+    Unknown(String),
+    /// `exec:` with nothing to run.
+    #[error("`exec:` needs a command, e.g. `exec:./my-agent.sh`")]
+    EmptyCommand,
+    /// `openai:` with no http(s) base URL.
+    #[error("`openai:` needs an http:// or https:// base URL, got `{0}`")]
+    BadBaseUrl(String),
+}
+
+impl FromStr for AgentSpec {
+    type Err = AgentSpecError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let spec = spec.trim();
+        if spec == "echo" {
+            return Ok(AgentSpec::Echo);
+        }
+        if let Some(command) = spec.strip_prefix("exec:") {
+            if command.trim().is_empty() {
+                return Err(AgentSpecError::EmptyCommand);
+            }
+            return Ok(AgentSpec::Exec(command.to_owned()));
+        }
+        if let Some(url) = spec.strip_prefix("openai:") {
+            let url = url.trim();
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len() {
+                return Err(AgentSpecError::BadBaseUrl(url.to_owned()));
+            }
+            return Ok(AgentSpec::OpenAi(url.trim_end_matches('/').to_owned()));
+        }
+        Err(AgentSpecError::Unknown(spec.to_owned()))
+    }
+}
+
+/// Settings shared by the backends built from a spec.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Upper bound on one `exec` turn; the child is killed after it.
+    pub turn_timeout: Duration,
+    /// Model name for `openai:` (`--model`).
+    pub model: String,
+    /// Bearer key for `openai:` (`OPENAI_API_KEY`); no header when absent.
+    pub api_key: Option<String>,
+    /// Messages of history kept per session for `openai:`.
+    pub history_messages: usize,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            turn_timeout: Duration::from_secs(300),
+            model: "gpt-4o-mini".to_owned(),
+            api_key: None,
+            history_messages: 20,
+        }
+    }
+}
+
+/// One of the built-in backends, chosen at start from a spec.
+///
+/// An enum rather than a trait object: the set is closed and the session
+/// layer stays generic over [`Agent`] without boxing futures.
+#[derive(Debug)]
+pub enum AgentBackend {
+    /// See [`EchoAgent`].
+    Echo(EchoAgent),
+    /// See [`ExecAgent`].
+    Exec(ExecAgent),
+    /// See [`OpenAiAgent`].
+    OpenAi(OpenAiAgent),
+}
+
+impl AgentBackend {
+    /// Builds the backend `spec` names.
+    pub fn from_spec(spec: &AgentSpec, options: &AgentOptions) -> Result<Self, AgentError> {
+        Ok(match spec {
+            AgentSpec::Echo => AgentBackend::Echo(EchoAgent),
+            AgentSpec::Exec(command) => AgentBackend::Exec(ExecAgent::new(command.clone(), options.turn_timeout)),
+            AgentSpec::OpenAi(base_url) => AgentBackend::OpenAi(OpenAiAgent::new(OpenAiOptions {
+                base_url: base_url.clone(),
+                model: options.model.clone(),
+                api_key: options.api_key.clone(),
+                history_messages: options.history_messages,
+                ..OpenAiOptions::default()
+            })?),
+        })
+    }
+}
+
+impl Agent for AgentBackend {
+    async fn respond(&self, turn: &TurnInput, cancel: CancellationToken) -> Result<String, AgentError> {
+        match self {
+            AgentBackend::Echo(a) => a.respond(turn, cancel).await,
+            AgentBackend::Exec(a) => a.respond(turn, cancel).await,
+            AgentBackend::OpenAi(a) => a.respond(turn, cancel).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_strings_parse_as_cli_md_says() {
+        assert_eq!("echo".parse(), Ok(AgentSpec::Echo));
+        assert_eq!("exec:cat -n".parse(), Ok(AgentSpec::Exec("cat -n".into())));
+        assert_eq!("openai:http://127.0.0.1:8080/v1/".parse(), Ok(AgentSpec::OpenAi("http://127.0.0.1:8080/v1".into())));
+        assert_eq!("exec:  ".parse::<AgentSpec>(), Err(AgentSpecError::EmptyCommand));
+        assert!(matches!("openai:ftp://x".parse::<AgentSpec>(), Err(AgentSpecError::BadBaseUrl(_))));
+        assert!(matches!("gpt".parse::<AgentSpec>(), Err(AgentSpecError::Unknown(_))));
+    }
+}

@@ -1,0 +1,224 @@
+//! The gateway loop: relay items in, turns out, graceful drain at the end.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use hermes_transport::InboundItem;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::agent::Agent;
+use crate::egress::{Converted, Converter, Relay};
+use crate::metrics::{EventDrop, ForwardDrop, Metrics};
+use crate::session::{DrainOutcome, Incoming, SessionConfig, Sessions};
+
+/// Settings of the gateway loop.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Queues, bounds and session-key settings.
+    pub sessions: SessionConfig,
+    /// How long to wait for `going_idle_ack` on shutdown (relay-contract §7.3).
+    pub going_idle_timeout: Duration,
+    /// How long running and queued turns may take to finish on shutdown
+    /// before they are cancelled.
+    pub drain_grace: Duration,
+    /// Forwards being converted at once. Results are handed to the sessions
+    /// in arrival order whatever order the conversions finish in.
+    pub conversions_in_flight: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            sessions: SessionConfig::default(),
+            going_idle_timeout: Duration::from_secs(10),
+            drain_grace: Duration::from_secs(30),
+            conversions_in_flight: 8,
+        }
+    }
+}
+
+/// Why [`Gateway::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    /// Shutdown was requested and the drain completed.
+    Shutdown(DrainOutcome),
+    /// The connector revoked access (exit code 4).
+    Revoked,
+    /// The link ended without a shutdown request (its inbound channel closed).
+    LinkClosed,
+}
+
+/// Composes the relay link, the converters, the session layer and an agent.
+#[derive(Debug)]
+pub struct Gateway {
+    config: GatewayConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    /// A gateway with `config`, counting into `metrics` (keep a clone for `/metrics`).
+    pub fn new(config: GatewayConfig, metrics: Arc<Metrics>) -> Self {
+        Self { config, metrics }
+    }
+
+    /// Serves `inbound` until `shutdown` fires or the link ends.
+    ///
+    /// Events go straight to their sessions; forwards are converted first
+    /// (up to `conversions_in_flight` at once) and a forward that yields no
+    /// event is counted and its `bufferId` acked as a deliberate drop;
+    /// interrupts cancel their session's turn. On shutdown: `going_idle`
+    /// while inbound keeps being served, then no new turns, then running
+    /// turns get `drain_grace` before they are cancelled, then the link closes.
+    pub async fn run<R, C, A>(
+        self,
+        relay: R,
+        mut inbound: mpsc::Receiver<InboundItem>,
+        converter: C,
+        agent: A,
+        shutdown: CancellationToken,
+    ) -> ExitReason
+    where
+        R: Relay + Clone,
+        C: Converter,
+        A: Agent,
+    {
+        let sessions = Sessions::new(relay.clone(), agent, self.config.sessions.clone(), Arc::clone(&self.metrics));
+        let cap = self.config.conversions_in_flight.max(1);
+        let mut conversions = FuturesOrdered::new();
+        let convert = |forward: hermes_protocol::forward::PassthroughForward, buffer_id: Option<String>| {
+            let converter = &converter;
+            async move { (converter.convert(&forward).await, buffer_id) }
+        };
+
+        // Serving. The `inbound` branch is disabled while the conversion
+        // window is full, which backpressures the link instead of buffering.
+        let link_ended = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break false,
+                Some(done) = conversions.next(), if !conversions.is_empty() => self.hand_off(&sessions, done).await,
+                item = inbound.recv(), if conversions.len() < cap => match item {
+                    Some(InboundItem::Forward { forward, buffer_id }) => {
+                        if let Some((forward, buffer_id)) = self.forward_in(&sessions, forward, buffer_id).await {
+                            conversions.push_back(convert(forward, buffer_id));
+                        }
+                    }
+                    Some(item) => self.handle(&sessions, item).await,
+                    None => break true,
+                },
+            }
+        };
+        // Whatever was being converted is handed off before we stop.
+        while let Some(done) = conversions.next().await {
+            self.hand_off(&sessions, done).await;
+        }
+
+        if link_ended {
+            let revoked = relay.is_revoked();
+            let outcome = sessions.drain(self.config.drain_grace).await;
+            info!(revoked, ?outcome, "relay link ended");
+            return if revoked { ExitReason::Revoked } else { ExitReason::LinkClosed };
+        }
+
+        // Draining (relay-contract §7.3): keep serving inbound that races
+        // `going_idle` until the connector acknowledges it.
+        info!("shutdown: asking the connector to buffer for us");
+        {
+            let mut idle = pin!(relay.going_idle(self.config.going_idle_timeout));
+            loop {
+                tokio::select! {
+                    biased;
+                    () = &mut idle => break,
+                    item = inbound.recv() => match item {
+                        Some(InboundItem::Forward { forward, buffer_id }) => {
+                            if let Some((forward, buffer_id)) = self.forward_in(&sessions, forward, buffer_id).await {
+                                self.hand_off(&sessions, convert(forward, buffer_id).await).await;
+                            }
+                        }
+                        Some(item) => self.handle(&sessions, item).await,
+                        None => {
+                            idle.as_mut().await;
+                            break;
+                        }
+                    },
+                }
+            }
+        }
+        let outcome = sessions.drain(self.config.drain_grace).await;
+        info!(?outcome, "turns drained; closing the link");
+        relay.close().await;
+        if relay.is_revoked() { ExitReason::Revoked } else { ExitReason::Shutdown(outcome) }
+    }
+
+    /// Counts a forward and filters replays of a delivery already handled
+    /// (they are acked again and not converted twice).
+    async fn forward_in<E: crate::Egress, A: Agent>(
+        &self,
+        sessions: &Sessions<E, A>,
+        forward: hermes_protocol::forward::PassthroughForward,
+        buffer_id: Option<String>,
+    ) -> Option<(hermes_protocol::forward::PassthroughForward, Option<String>)> {
+        self.metrics.forward_in();
+        if let Some(id) = buffer_id.as_deref()
+            && sessions.seen_recently(id)
+        {
+            self.metrics.event_dropped(EventDrop::Duplicate);
+            debug!(buffer_id = id, "replayed forward already handled; acking again");
+            sessions.egress().ack(id).await;
+            return None;
+        }
+        Some((forward, buffer_id))
+    }
+
+    async fn handle<E: crate::Egress, A: Agent>(&self, sessions: &Sessions<E, A>, item: InboundItem) {
+        match item {
+            InboundItem::Event { event, buffer_id } => {
+                self.metrics.event_in();
+                sessions.submit(vec![Incoming::inbound(event)], buffer_id.as_deref()).await;
+            }
+            InboundItem::Interrupt { session_key, chat_id } => sessions.interrupt(&session_key, &chat_id),
+            InboundItem::Forward { .. } => {
+                // Forwards are converted by the caller; reaching here is a bug
+                // in this loop, not in the input. Dropping unacked lets the
+                // connector redeliver.
+                warn!("forward reached the event path; not handled");
+            }
+            InboundItem::Dropped { buffer_id, error } => {
+                self.metrics.event_dropped(EventDrop::Undecodable);
+                warn!(buffer_id, %error, "undecodable buffered delivery dropped; acking so it is not redelivered");
+                sessions.egress().ack(&buffer_id).await;
+            }
+        }
+    }
+
+    async fn hand_off<E: crate::Egress, A: Agent>(
+        &self,
+        sessions: &Sessions<E, A>,
+        (converted, buffer_id): (Converted, Option<String>),
+    ) {
+        let buffer_id = buffer_id.as_deref();
+        match converted {
+            Converted::Events(events) => {
+                self.metrics.forward_converted();
+                sessions.submit(events, buffer_id).await;
+            }
+            Converted::Dropped { reason, detail } => {
+                self.metrics.forward_dropped(reason);
+                match reason {
+                    ForwardDrop::Ignored => debug!(buffer_id, detail, "forward ignored by its converter"),
+                    ForwardDrop::Rejected | ForwardDrop::Failed => {
+                        warn!(buffer_id, detail, ?reason, "forward dropped")
+                    }
+                }
+                if let Some(id) = buffer_id {
+                    sessions.egress().ack(id).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! Sessions and turns.
+//!
+//! Every event is keyed by its session key (relay-contract §5.3). A session
+//! runs at most one turn at a time; further messages wait in a bounded FIFO.
+//! A session with work has exactly one worker task, which takes a slot from a
+//! gateway-wide semaphore for each turn, drains the session's queue and exits
+//! when it is empty; idle sessions cost nothing. Each running turn has its own
+//! [`CancellationToken`], so an interrupt stops exactly that turn.
+//!
+//! Buffered deliveries are acked only after every event they carried is in a
+//! queue (or deliberately dropped), and a bounded memory of recent
+//! `bufferId`s keeps a replay after a reconnect from running twice.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hermes_protocol::action::{Action, ActionResult, Metadata};
+use hermes_protocol::event::MessageEvent;
+use hermes_protocol::session::{SessionKey, SessionKeySettings, session_key};
+use hermes_protocol::split::split_message;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::agent::{Agent, AgentError, TurnInput};
+use crate::egress::Egress;
+use crate::metrics::{EventDrop, Metrics};
+use crate::recent::RecentIds;
+use crate::scope::ScopeCache;
+
+/// The text that stops the session's running turn (and is egressed as `interrupt`).
+pub const STOP_COMMAND: &str = "/stop";
+
+/// The `reason` of the `interrupt` frame egressed for a user's `/stop`.
+pub const STOP_REASON: &str = "user_stop";
+
+/// Limits and settings of the session layer.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The two session-key settings of relay-contract §5.3.
+    pub session_keys: SessionKeySettings,
+    /// Messages that may wait behind a session's running turn.
+    pub queue_per_session: usize,
+    /// Messages that may wait across all sessions.
+    pub max_queued_total: usize,
+    /// Turns that may run at the same time across all sessions.
+    pub max_concurrent_turns: usize,
+    /// How many recent `bufferId`s are remembered for de-duplication.
+    pub recent_buffer_ids: usize,
+    /// How many chats' scope and author are remembered (§5.6).
+    pub scope_chats: usize,
+    /// Upper bound on one agent call; the turn is cancelled after it.
+    pub turn_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            session_keys: SessionKeySettings::default(),
+            queue_per_session: 16,
+            max_queued_total: 4096,
+            max_concurrent_turns: 32,
+            recent_buffer_ids: 4096,
+            scope_chats: 10_000,
+            turn_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How the answer to an event goes back (a converter's reply route).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyRoute {
+    /// `send` to the event's chat with `reply_to` = the event's message id.
+    Send,
+    /// `follow_up` on a capability the connector vaulted for the session
+    /// (e.g. `discord.interaction_token`); the gateway never sees the credential.
+    FollowUp {
+        /// The capability kind.
+        kind: String,
+    },
+}
+
+/// One event on its way into a session, with how to answer it.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The user's message.
+    pub event: MessageEvent,
+    /// `send` to the chat or `follow_up` on a vaulted capability.
+    pub route: ReplyRoute,
+    /// Metadata every reply carries (scope is re-attached on top, §5.6).
+    pub metadata: Metadata,
+    /// The session namespace of a forward (its `profile`); `None` uses the
+    /// source's own `profile`.
+    pub profile: Option<String>,
+}
+
+impl Incoming {
+    /// An event from an `inbound` frame: replies are `send`s, profile from its source.
+    pub fn inbound(event: MessageEvent) -> Self {
+        Self { event, route: ReplyRoute::Send, metadata: Metadata::new(), profile: None }
+    }
+}
+
+/// What [`Sessions::submit`] did with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// Every event was queued or handled (a `/stop`); a `bufferId` was acked.
+    Accepted,
+    /// At least one event was refused because a queue was full; the delivery
+    /// was acked anyway since dropping it was deliberate.
+    Overflowed,
+    /// The `bufferId` was seen recently: acked again, nothing queued.
+    Duplicate,
+    /// The gateway is draining: nothing queued and nothing acked, so the
+    /// connector redelivers to whoever runs the session next.
+    Draining,
+}
+
+/// How [`Sessions::drain`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainOutcome {
+    /// Every queued and running turn finished within the grace period.
+    Finished,
+    /// The grace period ran out; the remaining turns were cancelled.
+    Cancelled,
+}
+
+struct Queued {
+    incoming: Incoming,
+}
+
+#[derive(Default)]
+struct Session {
+    waiting: VecDeque<Queued>,
+    /// The running turn's token, if a turn is running.
+    running: Option<CancellationToken>,
+}
+
+struct State {
+    accepting: bool,
+    sessions: HashMap<SessionKey, Session>,
+    queued_total: usize,
+    recent: RecentIds,
+}
+
+struct Inner<E, A> {
+    egress: E,
+    agent: A,
+    config: SessionConfig,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
+    scopes: Mutex<ScopeCache>,
+    turn_slots: Arc<Semaphore>,
+    /// Parent of every turn token: cancelling it stops everything (drain).
+    all_turns: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// A poisoned lock only means another task panicked mid-update; the data is
+/// plain bookkeeping that stays usable, so keep serving rather than cascade.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The session layer. Cheap to clone; clones share everything.
+pub struct Sessions<E, A> {
+    inner: Arc<Inner<E, A>>,
+}
+
+impl<E, A> Clone for Sessions<E, A> {
+    fn clone(&self) -> Self {
+        Self { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<E: Egress, A: Agent> Sessions<E, A> {
+    /// A session layer replying through `egress` with answers from `agent`.
+    pub fn new(egress: E, agent: A, config: SessionConfig, metrics: Arc<Metrics>) -> Self {
+        let state = State {
+            accepting: true,
+            sessions: HashMap::new(),
+            queued_total: 0,
+            recent: RecentIds::new(config.recent_buffer_ids),
+        };
+        let inner = Inner {
+            scopes: Mutex::new(ScopeCache::new(config.scope_chats)),
+            turn_slots: Arc::new(Semaphore::new(config.max_concurrent_turns.max(1))),
+            egress,
+            agent,
+            config,
+            metrics,
+            state: Mutex::new(state),
+            all_turns: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// The counters this layer updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The relay side this layer replies through.
+    pub fn egress(&self) -> &E {
+        &self.inner.egress
+    }
+
+    /// The session key of `incoming` under the configured settings.
+    pub fn key_of(&self, incoming: &Incoming) -> SessionKey {
+        session_key(&incoming.event.source, incoming.profile.as_deref(), &self.inner.config.session_keys)
+    }
+
+    /// Hands the events of one delivery to their sessions, then acks
+    /// `buffer_id` (relay-contract §5.4): after every event is queued, or
+    /// deliberately dropped because a queue was full. A recently seen
+    /// `buffer_id` is acked again without queueing anything. While draining
+    /// nothing is queued and nothing is acked.
+    ///
+    /// Never waits for a turn (only for the relay's writer queue); must be
+    /// called from within a tokio runtime.
+    pub async fn submit(&self, events: Vec<Incoming>, buffer_id: Option<&str>) -> Submitted {
+        let inner = &self.inner;
+        let mut stops = Vec::new();
+        let outcome = {
+            let mut state = lock(&inner.state);
+            if let Some(id) = buffer_id
+                && state.recent.contains(id)
+            {
+                inner.metrics.event_dropped(EventDrop::Duplicate);
+                debug!(buffer_id = id, "replayed delivery already handled; acking again");
+                Submitted::Duplicate
+            } else if !state.accepting {
+                for _ in &events {
+                    inner.metrics.event_dropped(EventDrop::Draining);
+                }
+                info!(buffer_id, "draining: delivery not taken and not acked; the connector redelivers it");
+                return Submitted::Draining;
+            } else {
+                let mut outcome = Submitted::Accepted;
+                for incoming in events {
+                    let key = self.key_of(&incoming);
+                    self.capture_scope(&incoming.event);
+                    if incoming.event.text.trim() == STOP_COMMAND {
+                        self.stop_locally(&state, &key);
+                        stops.push(key);
+                        continue;
+                    }
+                    if !self.enqueue(&mut state, key, incoming) {
+                        outcome = Submitted::Overflowed;
+                    }
+                }
+                if let Some(id) = buffer_id {
+                    state.recent.insert(id);
+                }
+                outcome
+            }
+        };
+        for key in stops {
+            inner.egress.interrupt(key.as_str(), Some(STOP_REASON)).await;
+        }
+        if let Some(id) = buffer_id {
+            inner.egress.ack(id).await;
+        }
+        outcome
+    }
+
+    fn capture_scope(&self, event: &MessageEvent) {
+        let source = &event.source;
+        lock(&self.inner.scopes).capture(&source.chat_id, source.scope_id.as_deref(), source.user_id.as_deref());
+    }
+
+    /// `/stop`: cancel the running turn here; the caller then egresses
+    /// `interrupt` so the connector can stop the session wherever it runs.
+    fn stop_locally(&self, state: &State, key: &SessionKey) {
+        self.inner.metrics.stop_local();
+        let running = state.sessions.get(key).and_then(|s| s.running.as_ref());
+        if let Some(token) = running {
+            token.cancel();
+        }
+        info!(session_key = key.as_str(), cancelled = running.is_some(), "user /stop");
+    }
+
+    /// Queues `incoming`, spawning the session's worker if it has none.
+    /// Returns false when a bound refused it (the newest message is dropped).
+    fn enqueue(&self, state: &mut State, key: SessionKey, incoming: Incoming) -> bool {
+        let config = &self.inner.config;
+        if state.queued_total >= config.max_queued_total {
+            self.inner.metrics.event_dropped(EventDrop::GatewayQueueFull);
+            warn!(session_key = key.as_str(), limit = config.max_queued_total, "gateway queue full: message dropped");
+            return false;
+        }
+        let spawn_worker = !state.sessions.contains_key(&key);
+        let session = state.sessions.entry(key.clone()).or_default();
+        if session.waiting.len() >= config.queue_per_session {
+            self.inner.metrics.event_dropped(EventDrop::SessionQueueFull);
+            warn!(session_key = key.as_str(), limit = config.queue_per_session, "session queue full: newest message dropped");
+            return false;
+        }
+        session.waiting.push_back(Queued { incoming });
+        state.queued_total += 1;
+        if spawn_worker {
+            let this = self.clone();
+            self.inner.tasks.spawn(async move { this.work(key).await });
+        }
+        true
+    }
+
+    /// The worker of one session: runs its turns in order until the queue is empty.
+    async fn work(self, key: SessionKey) {
+        let inner = &self.inner;
+        loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&inner.turn_slots).acquire_owned() => permit,
+                () = inner.all_turns.cancelled() => {
+                    self.abandon(&key);
+                    return;
+                }
+            };
+            // The semaphore is never closed, so this only guards against the impossible.
+            let Ok(_permit) = permit else {
+                self.abandon(&key);
+                return;
+            };
+            let (queued, cancel) = {
+                let mut state = lock(&inner.state);
+                let Some(session) = state.sessions.get_mut(&key) else { return };
+                let Some(queued) = session.waiting.pop_front() else {
+                    // Empty: the session goes idle and this worker ends. A
+                    // later event finds no entry and spawns a fresh worker.
+                    state.sessions.remove(&key);
+                    return;
+                };
+                let cancel = inner.all_turns.child_token();
+                session.running = Some(cancel.clone());
+                state.queued_total = state.queued_total.saturating_sub(1);
+                (queued, cancel)
+            };
+            self.run_turn(&key, queued.incoming, cancel).await;
+            if let Some(session) = lock(&inner.state).sessions.get_mut(&key) {
+                session.running = None;
+            }
+        }
+    }
+
+    /// Drops whatever still waits in `key`'s queue (drain cancelled it).
+    fn abandon(&self, key: &SessionKey) {
+        let mut state = lock(&self.inner.state);
+        if let Some(session) = state.sessions.remove(key) {
+            state.queued_total = state.queued_total.saturating_sub(session.waiting.len());
+            for _ in &session.waiting {
+                self.inner.metrics.turn_cancelled();
+            }
+        }
+    }
+
+    async fn run_turn(&self, key: &SessionKey, incoming: Incoming, cancel: CancellationToken) {
+        let inner = &self.inner;
+        inner.metrics.turn_started();
+        let chat_id = incoming.event.source.chat_id.clone();
+        let descriptor = inner.egress.descriptor(&incoming.event.source.platform);
+        let turn = TurnInput { session_key: key.clone(), event: incoming.event };
+
+        // Typing runs alongside the agent but never delays the reply: once the
+        // agent answers, an unfinished typing request is simply dropped.
+        let typing = async {
+            if descriptor.supports_op("typing") && !chat_id.is_empty() {
+                let metadata = self.metadata_for(&chat_id, &incoming.metadata);
+                let result =
+                    inner.egress.request(Action::Typing { chat_id: chat_id.clone(), content: None, metadata }).await;
+                if !result.success {
+                    debug!(error = result.error.as_deref().unwrap_or(""), "typing indicator failed");
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        let timeout = inner.config.turn_timeout;
+        let answer = async {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => Err(AgentError::Cancelled),
+                result = tokio::time::timeout(timeout, inner.agent.respond(&turn, cancel.clone())) => {
+                    result.unwrap_or(Err(AgentError::TimedOut(timeout)))
+                }
+            }
+        };
+        // Biased so the typing request is issued before the agent first runs.
+        let answer = tokio::select! {
+            biased;
+            () = typing => Err(AgentError::Cancelled),
+            answer = answer => answer,
+        };
+
+        let text = match answer {
+            _ if cancel.is_cancelled() => {
+                inner.metrics.turn_cancelled();
+                info!(session_key = key.as_str(), "turn cancelled");
+                return;
+            }
+            Err(AgentError::Cancelled) => {
+                inner.metrics.turn_cancelled();
+                return;
+            }
+            Ok(text) => {
+                inner.metrics.turn_completed();
+                text
+            }
+            Err(error) => {
+                inner.metrics.turn_failed();
+                warn!(session_key = key.as_str(), %error, "agent failed; sending an error reply");
+                format!("⚠️ agent error: {error}")
+            }
+        };
+        if text.is_empty() {
+            debug!(session_key = key.as_str(), "agent answered nothing; no reply sent");
+            return;
+        }
+
+        let chunks = split_message(&text, descriptor.max_message_length, descriptor.len_unit, descriptor.code_blocks());
+        for chunk in chunks {
+            if cancel.is_cancelled() {
+                inner.metrics.turn_cancelled();
+                return;
+            }
+            let metadata = self.metadata_for(&chat_id, &incoming.metadata);
+            let action = match &incoming.route {
+                ReplyRoute::Send => Action::Send {
+                    chat_id: chat_id.clone(),
+                    content: chunk,
+                    reply_to: turn.event.message_id.clone(),
+                    metadata,
+                },
+                ReplyRoute::FollowUp { kind } => Action::FollowUp {
+                    session_key: key.as_str().to_owned(),
+                    kind: kind.clone(),
+                    content: chunk,
+                    metadata,
+                },
+            };
+            let op = action.op();
+            let result = inner.egress.request(action).await;
+            if !self.record_reply(key, op, &result) {
+                // Later pieces without the failed one would read as nonsense,
+                // and an ambiguous failure may have been delivered: stop here.
+                return;
+            }
+        }
+    }
+
+    /// Counts and logs one reply result; true when it succeeded.
+    fn record_reply(&self, key: &SessionKey, op: &str, result: &ActionResult) -> bool {
+        let metrics = &self.inner.metrics;
+        let error = result.error.as_deref().unwrap_or("");
+        if result.success {
+            metrics.reply_ok();
+            true
+        } else if result.ambiguous {
+            metrics.reply_ambiguous();
+            warn!(session_key = key.as_str(), op, error, "reply outcome unknown; not retried (it may have been delivered)");
+            false
+        } else {
+            metrics.reply_failed();
+            warn!(session_key = key.as_str(), op, error, "reply failed");
+            false
+        }
+    }
+
+    /// The caller's metadata with the chat's scope and author re-attached (§5.6).
+    fn metadata_for(&self, chat_id: &str, base: &Metadata) -> Metadata {
+        let mut metadata = base.clone();
+        lock(&self.inner.scopes).reattach(chat_id, &mut metadata);
+        metadata
+    }
+
+    /// `interrupt_inbound`: cancels exactly the running turn of `session_key`
+    /// (unknown key: no-op) and clears the chat's typing indicator, best effort.
+    pub fn interrupt(&self, session_key: &str, chat_id: &str) {
+        let inner = &self.inner;
+        inner.metrics.interrupt_in();
+        let key = SessionKey::from_wire(session_key.to_owned());
+        let cancelled = {
+            let state = lock(&inner.state);
+            match state.sessions.get(&key).and_then(|s| s.running.as_ref()) {
+                Some(token) => {
+                    token.cancel();
+                    true
+                }
+                None => false,
+            }
+        };
+        info!(session_key, cancelled, "interrupt from the relay");
+        if cancelled && !chat_id.is_empty() {
+            let platform = platform_of(session_key);
+            if inner.egress.descriptor(platform).supports_op("typing") {
+                let this = self.clone();
+                let chat_id = chat_id.to_owned();
+                // Clearing is a request/response; it must not hold up the inbound loop.
+                inner.tasks.spawn(async move {
+                    let metadata = this.metadata_for(&chat_id, &Metadata::new());
+                    let _ = this
+                        .inner
+                        .egress
+                        .request(Action::Typing { chat_id, content: Some(String::new()), metadata })
+                        .await;
+                });
+            }
+        }
+    }
+
+    /// Stops taking new turns: later deliveries are neither queued nor acked.
+    pub fn stop_accepting(&self) {
+        lock(&self.inner.state).accepting = false;
+    }
+
+    /// Stops taking new turns, lets queued and running turns finish for up to
+    /// `grace`, then cancels whatever is left and waits for it to wind down.
+    pub async fn drain(&self, grace: Duration) -> DrainOutcome {
+        self.stop_accepting();
+        let tasks = &self.inner.tasks;
+        tasks.close();
+        if tokio::time::timeout(grace, tasks.wait()).await.is_ok() {
+            return DrainOutcome::Finished;
+        }
+        warn!(?grace, "drain grace period over; cancelling the remaining turns");
+        self.inner.all_turns.cancel();
+        tasks.wait().await;
+        DrainOutcome::Cancelled
+    }
+
+    /// Whether `buffer_id` was handed off recently (a replay to ack, not to run).
+    pub fn seen_recently(&self, buffer_id: &str) -> bool {
+        lock(&self.inner.state).recent.contains(buffer_id)
+    }
+
+    /// Sessions that have a running turn or waiting messages.
+    pub fn active_sessions(&self) -> usize {
+        lock(&self.inner.state).sessions.len()
+    }
+
+    /// Messages waiting behind running turns, across all sessions.
+    pub fn queued(&self) -> usize {
+        lock(&self.inner.state).queued_total
+    }
+}
+
+/// The platform part of a session key (`agent:<ns>:<platform>:…`), used to
+/// pick the descriptor when only the key is known.
+fn platform_of(session_key: &str) -> &str {
+    session_key.split(':').nth(2).unwrap_or("")
+}

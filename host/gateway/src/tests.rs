@@ -1,0 +1,570 @@
+//! Session-layer and gateway-loop tests against in-memory fakes of the relay,
+//! the converter and the agent. Every wait is on an observed event (with a
+//! generous safety timeout so a bug fails the test instead of hanging it).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hermes_protocol::action::{Action, ActionResult, Metadata};
+use hermes_protocol::descriptor::Descriptor;
+use hermes_protocol::event::MessageEvent;
+use hermes_protocol::forward::PassthroughForward;
+use hermes_protocol::split::LenUnit;
+use hermes_transport::InboundItem;
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{Agent, AgentError, TurnInput};
+use crate::egress::{Converted, Converter, Egress, Relay};
+use crate::metrics::{ForwardDrop, Metrics};
+use crate::session::{DrainOutcome, Incoming, ReplyRoute, STOP_REASON, SessionConfig, Sessions, Submitted};
+use crate::{ExitReason, Gateway, GatewayConfig};
+
+const SAFETY: Duration = Duration::from_secs(10);
+
+/// What the fake relay saw, in order.
+#[derive(Debug, Clone, PartialEq)]
+enum Out {
+    Request(Action),
+    Interrupt(String, Option<String>),
+    Ack(String),
+    GoingIdle,
+    Closed,
+}
+
+struct FakeRelayInner {
+    out: mpsc::UnboundedSender<Out>,
+    descriptor: Mutex<Arc<Descriptor>>,
+    /// Scripted results for requests, in order; `ok` when empty.
+    results: Mutex<Vec<ActionResult>>,
+}
+
+#[derive(Clone)]
+struct FakeRelay(Arc<FakeRelayInner>);
+
+impl FakeRelay {
+    fn new() -> (Self, mpsc::UnboundedReceiver<Out>) {
+        let (out, rx) = mpsc::unbounded_channel();
+        let inner = FakeRelayInner {
+            out,
+            descriptor: Mutex::new(Arc::new(Descriptor::placeholder("relay"))),
+            results: Mutex::new(Vec::new()),
+        };
+        (Self(Arc::new(inner)), rx)
+    }
+
+    fn set_descriptor(&self, d: Descriptor) {
+        *self.0.descriptor.lock().expect("lock") = Arc::new(d);
+    }
+
+    fn script(&self, results: Vec<ActionResult>) {
+        *self.0.results.lock().expect("lock") = results;
+    }
+
+    fn record(&self, o: Out) {
+        let _ = self.0.out.send(o);
+    }
+}
+
+impl Egress for FakeRelay {
+    async fn request(&self, action: Action) -> ActionResult {
+        self.record(Out::Request(action));
+        let mut results = self.0.results.lock().expect("lock");
+        if results.is_empty() { ActionResult::ok(Some("m1".into())) } else { results.remove(0) }
+    }
+    async fn interrupt(&self, session_key: &str, reason: Option<&str>) {
+        self.record(Out::Interrupt(session_key.to_owned(), reason.map(str::to_owned)));
+    }
+    async fn ack(&self, buffer_id: &str) {
+        self.record(Out::Ack(buffer_id.to_owned()));
+    }
+    fn descriptor(&self, _platform: &str) -> Arc<Descriptor> {
+        Arc::clone(&self.0.descriptor.lock().expect("lock"))
+    }
+}
+
+impl Relay for FakeRelay {
+    async fn going_idle(&self, _timeout: Duration) {
+        self.record(Out::GoingIdle);
+    }
+    async fn close(&self) {
+        self.record(Out::Closed);
+    }
+    fn is_revoked(&self) -> bool {
+        false
+    }
+}
+
+/// An agent whose turns block until the test releases them.
+#[derive(Clone)]
+struct GateAgent {
+    started: mpsc::UnboundedSender<(String, String)>,
+    cancelled: mpsc::UnboundedSender<String>,
+    release: Arc<Semaphore>,
+    running: Arc<Mutex<HashMap<String, usize>>>,
+    max_per_session: Arc<Mutex<usize>>,
+}
+
+struct GateProbe {
+    started: mpsc::UnboundedReceiver<(String, String)>,
+    cancelled: mpsc::UnboundedReceiver<String>,
+    release: Arc<Semaphore>,
+    max_per_session: Arc<Mutex<usize>>,
+}
+
+fn gate_agent() -> (GateAgent, GateProbe) {
+    let (s_tx, s_rx) = mpsc::unbounded_channel();
+    let (c_tx, c_rx) = mpsc::unbounded_channel();
+    let release = Arc::new(Semaphore::new(0));
+    let max = Arc::new(Mutex::new(0));
+    let agent = GateAgent {
+        started: s_tx,
+        cancelled: c_tx,
+        release: Arc::clone(&release),
+        running: Arc::default(),
+        max_per_session: Arc::clone(&max),
+    };
+    (agent, GateProbe { started: s_rx, cancelled: c_rx, release, max_per_session: max })
+}
+
+impl Agent for GateAgent {
+    async fn respond(&self, turn: &TurnInput, cancel: CancellationToken) -> Result<String, AgentError> {
+        let key = turn.session_key.as_str().to_owned();
+        {
+            let mut running = self.running.lock().expect("lock");
+            let n = running.entry(key.clone()).or_default();
+            *n += 1;
+            let mut max = self.max_per_session.lock().expect("lock");
+            *max = (*max).max(*n);
+        }
+        let _ = self.started.send((key.clone(), turn.event.text.clone()));
+        // Reports a turn that ends unfinished, whether by seeing the token or
+        // by being dropped by the session layer (as a real backend's work is).
+        let mut guard = Unfinished {
+            text: Some(turn.event.text.clone()),
+            cancelled: self.cancelled.clone(),
+            running: Arc::clone(&self.running),
+            key,
+        };
+        tokio::select! {
+            () = cancel.cancelled() => Err(AgentError::Cancelled),
+            permit = self.release.acquire() => {
+                if let Ok(p) = permit { p.forget(); }
+                guard.text = None;
+                Ok(format!("re: {}", turn.event.text))
+            }
+        }
+    }
+}
+
+struct Unfinished {
+    text: Option<String>,
+    cancelled: mpsc::UnboundedSender<String>,
+    running: Arc<Mutex<HashMap<String, usize>>>,
+    key: String,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(n) = self.running.lock().expect("lock").get_mut(&self.key) {
+            *n -= 1;
+        }
+        if let Some(text) = self.text.take() {
+            let _ = self.cancelled.send(text);
+        }
+    }
+}
+
+async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(SAFETY, rx.recv()).await.expect("timed out waiting").expect("channel open")
+}
+
+/// The next observed request, skipping typing indicators.
+async fn next_reply(rx: &mut mpsc::UnboundedReceiver<Out>) -> Action {
+    loop {
+        match next(rx).await {
+            Out::Request(Action::Typing { .. }) => {}
+            Out::Request(a) => return a,
+            _ => {}
+        }
+    }
+}
+
+fn event(chat: &str, user: &str, text: &str) -> MessageEvent {
+    let mut e = MessageEvent { text: text.to_owned(), ..MessageEvent::default() };
+    e.source.platform = "discord".to_owned();
+    e.source.chat_type = "dm".to_owned();
+    e.source.chat_id = chat.to_owned();
+    e.source.user_id = Some(user.to_owned());
+    e.message_id = Some(format!("msg-{text}"));
+    e
+}
+
+fn sessions_with(
+    agent: GateAgent,
+    config: SessionConfig,
+) -> (Sessions<FakeRelay, GateAgent>, FakeRelay, mpsc::UnboundedReceiver<Out>) {
+    let (relay, rx) = FakeRelay::new();
+    let sessions = Sessions::new(relay.clone(), agent, config, Arc::new(Metrics::new()));
+    (sessions, relay, rx)
+}
+
+fn no_typing(relay: &FakeRelay) {
+    let mut d = Descriptor::placeholder("discord");
+    d.supported_ops = vec!["send".into(), "follow_up".into()];
+    relay.set_descriptor(d);
+}
+
+#[tokio::test]
+async fn one_turn_per_session_in_fifo_order() {
+    let (agent, mut probe) = gate_agent();
+    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    no_typing(&relay);
+    for text in ["a", "b", "c"] {
+        assert_eq!(sessions.submit(vec![Incoming::inbound(event("c1", "u1", text))], None).await, Submitted::Accepted);
+    }
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        order.push(next(&mut probe.started).await.1);
+        probe.release.add_permits(1);
+        let reply = next_reply(&mut out).await;
+        assert!(matches!(reply, Action::Send { .. }), "{reply:?}");
+    }
+    assert_eq!(order, ["a", "b", "c"], "turns run in arrival order");
+    assert_eq!(*probe.max_per_session.lock().expect("lock"), 1, "never two turns of one session at once");
+    assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
+    assert_eq!(sessions.active_sessions(), 0, "idle sessions are forgotten");
+}
+
+#[tokio::test]
+async fn different_sessions_run_in_parallel() {
+    let (agent, mut probe) = gate_agent();
+    let (sessions, _relay, _out) = sessions_with(agent, SessionConfig::default());
+    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "x"))], None).await;
+    sessions.submit(vec![Incoming::inbound(event("c2", "u2", "y"))], None).await;
+    // Both start while nothing was released: they run at the same time.
+    let mut started = [next(&mut probe.started).await.1, next(&mut probe.started).await.1];
+    started.sort();
+    assert_eq!(started, ["x", "y"]);
+}
+
+#[tokio::test]
+async fn concurrent_turns_are_bounded_overall() {
+    let (agent, mut probe) = gate_agent();
+    let config = SessionConfig { max_concurrent_turns: 1, ..SessionConfig::default() };
+    let (sessions, _relay, _out) = sessions_with(agent, config);
+    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "x"))], None).await;
+    sessions.submit(vec![Incoming::inbound(event("c2", "u2", "y"))], None).await;
+    let first = next(&mut probe.started).await.1;
+    assert!(probe.started.try_recv().is_err(), "second session waits for a slot");
+    probe.release.add_permits(1);
+    let second = next(&mut probe.started).await.1;
+    assert_ne!(first, second);
+}
+
+#[tokio::test]
+async fn ack_follows_queueing_and_replays_are_acked_not_rerun() {
+    let (agent, mut probe) = gate_agent();
+    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    no_typing(&relay);
+    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "first"))], Some("b0")).await;
+    assert_eq!(next(&mut out).await, Out::Ack("b0".into()));
+    next(&mut probe.started).await;
+    // The session is busy: the next delivery is queued, and acked only then.
+    let submitted = sessions.submit(vec![Incoming::inbound(event("c1", "u1", "second"))], Some("b1")).await;
+    assert_eq!(submitted, Submitted::Accepted);
+    assert_eq!(next(&mut out).await, Out::Ack("b1".into()));
+    assert_eq!(sessions.queued(), 1, "acked delivery is waiting in its session queue");
+    // A replay after a reconnect: acked again, not queued again.
+    let replay = sessions.submit(vec![Incoming::inbound(event("c1", "u1", "second"))], Some("b1")).await;
+    assert_eq!(replay, Submitted::Duplicate);
+    assert_eq!(next(&mut out).await, Out::Ack("b1".into()));
+    assert_eq!(sessions.queued(), 1);
+    probe.release.add_permits(2);
+    assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
+    let m = sessions.metrics().snapshot();
+    assert_eq!((m.turns_started, m.dropped_duplicate), (2, 1));
+}
+
+#[tokio::test]
+async fn overflow_drops_newest_but_still_acks() {
+    let (agent, mut probe) = gate_agent();
+    let config = SessionConfig { queue_per_session: 1, ..SessionConfig::default() };
+    let (sessions, relay, mut out) = sessions_with(agent, config);
+    no_typing(&relay);
+    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "run"))], None).await;
+    next(&mut probe.started).await;
+    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "wait"))], None).await;
+    let over = sessions.submit(vec![Incoming::inbound(event("c1", "u1", "over"))], Some("b9")).await;
+    assert_eq!(over, Submitted::Overflowed);
+    assert_eq!(next(&mut out).await, Out::Ack("b9".into()), "a deliberate drop is acked");
+    probe.release.add_permits(2);
+    let mut texts = vec![next(&mut probe.started).await.1];
+    assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
+    while let Ok((_, t)) = probe.started.try_recv() {
+        texts.push(t);
+    }
+    assert_eq!(texts, ["wait"], "the newest message was the one dropped");
+    assert_eq!(sessions.metrics().snapshot().dropped_session_queue_full, 1);
+}
+
+#[tokio::test]
+async fn interrupt_cancels_only_its_session() {
+    let (agent, mut probe) = gate_agent();
+    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    no_typing(&relay);
+    let a = Incoming::inbound(event("ca", "u1", "a"));
+    let key_a = sessions.key_of(&a);
+    sessions.submit(vec![a], None).await;
+    sessions.submit(vec![Incoming::inbound(event("cb", "u2", "b"))], None).await;
+    next(&mut probe.started).await;
+    next(&mut probe.started).await;
+    sessions.interrupt("agent:main:discord:dm:unknown", "unknown");
+    assert!(probe.cancelled.try_recv().is_err(), "unknown key is a no-op");
+    sessions.interrupt(key_a.as_str(), "ca");
+    assert_eq!(next(&mut probe.cancelled).await, "a");
+    probe.release.add_permits(1);
+    match next_reply(&mut out).await {
+        Action::Send { chat_id, content, .. } => assert_eq!((chat_id.as_str(), content.as_str()), ("cb", "re: b")),
+        other => panic!("expected b's reply, got {other:?}"),
+    }
+    assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
+    let m = sessions.metrics().snapshot();
+    assert_eq!((m.turns_cancelled, m.turns_completed, m.replies_ok), (1, 1, 1));
+}
+
+#[tokio::test]
+async fn user_stop_cancels_locally_and_egresses_interrupt() {
+    let (agent, mut probe) = gate_agent();
+    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    no_typing(&relay);
+    let first = Incoming::inbound(event("c1", "u1", "long job"));
+    let key = sessions.key_of(&first);
+    sessions.submit(vec![first], None).await;
+    next(&mut probe.started).await;
+    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "/stop"))], Some("b1")).await;
+    assert_eq!(next(&mut probe.cancelled).await, "long job");
+    assert_eq!(next(&mut out).await, Out::Interrupt(key.into_string(), Some(STOP_REASON.into())));
+    assert_eq!(next(&mut out).await, Out::Ack("b1".into()));
+    assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
+    let m = sessions.metrics().snapshot();
+    assert_eq!((m.turns_started, m.stops_local, m.replies_ok), (1, 1, 0), "/stop is not a turn; no reply");
+}
+
+fn metadata_of(action: &Action) -> Value {
+    match action {
+        Action::Send { metadata, .. } | Action::FollowUp { metadata, .. } | Action::Typing { metadata, .. } => {
+            Value::Object(metadata.clone())
+        }
+        other => panic!("no metadata on {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn scope_is_reattached_without_overwriting_or_inventing() {
+    let (agent, probe) = gate_agent();
+    probe.release.add_permits(10);
+    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    no_typing(&relay);
+    // Seen with a scope: replies carry it under both keys, plus the author.
+    let mut scoped = event("c1", "u1", "hi");
+    scoped.source.scope_id = Some("g1".into());
+    sessions.submit(vec![Incoming::inbound(scoped)], None).await;
+    assert_eq!(metadata_of(&next_reply(&mut out).await), json!({"scope_id": "g1", "guild_id": "g1", "user_id": "u1"}));
+    // The caller's own keys win.
+    let mut mine = Incoming::inbound(event("c1", "u2", "again"));
+    mine.metadata = Metadata::from_iter([("guild_id".to_owned(), json!("caller"))]);
+    sessions.submit(vec![mine], None).await;
+    assert_eq!(metadata_of(&next_reply(&mut out).await), json!({"guild_id": "caller", "user_id": "u2"}));
+    // A chat never seen with a scope gets none invented.
+    let mut bare = event("c2", "u3", "x");
+    bare.source.user_id = None;
+    sessions.submit(vec![Incoming::inbound(bare)], None).await;
+    assert_eq!(metadata_of(&next_reply(&mut out).await), json!({}));
+}
+
+#[tokio::test]
+async fn follow_up_has_exactly_the_contract_keys() {
+    let (agent, probe) = gate_agent();
+    probe.release.add_permits(1);
+    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    no_typing(&relay);
+    let mut e = event("chan", "u1", "/ask");
+    e.source.scope_id = Some("g7".into());
+    let incoming = Incoming {
+        event: e,
+        route: ReplyRoute::FollowUp { kind: "discord.interaction_token".into() },
+        metadata: Metadata::new(),
+        profile: None,
+    };
+    let key = sessions.key_of(&incoming);
+    sessions.submit(vec![incoming], None).await;
+    let action = next_reply(&mut out).await;
+    let wire = serde_json::to_value(&action).expect("serializes");
+    assert_eq!(
+        wire,
+        json!({
+            "op": "follow_up",
+            "session_key": key.as_str(),
+            "kind": "discord.interaction_token",
+            "content": "re: /ask",
+            "metadata": {"scope_id": "g7", "guild_id": "g7", "user_id": "u1"},
+        })
+    );
+}
+
+#[tokio::test]
+async fn long_reply_is_split_in_utf16_units_with_reply_to() {
+    let (agent, probe) = gate_agent();
+    probe.release.add_permits(1);
+    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    let mut d = Descriptor::placeholder("discord");
+    d.max_message_length = 10;
+    d.len_unit = LenUnit::Utf16;
+    d.supported_ops = vec!["send".into()];
+    relay.set_descriptor(d);
+    // Astral characters count 2 in UTF-16 but 1 in chars.
+    let text = "😀😀😀😀😀😀😀😀 tail";
+    sessions.submit(vec![Incoming::inbound(event("c1", "u1", text))], None).await;
+    assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
+    let mut joined = String::new();
+    let mut pieces = 0;
+    while let Ok(o) = out.try_recv() {
+        let Out::Request(Action::Send { content, reply_to, .. }) = o else { panic!("unexpected {o:?}") };
+        assert!(content.encode_utf16().count() <= 10, "piece {content:?} over 10 UTF-16 units");
+        assert_eq!(reply_to.as_deref(), Some(format!("msg-{text}").as_str()));
+        joined.push_str(&content);
+        pieces += 1;
+    }
+    assert!(pieces >= 3, "split into several messages, got {pieces}");
+    assert_eq!(joined, format!("re: {text}"));
+}
+
+#[tokio::test]
+async fn typing_only_when_the_descriptor_lists_it() {
+    let (agent, probe) = gate_agent();
+    probe.release.add_permits(2);
+    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    // The placeholder has the legacy op set, which includes typing.
+    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "one"))], None).await;
+    assert!(matches!(next(&mut out).await, Out::Request(Action::Typing { chat_id, .. }) if chat_id == "c1"));
+    assert!(matches!(next(&mut out).await, Out::Request(Action::Send { .. })));
+    no_typing(&relay);
+    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "two"))], None).await;
+    assert!(matches!(next(&mut out).await, Out::Request(Action::Send { .. })), "no typing without the op");
+}
+
+#[tokio::test]
+async fn ambiguous_failure_is_counted_and_not_retried() {
+    let (agent, probe) = gate_agent();
+    probe.release.add_permits(1);
+    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    let mut d = Descriptor::placeholder("discord");
+    d.max_message_length = 4;
+    d.supported_ops = vec!["send".into()];
+    relay.set_descriptor(d);
+    relay.script(vec![ActionResult::timed_out()]);
+    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "a long answer"))], None).await;
+    assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
+    let mut sends = 0;
+    while let Ok(o) = out.try_recv() {
+        sends += usize::from(matches!(o, Out::Request(Action::Send { .. })));
+    }
+    assert_eq!(sends, 1, "nothing sent after an ambiguous failure");
+    let m = sessions.metrics().snapshot();
+    assert_eq!((m.replies_ambiguous, m.replies_failed, m.replies_ok), (1, 0, 0));
+}
+
+#[tokio::test]
+async fn failed_reply_is_counted() {
+    let (agent, probe) = gate_agent();
+    probe.release.add_permits(1);
+    let (sessions, relay, _out) = sessions_with(agent, SessionConfig::default());
+    no_typing(&relay);
+    relay.script(vec![ActionResult::failure("chat not found")]);
+    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "x"))], None).await;
+    assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
+    assert_eq!(sessions.metrics().snapshot().replies_failed, 1);
+}
+
+#[tokio::test]
+async fn drain_cancels_turns_that_outlive_the_grace_and_refuses_new_ones() {
+    let (agent, mut probe) = gate_agent();
+    let (sessions, _relay, mut out) = sessions_with(agent, SessionConfig::default());
+    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "stuck"))], None).await;
+    next(&mut probe.started).await;
+    assert_eq!(sessions.drain(Duration::from_millis(50)).await, DrainOutcome::Cancelled);
+    assert_eq!(next(&mut probe.cancelled).await, "stuck");
+    let late = sessions.submit(vec![Incoming::inbound(event("c1", "u1", "late"))], Some("b5")).await;
+    assert_eq!(late, Submitted::Draining);
+    while let Ok(o) = out.try_recv() {
+        assert!(!matches!(o, Out::Ack(_)), "nothing is acked while draining: {o:?}");
+    }
+}
+
+/// A converter that answers from a script keyed by the forward's path.
+struct FakeConverter;
+
+impl Converter for FakeConverter {
+    async fn convert(&self, forward: &PassthroughForward) -> Converted {
+        match forward.path.as_str() {
+            "/interaction" => {
+                let mut e = event("chan", "u1", "slash");
+                e.source.scope_id = Some("g1".into());
+                Converted::Events(vec![Incoming {
+                    event: e,
+                    route: ReplyRoute::FollowUp { kind: "discord.interaction_token".into() },
+                    metadata: Metadata::new(),
+                    profile: forward.profile.clone(),
+                }])
+            }
+            "/ping" => Converted::Dropped { reason: ForwardDrop::Ignored, detail: "ping".into() },
+            _ => Converted::Dropped { reason: ForwardDrop::Rejected, detail: "bad".into() },
+        }
+    }
+}
+
+fn forward(path: &str) -> PassthroughForward {
+    let mut f = PassthroughForward::from_value(json!({"platform": "discord", "path": path, "bodyB64": ""}))
+        .expect("valid forward");
+    f.path = path.to_owned();
+    f
+}
+
+#[tokio::test]
+async fn gateway_routes_forwards_acks_drops_and_drains() {
+    let (relay, mut out) = FakeRelay::new();
+    no_typing(&relay);
+    let (agent, probe) = gate_agent();
+    probe.release.add_permits(10);
+    let (tx, rx) = mpsc::channel(8);
+    let shutdown = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new());
+    let gateway = Gateway::new(GatewayConfig::default(), Arc::clone(&metrics));
+    let run = tokio::spawn(gateway.run(relay.clone(), rx, FakeConverter, agent, shutdown.clone()));
+
+    tx.send(InboundItem::Forward { forward: forward("/ping"), buffer_id: Some("f0".into()) }).await.expect("send");
+    assert_eq!(next(&mut out).await, Out::Ack("f0".into()), "an ignored forward is acked as a deliberate drop");
+    tx.send(InboundItem::Forward { forward: forward("/interaction"), buffer_id: Some("f1".into()) }).await.expect("send");
+    assert_eq!(next(&mut out).await, Out::Ack("f1".into()));
+    match next_reply(&mut out).await {
+        Action::FollowUp { kind, content, session_key, .. } => {
+            assert_eq!((kind.as_str(), content.as_str()), ("discord.interaction_token", "re: slash"));
+            assert!(session_key.starts_with("agent:main:discord:"), "{session_key}");
+        }
+        other => panic!("expected a follow_up, got {other:?}"),
+    }
+    // Replay of f1: acked again, not converted or run again.
+    tx.send(InboundItem::Forward { forward: forward("/interaction"), buffer_id: Some("f1".into()) }).await.expect("send");
+    assert_eq!(next(&mut out).await, Out::Ack("f1".into()));
+
+    shutdown.cancel();
+    let exit = tokio::time::timeout(SAFETY, run).await.expect("run ends").expect("no panic");
+    assert_eq!(exit, ExitReason::Shutdown(DrainOutcome::Finished));
+    assert_eq!(next(&mut out).await, Out::GoingIdle);
+    assert_eq!(next(&mut out).await, Out::Closed);
+    let m = metrics.snapshot();
+    assert_eq!((m.forwards_in, m.forwards_converted, m.forwards_ignored, m.turns_started), (3, 1, 1, 1));
+}

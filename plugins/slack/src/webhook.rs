@@ -101,12 +101,9 @@ fn slash_command(form: &Form<'_>) -> Result<Outcome, ConvertError> {
         message_id: form.get("trigger_id").map(str::to_owned),
         ..Source::default()
     };
-    let metadata = form
-        .get("response_url")
-        .map(|u| ("response_url".to_owned(), u.to_owned()))
-        .into_iter()
-        .collect();
-    Ok(event(text, MessageType::Command, source, metadata))
+    // `response_url` is a capability: the connector vaults it and answers a
+    // `follow_up` of kind `slack.response_url`. It never travels further.
+    Ok(event(text, MessageType::Command, source, Vec::new()))
 }
 
 /// `team_id`, `team.id`, else `user.team_id`.
@@ -166,10 +163,9 @@ fn interactivity(payload: &str) -> Result<Outcome, ConvertError> {
         message_id: trigger.map(str::to_owned),
         ..Source::default()
     };
+    // `response_url` is a capability the connector vaults (reply route
+    // `slack.response_url`); it is deliberately not copied into metadata.
     let mut metadata = Vec::new();
-    if let Some(url) = root.opt_str_field("response_url")? {
-        metadata.push(("response_url".to_owned(), url.to_owned()));
-    }
     let text = match kind {
         "block_actions" => block_actions(&root, &mut source, &mut metadata)?,
         "view_submission" => {

@@ -1,0 +1,576 @@
+//! One connection's life: dial with a fresh token, send the hellos, wait for
+//! the first descriptor, then exactly one reader task and one writer task
+//! until something ends it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use hermes_protocol::action::ActionResult;
+use hermes_protocol::decoder::{DecodeError, FrameDecoder};
+use hermes_protocol::descriptor::{Descriptor, DescriptorError};
+use hermes_protocol::frame::{ConnectorFrame, GatewayFrame};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tracing::{debug, info, warn};
+
+use crate::shared::{Outgoing, Shared};
+use crate::state::{Counters, InboundItem, LinkState};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type WsSink = SplitSink<Ws, Message>;
+type WsStream = SplitStream<Ws>;
+
+/// Lifetime of the upgrade token (relay-contract §6.1).
+const TOKEN_TTL_SECS: u64 = 300;
+/// How long teardown waits for the writer to put a close frame on the wire.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Writes are flushed at least every this many queued frames.
+const WRITE_BATCH: usize = 64;
+
+/// Close code for "message too big", sent when the partial line overflows.
+const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code for a protocol violation (bad first descriptor, no descriptor).
+const CLOSE_PROTOCOL: u16 = 1002;
+
+/// Why a connection ended, as the supervisor needs to know it.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// No WebSocket was established.
+    DialFailed(String),
+    /// The upgrade succeeded and the connection later ended.
+    Closed {
+        /// Whether a first descriptor arrived.
+        handshaken: bool,
+        /// Time from upgrade to end.
+        lived: Duration,
+        /// The peer's close frame, when it sent one.
+        peer_close: Option<(u16, String)>,
+        /// Human-readable cause, for the log.
+        detail: String,
+    },
+    /// `close()` was called, or every handle was dropped.
+    Shutdown(Option<oneshot::Sender<()>>),
+    /// The inbound receiver was dropped: nobody above us any more.
+    ConsumerGone,
+}
+
+/// Commands from handles to the supervisor.
+#[derive(Debug)]
+pub(crate) enum Control {
+    Close { done: oneshot::Sender<()> },
+}
+
+/// Why the reader stopped.
+#[derive(Debug)]
+enum ReaderEnd {
+    PeerClosed(Option<(u16, String)>),
+    Eof,
+    Error(String),
+    Overflow(usize),
+    BadFirstDescriptor(DescriptorError),
+    ConsumerGone,
+}
+
+/// Why the writer stopped.
+#[derive(Debug)]
+enum WriterEnd {
+    Closed,
+    Dead(Duration),
+    Error(String),
+}
+
+/// Dial, handshake and serve one connection. Returns when it ends; on return
+/// the slot is cleared and every pending request has been settled.
+pub(crate) async fn run(
+    shared: &Arc<Shared>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    inbound: &mpsc::Sender<InboundItem>,
+    control: &mut mpsc::Receiver<Control>,
+) -> Ended {
+    Counters::bump(&shared.counters.dials);
+    let ws = tokio::select! {
+        biased;
+        ctl = control.recv() => return shutdown(ctl),
+        ws = dial(shared, tls) => match ws {
+            Ok(ws) => ws,
+            Err(detail) => return Ended::DialFailed(detail),
+        },
+    };
+    let opened = Instant::now();
+    let (sink, stream) = ws.split();
+    let (out_tx, out_rx) = mpsc::channel(shared.config.outbound_queue.max(1));
+    let (close_tx, close_rx) = oneshot::channel();
+    let (hs_tx, mut hs_rx) = oneshot::channel();
+    let last_pong = Arc::new(AtomicU64::new(0));
+
+    let mut writer = tokio::spawn(write_loop(
+        sink,
+        out_rx,
+        close_rx,
+        Arc::clone(shared),
+        Arc::clone(&last_pong),
+        opened,
+    ));
+    let mut reader = tokio::spawn(read_loop(
+        stream,
+        Reader {
+            shared: Arc::clone(shared),
+            inbound: inbound.clone(),
+            writer: out_tx.clone(),
+            handshake: Some(hs_tx),
+            last_pong,
+            opened,
+        },
+    ));
+
+    // Hellos first, in configured order (§3.1); the writer is already running,
+    // so this only waits if the queue is tiny.
+    for identity in &shared.config.identities {
+        let hello = GatewayFrame::Hello {
+            platform: identity.platform.clone(),
+            bot_id: identity.bot_id.clone(),
+            command_manifest: None,
+        };
+        let queued = out_tx
+            .send(Outgoing {
+                text: hello.encode(),
+                request: None,
+            })
+            .await;
+        if queued.is_err() {
+            break;
+        }
+    }
+    // `out_tx` stays alive until teardown so the writer's queue cannot close
+    // under it: the writer ends only by the close signal, an error or abort.
+
+    let handshake_deadline = tokio::time::sleep(shared.config.handshake_timeout);
+    tokio::pin!(handshake_deadline);
+    let mut handshaken = false;
+    let mut waiting_handshake = true;
+    // A JoinHandle must not be polled again once it has yielded its output.
+    let mut reader_done = false;
+    let mut writer_done = false;
+
+    let stop_reason = loop {
+        tokio::select! {
+            biased;
+            ctl = control.recv() => break Stop::Shutdown(shutdown(ctl)),
+            end = &mut reader => {
+                reader_done = true;
+                break reader_stop(end);
+            }
+            end = &mut writer => {
+                writer_done = true;
+                break writer_stop(end);
+            }
+            hs = &mut hs_rx, if waiting_handshake => {
+                waiting_handshake = false;
+                // An Err means the reader ended first; the next turn sees why.
+                if hs.is_ok() {
+                    handshaken = true;
+                }
+            }
+            () = &mut handshake_deadline, if waiting_handshake => {
+                warn!(timeout = ?shared.config.handshake_timeout, "relay handshake timed out: no descriptor");
+                break Stop::Ended {
+                    peer_close: None,
+                    detail: "no descriptor before the handshake timeout".to_owned(),
+                    our_close: Some((CLOSE_PROTOCOL, "no descriptor")),
+                };
+            }
+        }
+    };
+
+    // Teardown: no new requests, close politely if we owe a close frame, then
+    // settle every waiter at once.
+    shared.clear_connection();
+    let our_close = match &stop_reason {
+        Stop::Shutdown(_) => Some((1000, "gateway closing")),
+        Stop::Ended { our_close, .. } => *our_close,
+    };
+    if let Some((code, reason)) = our_close {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        if !writer_done && close_tx.send(frame).is_ok() {
+            match tokio::time::timeout(CLOSE_GRACE, &mut writer).await {
+                Ok(_) => writer_done = true,
+                Err(_) => debug!("relay writer did not finish the close in time"),
+            }
+        }
+    }
+    if !reader_done {
+        stop(reader).await;
+    }
+    if !writer_done {
+        stop(writer).await;
+    }
+    drop(out_tx);
+    shared.settle_all(ActionResult::connection_lost);
+
+    match stop_reason {
+        Stop::Shutdown(ended) => ended,
+        Stop::Ended {
+            peer_close, detail, ..
+        } => Ended::Closed {
+            handshaken,
+            lived: opened.elapsed(),
+            peer_close,
+            detail,
+        },
+    }
+}
+
+/// How the serve loop stopped.
+enum Stop {
+    Shutdown(Ended),
+    Ended {
+        peer_close: Option<(u16, String)>,
+        detail: String,
+        our_close: Option<(u16, &'static str)>,
+    },
+}
+
+fn reader_stop(end: Result<ReaderEnd, tokio::task::JoinError>) -> Stop {
+    let ended = |detail: String, our_close| Stop::Ended {
+        peer_close: None,
+        detail,
+        our_close,
+    };
+    match end {
+        Ok(ReaderEnd::PeerClosed(close)) => {
+            let detail = match &close {
+                Some((code, reason)) => format!("connector closed with {code} {reason:?}"),
+                None => "connector closed without a code".to_owned(),
+            };
+            Stop::Ended {
+                peer_close: close,
+                detail,
+                our_close: None,
+            }
+        }
+        Ok(ReaderEnd::Eof) => ended("connection ended without a close frame".to_owned(), None),
+        Ok(ReaderEnd::Error(e)) => ended(format!("read failed: {e}"), None),
+        Ok(ReaderEnd::Overflow(limit)) => ended(
+            format!("partial line exceeded {limit} bytes"),
+            Some((CLOSE_TOO_BIG, "partial line too long")),
+        ),
+        Ok(ReaderEnd::BadFirstDescriptor(e)) => ended(
+            format!("handshake failed: {e}"),
+            Some((CLOSE_PROTOCOL, "bad descriptor")),
+        ),
+        Ok(ReaderEnd::ConsumerGone) => Stop::Shutdown(Ended::ConsumerGone),
+        Err(e) => ended(format!("reader task failed: {e}"), None),
+    }
+}
+
+fn writer_stop(end: Result<WriterEnd, tokio::task::JoinError>) -> Stop {
+    let (detail, our_close) = match end {
+        Ok(WriterEnd::Closed) => ("writer closed".to_owned(), None),
+        Ok(WriterEnd::Dead(silence)) => (format!("no pong for {silence:?}: connection dead"), None),
+        Ok(WriterEnd::Error(e)) => (format!("write failed: {e}"), None),
+        Err(e) => (format!("writer task failed: {e}"), None),
+    };
+    Stop::Ended {
+        peer_close: None,
+        detail,
+        our_close,
+    }
+}
+
+/// Abort a task (if still running) and wait until it is gone, so its channel
+/// ends are dropped before pending requests are settled.
+async fn stop<T>(task: JoinHandle<T>) {
+    task.abort();
+    let _ = task.await;
+}
+
+fn shutdown(ctl: Option<Control>) -> Ended {
+    match ctl {
+        Some(Control::Close { done }) => Ended::Shutdown(Some(done)),
+        None => Ended::Shutdown(None),
+    }
+}
+/// TCP connect + TLS + WebSocket upgrade with a freshly minted token, bounded
+/// by the dial timeout. Errors are rendered without the token.
+async fn dial(shared: &Shared, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Ws, String> {
+    let config = &shared.config;
+    let mut request = config
+        .dial_url()
+        .into_client_request()
+        .map_err(|e| format!("bad dial url: {e}"))?;
+    if let Some(credentials) = config.credentials() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let token = hermes_protocol::auth::make_token(
+            &credentials.gateway_id,
+            &credentials.secret,
+            TOKEN_TTL_SECS,
+            now,
+        )
+        .map_err(|e| format!("cannot mint upgrade token: {e}"))?;
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| "upgrade token is not a valid header value".to_owned())?;
+        request.headers_mut().insert(AUTHORIZATION, value);
+    }
+    let ws_config = WebSocketConfig::default()
+        // A single message may carry a whole partial line plus the lines
+        // before it; the decoder enforces the real bound.
+        .max_message_size(Some(config.max_partial_line.saturating_add(64 * 1024)))
+        .max_frame_size(Some(config.max_partial_line.saturating_add(64 * 1024)));
+    let connector = match (config.dial_url().starts_with("wss://"), tls) {
+        (true, Some(tls)) => Connector::Rustls(Arc::clone(tls)),
+        (true, None) => return Err("TLS is unavailable for a wss:// url".to_owned()),
+        (false, _) => Connector::Plain,
+    };
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(ws_config),
+        true,
+        Some(connector),
+    );
+    match tokio::time::timeout(config.dial_timeout, connect).await {
+        Ok(Ok((ws, _response))) => Ok(ws),
+        Ok(Err(e)) => Err(format!("dial failed: {e}")),
+        Err(_) => Err(format!("dial timed out after {:?}", config.dial_timeout)),
+    }
+}
+
+/// Everything the reader task owns.
+struct Reader {
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<InboundItem>,
+    /// Installed as the connection's writer once the handshake completes.
+    writer: mpsc::Sender<Outgoing>,
+    /// Taken by the first descriptor.
+    handshake: Option<oneshot::Sender<()>>,
+    last_pong: Arc<AtomicU64>,
+    opened: Instant,
+}
+
+/// The one reader task: decode every message, dispatch every frame, survive
+/// every bad frame. Returns only when the connection (or the layer above) is
+/// gone, or the peer overflowed the partial-line bound.
+async fn read_loop(mut stream: WsStream, mut reader: Reader) -> ReaderEnd {
+    let mut decoder =
+        FrameDecoder::<ConnectorFrame>::with_max_partial(reader.shared.config.max_partial_line);
+    while let Some(message) = stream.next().await {
+        let pushed = match &message {
+            Ok(Message::Text(text)) => decoder.push(text.as_bytes()),
+            // A binary message is treated as UTF-8 text (§2).
+            Ok(Message::Binary(bytes)) => decoder.push(bytes),
+            Ok(Message::Pong(_)) => {
+                reader
+                    .last_pong
+                    .store(millis_since(reader.opened), Ordering::Relaxed);
+                continue;
+            }
+            Ok(Message::Close(frame)) => {
+                let close = frame
+                    .as_ref()
+                    .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()));
+                return ReaderEnd::PeerClosed(close);
+            }
+            // Pings are answered by tungstenite itself.
+            Ok(Message::Ping(_) | Message::Frame(_)) => continue,
+            Err(e) => return ReaderEnd::Error(e.to_string()),
+        };
+        // Complete lines before an overflow are still processed (the decoder
+        // keeps them); then the connection is given up.
+        let overflow = pushed.err();
+        while let Some(decoded) = decoder.next_frame() {
+            if let Some(end) = reader.dispatch(decoded).await {
+                return end;
+            }
+        }
+        if let Some(e) = overflow {
+            warn!(error = %e, "relay peer overflowed the partial-line bound; re-dialling");
+            return ReaderEnd::Overflow(reader.shared.config.max_partial_line);
+        }
+    }
+    ReaderEnd::Eof
+}
+
+impl Reader {
+    /// Handle one decoded line. `Some` ends the reader.
+    async fn dispatch(
+        &mut self,
+        decoded: Result<ConnectorFrame, DecodeError>,
+    ) -> Option<ReaderEnd> {
+        let counters = &self.shared.counters;
+        let frame = match decoded {
+            Ok(frame) => frame,
+            Err(DecodeError::BadDescriptor(e)) if self.handshake.is_some() => {
+                warn!(error = %e, "relay handshake failed: first descriptor is invalid");
+                return Some(ReaderEnd::BadFirstDescriptor(e));
+            }
+            Err(error) => {
+                Counters::bump(&counters.malformed_frames);
+                // The error names the frame type and field, never values.
+                warn!(kind = error.kind(), error = %error, "skipping malformed relay frame");
+                let buffer_id = error.buffer_id().map(str::to_owned);
+                return match buffer_id {
+                    Some(buffer_id) => {
+                        self.deliver(InboundItem::Dropped { buffer_id, error })
+                            .await
+                    }
+                    None => None,
+                };
+            }
+        };
+        match frame {
+            ConnectorFrame::Descriptor(descriptor) => self.on_descriptor(descriptor),
+            ConnectorFrame::OutboundResult { request_id, result } => {
+                if !self.shared.resolve(&request_id, result) {
+                    Counters::bump(&counters.late_results);
+                    debug!(request_id = %request_id, "ignoring late or unknown outbound_result");
+                }
+                None
+            }
+            ConnectorFrame::GoingIdleAck => {
+                self.shared
+                    .idle_acks
+                    .send_modify(|n| *n = n.wrapping_add(1));
+                None
+            }
+            ConnectorFrame::Unknown { frame_type } => {
+                Counters::bump(&counters.unknown_types);
+                debug!(frame_type = %frame_type.chars().take(64).collect::<String>(), "ignoring relay frame of unknown type");
+                None
+            }
+            ConnectorFrame::Inbound { event, buffer_id } => {
+                self.deliver(InboundItem::Event { event, buffer_id }).await
+            }
+            ConnectorFrame::InterruptInbound {
+                session_key,
+                chat_id,
+            } => {
+                self.deliver(InboundItem::Interrupt {
+                    session_key,
+                    chat_id,
+                })
+                .await
+            }
+            ConnectorFrame::PassthroughForward { forward, buffer_id } => {
+                self.deliver(InboundItem::Forward { forward, buffer_id })
+                    .await
+            }
+        }
+    }
+
+    fn on_descriptor(&mut self, descriptor: Descriptor) -> Option<ReaderEnd> {
+        match self.handshake.take() {
+            Some(done) => {
+                let descriptor = Arc::new(descriptor);
+                info!(platform = %descriptor.platform, "relay connected");
+                self.shared
+                    .install(self.writer.clone(), Arc::clone(&descriptor));
+                Counters::bump(&self.shared.counters.handshakes);
+                self.shared.set_state(LinkState::Connected { descriptor });
+                let _ = done.send(());
+            }
+            // Later descriptors describe further fronted platforms and never
+            // replace the default (§3.2).
+            None => self.shared.add_platform_descriptor(descriptor),
+        }
+        None
+    }
+
+    /// Hand an item to the layer above. Awaiting here is the backpressure:
+    /// while the channel is full this task does not read the socket.
+    async fn deliver(&self, item: InboundItem) -> Option<ReaderEnd> {
+        match self.inbound.send(item).await {
+            Ok(()) => None,
+            Err(_) => Some(ReaderEnd::ConsumerGone),
+        }
+    }
+}
+
+fn millis_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The one writer task: frames from the queue (batched, one frame per
+/// message), keepalive pings, and the close frame at teardown.
+async fn write_loop(
+    mut sink: WsSink,
+    mut queue: mpsc::Receiver<Outgoing>,
+    mut close: oneshot::Receiver<CloseFrame>,
+    shared: Arc<Shared>,
+    last_pong: Arc<AtomicU64>,
+    opened: Instant,
+) -> WriterEnd {
+    let keepalive = &shared.config.keepalive;
+    let period = keepalive.ping_interval.max(Duration::from_millis(1));
+    let mut ping = tokio::time::interval_at(opened + period, period);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            frame = &mut close => {
+                if let Ok(frame) = frame {
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                }
+                return WriterEnd::Closed;
+            }
+            item = queue.recv() => {
+                let Some(first) = item else { return WriterEnd::Closed };
+                if let Err(e) = write_batch(&mut sink, &mut queue, first, &shared).await {
+                    return WriterEnd::Error(e);
+                }
+            }
+            _ = ping.tick() => {
+                let last = Duration::from_millis(last_pong.load(Ordering::Relaxed));
+                let silence = opened.elapsed().saturating_sub(last);
+                if silence >= keepalive.dead_after {
+                    warn!(?silence, "relay keepalive: no pong; treating the connection as dead");
+                    return WriterEnd::Dead(silence);
+                }
+                if let Err(e) = sink.send(Message::Ping(Bytes::new())).await {
+                    return WriterEnd::Error(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// Write `first` and whatever else is already queued (up to a batch), then
+/// flush once. A frame that cannot be written resolves its own request with
+/// `send_failed`; the others settle as connection-lost at teardown.
+async fn write_batch(
+    sink: &mut WsSink,
+    queue: &mut mpsc::Receiver<Outgoing>,
+    first: Outgoing,
+    shared: &Shared,
+) -> Result<(), String> {
+    let mut next = Some(first);
+    let mut written = 0;
+    while let Some(Outgoing { text, request }) = next.take() {
+        if let Err(e) = sink.feed(Message::text(text)).await {
+            if let Some(id) = request {
+                shared.resolve(&id, ActionResult::send_failed(&e));
+            }
+            return Err(e.to_string());
+        }
+        written += 1;
+        if written < WRITE_BATCH {
+            next = queue.try_recv().ok();
+        }
+    }
+    sink.flush().await.map_err(|e| e.to_string())
+}

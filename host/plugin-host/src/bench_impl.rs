@@ -1,0 +1,124 @@
+//! Building blocks for `benches/conversion.rs`: each step of a conversion,
+//! separately timeable, on the same engine configuration, linker and limits
+//! as [`PluginHost`](crate::PluginHost).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use hermes_protocol::forward::PassthroughForward;
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+
+use crate::artifact_cache::ArtifactCache;
+use crate::bindings::{self, ConverterPluginPre};
+use crate::sandbox::{CallContext, ConfigMap, Session, StoreState};
+use crate::{Allocator, Limits};
+
+/// One plugin, compiled and pre-instantiated outside a host.
+pub struct BenchPlugin {
+    engine: Engine,
+    allocator: Allocator,
+    linker: Linker<StoreState>,
+    pre: ConverterPluginPre<StoreState>,
+    limits: Limits,
+    bytes: Vec<u8>,
+    name: Arc<str>,
+}
+
+/// A store and instance kept across calls (what the host deliberately does
+/// not do; measured for comparison).
+pub struct WarmInstance<'a> {
+    plugin: &'a BenchPlugin,
+    session: Session,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl BenchPlugin {
+    /// Compile `bytes` with the host's engine configuration.
+    pub fn new(bytes: Vec<u8>, limits: Limits) -> Result<Self, String> {
+        let (engine, allocator) = crate::engine::build(&limits, 1).map_err(err)?;
+        let linker = crate::engine::linker(&engine).map_err(err)?;
+        let component = Component::new(&engine, &bytes).map_err(|e| format!("{e:#}"))?;
+        let pre = linker.instantiate_pre(&component).map_err(|e| format!("{e:#}"))?;
+        let pre = ConverterPluginPre::new(pre).map_err(|e| format!("{e:#}"))?;
+        Ok(Self {
+            engine,
+            allocator,
+            linker,
+            pre,
+            limits,
+            bytes,
+            name: Arc::from("bench"),
+        })
+    }
+
+    /// The allocator the engine got.
+    pub fn allocator(&self) -> Allocator {
+        self.allocator
+    }
+
+    /// Compile the component from scratch (cranelift).
+    pub fn compile(&self) -> Result<(), String> {
+        Component::new(&self.engine, &self.bytes).map(drop).map_err(|e| format!("{e:#}"))
+    }
+
+    /// Load the component through the compiled-artifact cache in `dir`
+    /// (read, checksum, deserialize) and type-check it, as a cached load does.
+    pub fn cached_load(&self, dir: &Path, sha256: &str) -> Result<(), String> {
+        let cache = ArtifactCache::new(dir.to_owned(), &self.engine);
+        let (component, _) = cache.load(&self.engine, &self.bytes, sha256).map_err(|e| format!("{e:#}"))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| format!("{e:#}"))?;
+        ConverterPluginPre::new(pre).map(drop).map_err(|e| format!("{e:#}"))
+    }
+
+    fn session(&self) -> Result<Session, String> {
+        let cx = CallContext {
+            plugin: Arc::clone(&self.name),
+            tenant: None,
+            config: ConfigMap::default(),
+        };
+        Session::new(&self.engine, &self.pre, &self.limits, cx).map_err(err)
+    }
+
+    /// Create a store and instantiate (then drop both).
+    pub fn instantiate(&self) -> Result<(), String> {
+        self.session().map(drop)
+    }
+
+    /// What the host does per forward: fresh store, instantiate, `tenant-of`,
+    /// `convert`, output checks and conversion to protocol events, drop.
+    /// Returns the number of events.
+    pub fn fresh_convert(&self, forward: &PassthroughForward) -> Result<usize, String> {
+        let req = bindings::request(forward);
+        let mut s = self.session()?;
+        s.tenant_of(&req).map_err(err)?;
+        count(s.convert(&req).map_err(err)?, &self.limits)
+    }
+
+    /// A store and instance to call repeatedly.
+    pub fn warm(&self) -> Result<WarmInstance<'_>, String> {
+        Ok(WarmInstance {
+            plugin: self,
+            session: self.session()?,
+        })
+    }
+}
+
+impl WarmInstance<'_> {
+    /// `convert` on the kept instance, with the same output handling.
+    pub fn convert(&mut self, forward: &PassthroughForward) -> Result<usize, String> {
+        let req = bindings::request(forward);
+        count(self.session.convert(&req).map_err(err)?, &self.plugin.limits)
+    }
+}
+
+fn count(outcome: bindings::Outcome, limits: &Limits) -> Result<usize, String> {
+    match outcome {
+        bindings::Outcome::Events(e) => bindings::events(e, limits).map(|e| e.len()),
+        bindings::Outcome::Ignored(_) => Ok(0),
+        bindings::Outcome::Error(e) => Err(e.message),
+    }
+}

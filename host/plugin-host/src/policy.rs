@@ -1,0 +1,158 @@
+//! The routing policy file (`DIR/policy.toml` or `--policy FILE`).
+//!
+//! ```toml
+//! # Pin the default converter of a platform (required when two loaded
+//! # plugins claim it) and give it configuration.
+//! [platform.discord]
+//! plugin = "discord-interactions"
+//! config = { options = "positional" }
+//!
+//! # Per tenant: forwards of `platform` whose `tenant-of` key is `tenant`.
+//! [[route]]
+//! platform = "discord"
+//! tenant = "81384788765712384"
+//! plugin = "discord-interactions"
+//! config = { options = "named" }
+//!
+//! # Per profile (optionally only for one platform, optionally with a tenant).
+//! [[route]]
+//! profile = "coder"
+//! plugin = "discord-interactions"
+//! ```
+//!
+//! A forward goes to the most specific matching `[[route]]` (a tenant match
+//! beats a profile match, which beats a platform-only match; equal
+//! specificity: first in the file), else to the platform's pinned plugin,
+//! else to the one loaded plugin that lists the platform. The tenant key is
+//! asked of the platform's default plugin. The configuration a plugin sees
+//! through `config(key)` is the matched route's `config`, or the platform's
+//! `config` when no route matched — never a merge, so what a tenant gets is
+//! written in one place.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// The parsed policy file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Per-platform pins and configuration, keyed by forward platform.
+    #[serde(default)]
+    pub platform: BTreeMap<String, PlatformPolicy>,
+    /// Tenant and profile overrides, in file order.
+    #[serde(default)]
+    pub route: Vec<RouteRule>,
+}
+
+/// `[platform.NAME]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformPolicy {
+    /// The plugin (by `describe()` name) converting this platform.
+    pub plugin: Option<String>,
+    /// Configuration for forwards no `[[route]]` matched.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// Forward platform this rule applies to (any when absent).
+    pub platform: Option<String>,
+    /// Tenant key (`tenant-of`) this rule applies to; needs `platform`.
+    pub tenant: Option<String>,
+    /// Profile this rule applies to.
+    pub profile: Option<String>,
+    /// The plugin to use (by `describe()` name).
+    pub plugin: String,
+    /// Configuration the plugin reads through `config(key)`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+impl RouteRule {
+    /// Specificity for ranking: tenant, then profile, then platform.
+    pub(crate) fn rank(&self) -> (bool, bool, bool) {
+        (self.tenant.is_some(), self.profile.is_some(), self.platform.is_some())
+    }
+
+    pub(crate) fn matches(&self, platform: &str, profile: Option<&str>, tenant: Option<&str>) -> bool {
+        self.platform.as_deref().is_none_or(|p| p == platform)
+            && self.profile.as_deref().is_none_or(|p| Some(p) == profile)
+            && self.tenant.as_deref().is_none_or(|t| Some(t) == tenant)
+    }
+}
+
+impl Policy {
+    /// Parse and check a policy document.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let policy: Policy = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (i, r) in policy.route.iter().enumerate() {
+            if r.tenant.is_none() && r.profile.is_none() {
+                return Err(format!(
+                    "route #{} (plugin `{}`) names neither a tenant nor a profile; pin a platform's plugin with [platform.NAME] instead",
+                    i + 1,
+                    r.plugin
+                ));
+            }
+            if r.tenant.is_some() && r.platform.is_none() {
+                return Err(format!(
+                    "route #{} (plugin `{}`) has a tenant but no platform; tenant keys only mean something within a platform",
+                    i + 1,
+                    r.plugin
+                ));
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Read the policy file; a missing file is the empty policy.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let text = r#"
+[platform.discord]
+plugin = "discord-interactions"
+config = { options = "positional" }
+
+[[route]]
+platform = "discord"
+tenant = "81384788765712384"
+plugin = "discord-interactions"
+config = { options = "named" }
+
+[[route]]
+profile = "coder"
+plugin = "discord-interactions"
+"#;
+        let p = Policy::parse(text).expect("valid policy");
+        assert_eq!(p.platform["discord"].plugin.as_deref(), Some("discord-interactions"));
+        assert_eq!(p.route.len(), 2);
+        assert_eq!(p.route[0].config["options"], "named");
+        assert!(p.route[1].matches("slack", Some("coder"), None));
+        assert!(!p.route[0].matches("discord", None, Some("1")));
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_meaningless_routes() {
+        assert!(Policy::parse("[platform.discord]\nplugn = \"x\"\n").is_err());
+        assert!(Policy::parse("[[route]]\nplugin = \"x\"\n").is_err());
+        assert!(Policy::parse("[[route]]\ntenant = \"1\"\nplugin = \"x\"\n").is_err());
+    }
+}

@@ -1,0 +1,396 @@
+//! Loading a plugins directory into a routing [`Table`]: read, compile (or
+//! load from the artifact cache), check the WIT version, type-check against
+//! the world, `describe()`, then resolve platform defaults and policy routes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+
+use crate::artifact_cache::{ArtifactCache, CacheOutcome};
+use crate::bindings::{self, ConverterPluginPre};
+use crate::policy::{Policy, RouteRule};
+use crate::sandbox::{CallContext, ConfigMap, Session, StoreState};
+use crate::stats::PluginStats;
+use crate::{Limits, LoadError};
+
+/// What a loaded plugin says about itself, plus where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginDescription {
+    /// `describe().name`.
+    pub name: String,
+    /// `describe().version`.
+    pub version: String,
+    /// Platforms it converts.
+    pub platforms: Vec<String>,
+    /// The WIT version it says it was built against.
+    pub api_version: String,
+    /// The file it was loaded from.
+    pub file: PathBuf,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+}
+
+/// A loaded, type-checked plugin.
+pub(crate) struct LoadedPlugin {
+    pub(crate) description: PluginDescription,
+    pub(crate) name: Arc<str>,
+    pub(crate) pre: ConverterPluginPre<StoreState>,
+    pub(crate) stats: Arc<PluginStats>,
+}
+
+/// A route as the table resolved it.
+pub(crate) struct Route {
+    pub(crate) rule: RouteRule,
+    pub(crate) plugin: Arc<LoadedPlugin>,
+    pub(crate) config: ConfigMap,
+}
+
+/// A platform's default plugin.
+pub(crate) struct Default {
+    pub(crate) plugin: Arc<LoadedPlugin>,
+    pub(crate) config: ConfigMap,
+    pub(crate) pinned: bool,
+}
+
+/// The routing table: immutable once built, swapped whole on reload.
+#[derive(Default)]
+pub(crate) struct Table {
+    pub(crate) by_file: BTreeMap<PathBuf, Arc<LoadedPlugin>>,
+    pub(crate) by_name: BTreeMap<String, Arc<LoadedPlugin>>,
+    pub(crate) defaults: BTreeMap<String, Default>,
+    pub(crate) routes: Vec<Route>,
+    pub(crate) policy: Policy,
+}
+
+/// A description of the routing table, for `plugins check` and
+/// `GET /plugins`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoutingTable {
+    /// Platform → default plugin name (pinned by policy or sole claimant).
+    pub defaults: BTreeMap<String, String>,
+    /// Policy overrides in file order.
+    pub routes: Vec<RouteRule>,
+}
+
+/// The outcome of a load or reload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LoadReport {
+    /// Every plugin now loaded.
+    pub loaded: Vec<PluginDescription>,
+    /// Files or policy entries that could not be used (skipped). On reload a
+    /// failing file keeps its previous good version, if any.
+    #[serde(serialize_with = "errors_as_strings")]
+    pub errors: Vec<LoadError>,
+    /// Components compiled by cranelift in this load.
+    pub compiled: usize,
+    /// Components loaded from the compiled-artifact cache.
+    pub cache_hits: usize,
+    /// Plugins kept from the previous table (file unchanged).
+    pub unchanged: usize,
+}
+
+fn errors_as_strings<S: serde::Serializer>(errors: &[LoadError], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(errors.iter().map(ToString::to_string))
+}
+
+impl LoadReport {
+    /// Whether everything loaded cleanly.
+    pub fn is_clean(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// What loading needs.
+pub(crate) struct Loader<'a> {
+    pub(crate) engine: &'a Engine,
+    pub(crate) linker: &'a Linker<StoreState>,
+    pub(crate) cache: Option<&'a ArtifactCache>,
+    pub(crate) limits: &'a Limits,
+    pub(crate) stats: &'a dyn Fn(&str) -> Arc<PluginStats>,
+    pub(crate) policy_file: &'a Path,
+}
+
+/// The `*.wasm` files of a directory, sorted.
+pub(crate) fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+impl Loader<'_> {
+    /// Load every file, keeping unchanged plugins from `previous` and, when a
+    /// file fails, its previous good version.
+    pub(crate) fn build(
+        &self,
+        files: &[PathBuf],
+        policy: Policy,
+        previous: &Table,
+        report: &mut LoadReport,
+    ) -> Table {
+        let mut table = Table {
+            policy,
+            ..Table::default()
+        };
+        for file in files {
+            let plugin = match self.load_file(file, previous, report) {
+                Ok(p) => p,
+                Err(e) => {
+                    let kept = previous.by_file.get(file).cloned();
+                    if let Some(old) = &kept {
+                        tracing::warn!(file = %file.display(), error = %e, plugin = %old.name, "plugin failed to load; keeping the previous version");
+                    } else {
+                        tracing::warn!(file = %file.display(), error = %e, "plugin failed to load; skipped");
+                    }
+                    report.errors.push(e);
+                    match kept {
+                        Some(old) => old,
+                        None => continue,
+                    }
+                }
+            };
+            if let Some(first) = table.by_name.get(&plugin.description.name) {
+                report.errors.push(LoadError::DuplicateName {
+                    name: plugin.description.name.clone(),
+                    first: first.description.file.clone(),
+                    second: file.clone(),
+                });
+                continue;
+            }
+            table.by_name.insert(plugin.description.name.clone(), Arc::clone(&plugin));
+            table.by_file.insert(file.clone(), plugin);
+        }
+        table.resolve_routes(self.policy_file, previous, report);
+        report.loaded = table.by_name.values().map(|p| p.description.clone()).collect();
+        table
+    }
+
+    fn load_file(&self, file: &Path, previous: &Table, report: &mut LoadReport) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let bytes = std::fs::read(file).map_err(|e| LoadError::Io {
+            file: file.to_owned(),
+            message: e.to_string(),
+        })?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        if let Some(old) = previous.by_file.get(file)
+            && old.description.sha256 == sha256
+        {
+            report.unchanged += 1;
+            return Ok(Arc::clone(old));
+        }
+        let (component, outcome) = self.compile(file, &bytes, &sha256)?;
+        match outcome {
+            CacheOutcome::Hit => report.cache_hits += 1,
+            CacheOutcome::Compiled | CacheOutcome::Uncached => report.compiled += 1,
+        }
+        let pre = self.type_check(file, &component)?;
+        let info = self.describe(file, &pre)?;
+        let stats = (self.stats)(&info.name);
+        // A new version gets a fresh start.
+        stats.reset_quarantine();
+        let description = PluginDescription {
+            name: info.name,
+            version: info.version,
+            platforms: info.platforms,
+            api_version: info.api_version,
+            file: file.to_owned(),
+            sha256,
+        };
+        tracing::info!(plugin = %description.name, version = %description.version, file = %file.display(), platforms = ?description.platforms, "plugin loaded");
+        Ok(Arc::new(LoadedPlugin {
+            name: Arc::from(description.name.as_str()),
+            description,
+            pre,
+            stats,
+        }))
+    }
+
+    pub(crate) fn compile(&self, file: &Path, bytes: &[u8], sha256: &str) -> Result<(Component, CacheOutcome), LoadError> {
+        let compiled = match self.cache {
+            Some(cache) => cache.load(self.engine, bytes, sha256),
+            None => Component::new(self.engine, bytes).map(|c| (c, CacheOutcome::Uncached)),
+        };
+        compiled.map_err(|e| LoadError::Compile {
+            file: file.to_owned(),
+            message: format!("{e:#}"),
+        })
+    }
+
+    /// Refuse another `hermes:converter` version by name before linking (the
+    /// linker's own error would only say an import is missing), then
+    /// type-check against the world.
+    pub(crate) fn type_check(&self, file: &Path, component: &Component) -> Result<ConverterPluginPre<StoreState>, LoadError> {
+        let ty = component.component_type();
+        let names = ty
+            .exports(self.engine)
+            .map(|(n, _)| n.to_owned())
+            .chain(ty.imports(self.engine).map(|(n, _)| n.to_owned()));
+        for name in names {
+            let Some(rest) = name.strip_prefix(bindings::PACKAGE).and_then(|r| r.strip_prefix('/')) else {
+                continue;
+            };
+            let version = rest.split_once('@').map_or("", |(_, v)| v);
+            if !bindings::version_compatible(version) {
+                return Err(LoadError::Incompatible {
+                    file: file.to_owned(),
+                    plugin_version: if version.is_empty() { "(unversioned)".to_owned() } else { version.to_owned() },
+                    host_version: bindings::API_VERSION.to_owned(),
+                });
+            }
+        }
+        let type_err = |e: wasmtime::Error| LoadError::TypeCheck {
+            file: file.to_owned(),
+            message: format!("{e:#}"),
+        };
+        let pre = self.linker.instantiate_pre(component).map_err(type_err)?;
+        ConverterPluginPre::new(pre).map_err(type_err)
+    }
+
+    fn describe(&self, file: &Path, pre: &ConverterPluginPre<StoreState>) -> Result<bindings::PluginInfo, LoadError> {
+        let err = |message: String| LoadError::Describe {
+            file: file.to_owned(),
+            message,
+        };
+        let cx = CallContext {
+            plugin: Arc::from(file.display().to_string()),
+            tenant: None,
+            config: ConfigMap::default(),
+        };
+        let mut session = Session::new(self.engine, pre, self.limits, cx).map_err(|e| err(e.to_string()))?;
+        let info = session.describe().map_err(|e| err(e.to_string()))?;
+        let valid_name = |s: &str| {
+            !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        if !valid_name(&info.name) {
+            return Err(err(format!("invalid plugin name {:?} (1-64 of A-Z a-z 0-9 - _ .)", info.name)));
+        }
+        if info.platforms.is_empty() || !info.platforms.iter().all(|p| valid_name(p)) {
+            return Err(err(format!("invalid platform list {:?}", info.platforms)));
+        }
+        if info.version.len() > 64 || info.api_version.len() > 64 {
+            return Err(err("version strings longer than 64 bytes".to_owned()));
+        }
+        Ok(info)
+    }
+}
+
+impl Table {
+    /// Resolve platform defaults (policy pins, sole claimants, conflicts)
+    /// and the policy's routes against the loaded plugins.
+    fn resolve_routes(&mut self, policy_file: &Path, previous: &Table, report: &mut LoadReport) {
+        let mut claimants: BTreeMap<&str, Vec<&Arc<LoadedPlugin>>> = BTreeMap::new();
+        for p in self.by_name.values() {
+            for platform in &p.description.platforms {
+                claimants.entry(platform.as_str()).or_default().push(p);
+            }
+        }
+        let mut defaults = BTreeMap::new();
+        // Policy pins first.
+        for (platform, pin) in &self.policy.platform {
+            let config: ConfigMap = Arc::new(pin.config.clone());
+            match &pin.plugin {
+                Some(name) => match self.by_name.get(name) {
+                    Some(p) => {
+                        defaults.insert(platform.clone(), Default { plugin: Arc::clone(p), config, pinned: true });
+                    }
+                    None => report.errors.push(LoadError::Policy {
+                        file: policy_file.to_owned(),
+                        message: format!("[platform.{platform}] pins plugin `{name}`, which is not loaded"),
+                    }),
+                },
+                None => {
+                    // Config only: applies to the sole claimant.
+                    if let Some([only]) = claimants.get(platform.as_str()).map(Vec::as_slice) {
+                        defaults.insert(platform.clone(), Default { plugin: Arc::clone(only), config, pinned: false });
+                    }
+                }
+            }
+        }
+        for (platform, plugins) in &claimants {
+            if defaults.contains_key(*platform) {
+                continue;
+            }
+            match plugins.as_slice() {
+                [only] => {
+                    defaults.insert((*platform).to_owned(), Default { plugin: Arc::clone(only), config: ConfigMap::default(), pinned: false });
+                }
+                [first, second, ..] => {
+                    report.errors.push(LoadError::Conflict {
+                        platform: (*platform).to_owned(),
+                        first: first.description.name.clone(),
+                        second: second.description.name.clone(),
+                    });
+                    // Hot swap must not break a working platform: keep the
+                    // previous default while it is still loaded.
+                    if let Some(old) = previous.defaults.get(*platform)
+                        && let Some(p) = self.by_name.get(&*old.plugin.name)
+                    {
+                        defaults.insert((*platform).to_owned(), Default { plugin: Arc::clone(p), config: Arc::clone(&old.config), pinned: old.pinned });
+                    }
+                }
+                [] => {}
+            }
+        }
+        self.defaults = defaults;
+        for rule in &self.policy.route {
+            match self.by_name.get(&rule.plugin) {
+                Some(p) => self.routes.push(Route {
+                    rule: rule.clone(),
+                    plugin: Arc::clone(p),
+                    config: Arc::new(rule.config.clone()),
+                }),
+                None => report.errors.push(LoadError::Policy {
+                    file: policy_file.to_owned(),
+                    message: format!("a [[route]] names plugin `{}`, which is not loaded", rule.plugin),
+                }),
+            }
+        }
+    }
+
+    /// The plugin asked for the tenant key: the platform's default, else the
+    /// best route that does not depend on the tenant.
+    pub(crate) fn tenant_plugin(&self, platform: &str, profile: Option<&str>) -> Option<(Arc<LoadedPlugin>, ConfigMap)> {
+        if let Some(d) = self.defaults.get(platform) {
+            return Some((Arc::clone(&d.plugin), Arc::clone(&d.config)));
+        }
+        self.best_route(platform, profile, None)
+            .map(|r| (Arc::clone(&r.plugin), Arc::clone(&r.config)))
+    }
+
+    fn best_route(&self, platform: &str, profile: Option<&str>, tenant: Option<&str>) -> Option<&Route> {
+        let mut best: Option<&Route> = None;
+        for r in &self.routes {
+            if r.rule.matches(platform, profile, tenant) && best.is_none_or(|b| r.rule.rank() > b.rule.rank()) {
+                best = Some(r);
+            }
+        }
+        best
+    }
+
+    /// The plugin and config for a forward once its tenant is known.
+    pub(crate) fn resolve(&self, platform: &str, profile: Option<&str>, tenant: Option<&str>) -> Option<(Arc<LoadedPlugin>, ConfigMap)> {
+        if let Some(r) = self.best_route(platform, profile, tenant) {
+            return Some((Arc::clone(&r.plugin), Arc::clone(&r.config)));
+        }
+        self.defaults
+            .get(platform)
+            .map(|d| (Arc::clone(&d.plugin), Arc::clone(&d.config)))
+    }
+
+    pub(crate) fn describe(&self) -> RoutingTable {
+        RoutingTable {
+            defaults: self
+                .defaults
+                .iter()
+                .map(|(k, d)| (k.clone(), d.plugin.description.name.clone()))
+                .collect(),
+            routes: self.routes.iter().map(|r| r.rule.clone()).collect(),
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! A converter built against `hermes:converter@9.0.0` (a copy of the WIT in
+//! this crate's `wit/` with another major version). The host must refuse it
+//! at load, naming both versions. Natively the crate is empty.
+
+#[cfg(target_arch = "wasm32")]
+mod incompatible {
+    wit_bindgen::generate!({
+        world: "converter-plugin",
+        path: "wit",
+    });
+
+    use exports::hermes::converter::converter::{Guest, Outcome, PluginInfo, Request};
+
+    struct Incompatible;
+
+    impl Guest for Incompatible {
+        fn describe() -> PluginInfo {
+            PluginInfo {
+                name: "incompatible".to_owned(),
+                version: "9.0.0".to_owned(),
+                platforms: vec!["incompatible".to_owned()],
+                api_version: "9.0.0".to_owned(),
+            }
+        }
+
+        fn tenant_of(_req: Request) -> Option<String> {
+            None
+        }
+
+        fn convert(_req: Request) -> Outcome {
+            Outcome::Ignored("incompatible".to_owned())
+        }
+    }
+
+    export!(Incompatible);
+}

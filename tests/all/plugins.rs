@@ -1,0 +1,489 @@
+//! The plugin host against real compiled guests: the sandbox (timeouts,
+//! memory, panics, output caps, capability probes, fresh state), loading
+//! (incompatible WIT, conflicts, the artifact cache), routing with policy
+//! and config, hot swap under load, and quarantine.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hermes_plugin_host::{
+    Conversion, LoadError, LoadReport, Limits, Outcome, PluginError, PluginHost, PluginHostConfig,
+    QuarantinePolicy, RejectKind,
+};
+use hermes_protocol::forward::PassthroughForward;
+use serde_json::Value;
+
+/// Limits for tests: defaults, but quarantine far away unless a test wants it.
+fn limits() -> Limits {
+    Limits {
+        quarantine: QuarantinePolicy {
+            after_faults: 1000,
+            ..QuarantinePolicy::default()
+        },
+        ..Limits::default()
+    }
+}
+
+/// A temporary plugins directory holding copies of these artifacts.
+fn plugins_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, artifact) in files {
+        std::fs::copy(artifact, dir.path().join(name)).expect("copy artifact");
+    }
+    dir
+}
+
+fn load_with(dir: &Path, limits: Limits) -> (PluginHost, LoadReport) {
+    let mut config = PluginHostConfig::new(dir);
+    config.limits = limits;
+    PluginHost::load(config).expect("plugin host loads")
+}
+
+fn hostile_host() -> (PluginHost, tempfile::TempDir) {
+    let dir = plugins_dir(&[("hostile.wasm", hermes_plugin_artifacts::HOSTILE)]);
+    let (host, report) = load_with(dir.path(), limits());
+    assert!(report.is_clean(), "load errors: {:?}", report.errors);
+    (host, dir)
+}
+
+fn forward(platform: &str, body: impl Into<Vec<u8>>) -> PassthroughForward {
+    PassthroughForward {
+        platform: platform.to_owned(),
+        method: "POST".to_owned(),
+        body: body.into(),
+        ..PassthroughForward::default()
+    }
+}
+
+/// The text of a conversion's only event.
+fn single_text(c: &Conversion) -> String {
+    match &c.outcome {
+        Outcome::Events(events) if events.len() == 1 => events[0].event.text.clone(),
+        other => panic!("expected one event, got {other:?}"),
+    }
+}
+
+fn failure(c: &Conversion) -> &PluginError {
+    match &c.outcome {
+        Outcome::Failed(e) => e,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+async fn hostile(host: &PluginHost, body: &str) -> Conversion {
+    host.convert(&forward("hostile", body)).await
+}
+
+/// A corpus case: the forward (headers and body from the in-repo copy) and
+/// its manifest entry.
+fn corpus_case(file: &str) -> (PassthroughForward, Value) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus");
+    let manifest: Value = serde_json::from_slice(&std::fs::read(root.join("manifest.json")).expect("manifest"))
+        .expect("manifest is JSON");
+    let case = manifest["cases"]
+        .as_array()
+        .and_then(|cases| cases.iter().find(|c| c["file"] == file))
+        .unwrap_or_else(|| panic!("{file} not in the corpus manifest"))
+        .clone();
+    let f = &case["forward"];
+    let headers = f["headers"]
+        .as_array()
+        .map(|hs| {
+            hs.iter()
+                .filter_map(|h| Some((h[0].as_str()?.to_owned(), h[1].as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let fwd = PassthroughForward {
+        platform: f["platform"].as_str().unwrap_or_default().to_owned(),
+        method: f["method"].as_str().unwrap_or_default().to_owned(),
+        path: f["path"].as_str().unwrap_or_default().to_owned(),
+        headers,
+        body: std::fs::read(root.join(file)).expect("corpus body"),
+        ..PassthroughForward::default()
+    };
+    (fwd, case)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn well_behaved_conversion_and_fresh_instance_per_call() {
+    let (host, _dir) = hostile_host();
+    let c = hostile(&host, "ok").await;
+    assert_eq!(c.plugin.as_deref(), Some("hostile"));
+    assert_eq!(single_text(&c), "ok");
+    // A global counter in the guest: 1 every time, because every call gets
+    // a fresh instance.
+    for _ in 0..3 {
+        assert_eq!(single_text(&hostile(&host, "counter").await), "counter: 1");
+    }
+    assert_eq!(hostile(&host, "ignore").await.outcome, Outcome::Ignored("ping".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn infinite_loop_times_out_within_the_deadline_and_the_next_call_works() {
+    let (host, _dir) = hostile_host();
+    let deadline = host.limits().epoch_deadline;
+    let started = Instant::now();
+    let c = hostile(&host, "loop").await;
+    let took = started.elapsed();
+    assert_eq!(failure(&c), &PluginError::Timeout { after: deadline });
+    assert!(took >= deadline, "stopped before the deadline: {took:?}");
+    // Well under the outer timeout (2 s): the epoch deadline stopped it.
+    assert!(took < deadline + Duration::from_millis(900), "stopped too late: {took:?}");
+    assert_eq!(single_text(&hostile(&host, "ok").await), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_bomb_hits_the_limit_and_the_host_carries_on() {
+    let (host, _dir) = hostile_host();
+    let c = hostile(&host, "alloc").await;
+    assert_eq!(failure(&c), &PluginError::MemoryLimit { limit: host.limits().max_memory_bytes });
+    assert_eq!(single_text(&hostile(&host, "ok").await), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_carries_its_message() {
+    let (host, _dir) = hostile_host();
+    let c = hostile(&host, "panic the kiln is on fire").await;
+    match failure(&c) {
+        PluginError::Panic { message } => {
+            assert!(message.contains("the kiln is on fire"), "panic message lost: {message}")
+        }
+        other => panic!("expected a panic, got {other:?}"),
+    }
+    assert_eq!(single_text(&hostile(&host, "ok").await), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_output_is_refused() {
+    let (host, _dir) = hostile_host();
+    for body in ["big-output", "many-events"] {
+        let c = hostile(&host, body).await;
+        assert!(matches!(failure(&c), PluginError::BadOutput(_)), "{body}: {c:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn floods_of_logs_and_stderr_are_bounded_not_fatal() {
+    let (host, _dir) = hostile_host();
+    assert_eq!(single_text(&hostile(&host, "log-flood").await), "ok");
+    assert_eq!(single_text(&hostile(&host, "stderr-flood").await), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capability_probes_fail_inside_the_guest() {
+    let (host, _dir) = hostile_host();
+
+    // A file the host can read, the guest cannot.
+    let secret = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(secret.path(), b"host secret").expect("write");
+    let path = secret.path().display().to_string();
+    let text = single_text(&hostile(&host, &format!("read-file {path}")).await);
+    assert!(text.starts_with("read-file: error"), "guest read a host file: {text}");
+
+    // The test process has environment variables (PATH at least); the
+    // guest must see none.
+    assert!(std::env::vars().next().is_some());
+    assert_eq!(single_text(&hostile(&host, "env").await), "env: vars=[] args=0");
+
+    // A listener the guest must not reach.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    let text = single_text(&hostile(&host, &format!("socket {addr}")).await);
+    // Refused by the sandbox's network policy, not merely unsupported.
+    assert!(
+        text.starts_with("socket: error") && text.contains("denied"),
+        "guest socket probe: {text}"
+    );
+    assert!(listener.accept().is_err(), "the guest's connection arrived");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn input_caps_and_missing_routes() {
+    let (host, _dir) = hostile_host();
+    let c = host.convert(&forward("hostile", Vec::new())).await;
+    assert!(matches!(c.outcome, Outcome::Rejected { kind: RejectKind::EmptyBody, .. }), "{c:?}");
+    let big = vec![b'o'; host.limits().max_body_bytes + 1];
+    let c = host.convert(&forward("hostile", big)).await;
+    assert!(matches!(c.outcome, Outcome::Rejected { kind: RejectKind::PayloadTooLarge, .. }), "{c:?}");
+    let c = host.convert(&forward("telegram", "ok")).await;
+    assert_eq!(failure(&c), &PluginError::NoRoute { platform: "telegram".to_owned() });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn incompatible_wit_is_refused_naming_both_versions() {
+    let dir = plugins_dir(&[
+        ("hostile.wasm", hermes_plugin_artifacts::HOSTILE),
+        ("incompatible.wasm", hermes_plugin_artifacts::INCOMPATIBLE),
+    ]);
+    let (host, report) = load_with(dir.path(), limits());
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    let error = &report.errors[0];
+    assert!(
+        matches!(error, LoadError::Incompatible { plugin_version, host_version, .. }
+            if plugin_version == "9.0.0" && host_version == hermes_plugin_host::API_VERSION),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("9.0.0") && message.contains(hermes_plugin_host::API_VERSION), "{message}");
+    // The good plugin still loads and works.
+    assert_eq!(single_text(&hostile(&host, "ok").await), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_files_are_reported_and_skipped() {
+    let dir = plugins_dir(&[("hostile.wasm", hermes_plugin_artifacts::HOSTILE)]);
+    std::fs::write(dir.path().join("broken.wasm"), b"\0asm not really").expect("write");
+    let (host, report) = load_with(dir.path(), limits());
+    assert!(
+        matches!(report.errors.as_slice(), [LoadError::Compile { file, .. }] if file.ends_with("broken.wasm")),
+        "{:?}",
+        report.errors
+    );
+    assert_eq!(host.plugins().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_plugins_claiming_a_platform_without_policy_is_an_error_naming_both() {
+    let dir = plugins_dir(&[
+        ("discord.wasm", hermes_plugin_artifacts::DISCORD),
+        ("hostile.wasm", hermes_plugin_artifacts::HOSTILE),
+    ]);
+    let (host, report) = load_with(dir.path(), limits());
+    let conflict = report
+        .errors
+        .iter()
+        .find(|e| matches!(e, LoadError::Conflict { .. }))
+        .unwrap_or_else(|| panic!("no conflict reported: {:?}", report.errors));
+    let message = conflict.to_string();
+    assert!(message.contains("discord-interactions") && message.contains("hostile"), "{message}");
+    assert!(!host.routing_table().defaults.contains_key("discord"));
+
+    // A pin in the policy settles it.
+    std::fs::write(dir.path().join("policy.toml"), "[platform.discord]\nplugin = \"discord-interactions\"\n").expect("policy");
+    let report = host.reload().await;
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert_eq!(host.routing_table().defaults["discord"], "discord-interactions");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routing_by_platform_tenant_and_profile_with_config() {
+    let (guild_slash, case) = corpus_case("discord/guild_slash_simple.json");
+    let guild = case["expect"]["events"][0]["source"]["scope_id"].as_str().expect("scope id").to_owned();
+    let (dm_slash, _) = corpus_case("discord/dm_slash.json");
+
+    let dir = plugins_dir(&[
+        ("discord.wasm", hermes_plugin_artifacts::DISCORD),
+        ("hostile.wasm", hermes_plugin_artifacts::HOSTILE),
+    ]);
+    let policy = format!(
+        r#"
+[platform.discord]
+plugin = "discord-interactions"
+
+[platform.hostile]
+plugin = "hostile"
+config = {{ label = "platform" }}
+
+[[route]]
+platform = "discord"
+tenant = "{guild}"
+plugin = "hostile"
+config = {{ label = "tenant-route" }}
+
+[[route]]
+profile = "coder"
+plugin = "hostile"
+config = {{ label = "profile-route" }}
+"#
+    );
+    std::fs::write(dir.path().join("policy.toml"), policy).expect("policy");
+    let (host, report) = load_with(dir.path(), limits());
+    assert!(report.is_clean(), "{:?}", report.errors);
+
+    // Platform default: the pinned Discord converter (tenant = its tenant-of).
+    let c = host.convert(&dm_slash).await;
+    assert_eq!(c.plugin.as_deref(), Some("discord-interactions"), "{c:?}");
+    assert!(matches!(c.outcome, Outcome::Events(_)), "{c:?}");
+
+    // Tenant override: this guild goes to the hostile plugin with its config.
+    let c = host.convert(&guild_slash).await;
+    assert_eq!(c.plugin.as_deref(), Some("hostile"));
+    assert_eq!(c.tenant.as_deref(), Some(guild.as_str()));
+    assert_eq!(single_text(&c), "config: label=tenant-route");
+
+    // Profile override, for any platform.
+    let mut coder = forward("hostile", "config label");
+    coder.profile = Some("coder".to_owned());
+    assert_eq!(single_text(&host.convert(&coder).await), "config: label=profile-route");
+
+    // Platform config when no route matches.
+    assert_eq!(single_text(&hostile(&host, "config label").await), "config: label=platform");
+
+    // `convert --config key=value`: config given by the caller instead.
+    let config = [("label".to_owned(), "from-cli".to_owned())].into();
+    let c = host.convert_with_config(&forward("hostile", "config label"), config).await;
+    assert_eq!(single_text(&c), "config: label=from-cli");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupt_cache_entries_are_recompiled() {
+    let dir = plugins_dir(&[("hostile.wasm", hermes_plugin_artifacts::HOSTILE)]);
+    let cache = tempfile::tempdir().expect("cache dir");
+    let load = || {
+        let mut config = PluginHostConfig::new(dir.path());
+        config.cache_dir = Some(cache.path().to_owned());
+        config.limits = limits();
+        PluginHost::load(config).expect("load")
+    };
+    let (_, first) = load();
+    assert_eq!((first.compiled, first.cache_hits), (1, 0));
+    let (_, second) = load();
+    assert_eq!((second.compiled, second.cache_hits), (0, 1));
+
+    let entries: Vec<PathBuf> = std::fs::read_dir(cache.path())
+        .expect("read cache")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    // Flip bytes in the middle of the compiled code.
+    let mut bytes = std::fs::read(&entries[0]).expect("entry");
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&entries[0], &bytes).expect("corrupt");
+    let (host, third) = load();
+    assert!(third.is_clean(), "{:?}", third.errors);
+    assert_eq!((third.compiled, third.cache_hits), (1, 0));
+    assert_eq!(single_text(&hostile(&host, "ok").await), "ok");
+
+    // Truncated entry: same.
+    std::fs::write(&entries[0], &bytes[..10]).expect("truncate");
+    let (_, fourth) = load();
+    assert_eq!((fourth.compiled, fourth.cache_hits, fourth.errors.len()), (1, 0, 0));
+}
+
+/// The hostile component with a custom section appended: a different file
+/// (new hash, recompiled) that behaves the same — a "new version".
+fn new_version(bytes: &[u8], tag: u8) -> Vec<u8> {
+    let mut v = bytes.to_vec();
+    // custom section: id 0, size 7, name "hermv" (len 5), payload [tag]
+    v.extend_from_slice(&[0, 7, 5, b'h', b'e', b'r', b'm', b'v', tag]);
+    v
+}
+
+/// Replace a file the way a deploy does: write aside, then rename.
+fn replace(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_swap_under_load_loses_no_conversion() {
+    let (host, dir) = hostile_host();
+    let file = dir.path().join("hostile.wasm");
+    let original = std::fs::read(&file).expect("read");
+    let sha_of = |host: &PluginHost| host.plugins().first().map(|p| p.sha256.clone()).unwrap_or_default();
+    let sha0 = sha_of(&host);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (host, stop, ok) = (host.clone(), Arc::clone(&stop), Arc::clone(&ok));
+        tasks.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let c = host.convert(&forward("hostile", "counter")).await;
+                match &c.outcome {
+                    Outcome::Events(e) if e.len() == 1 && e[0].event.text == "counter: 1" => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => failures.push(c),
+                }
+            }
+            failures
+        }));
+    }
+
+    // A new version, picked up by an on-demand reload.
+    replace(&file, &new_version(&original, 1));
+    let report = host.reload().await;
+    assert!(report.is_clean(), "{:?}", report.errors);
+    let sha1 = sha_of(&host);
+    assert_ne!(sha1, sha0, "the new version was not swapped in");
+
+    // Then another, picked up by the file watcher.
+    let _watch = host.watch().expect("watch");
+    replace(&file, &new_version(&original, 2));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sha_of(&host) == sha1 {
+        assert!(Instant::now() < deadline, "the watcher never reloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sha2 = sha_of(&host);
+
+    // Then a broken file: reported, and the working version stays.
+    replace(&file, b"garbage, not a component");
+    let report = host.reload().await;
+    assert!(matches!(report.errors.as_slice(), [LoadError::Compile { .. }]), "{:?}", report.errors);
+    assert_eq!(sha_of(&host), sha2, "a broken file replaced the working plugin");
+
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for t in tasks {
+        failures.extend(t.await.expect("task"));
+    }
+    assert!(failures.is_empty(), "{} conversions failed during hot swap: {:?}", failures.len(), failures.first());
+    assert!(ok.load(Ordering::Relaxed) > 0, "no conversion ran during the swap");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_faults_quarantine_until_the_backoff_ends() {
+    let dir = plugins_dir(&[("hostile.wasm", hermes_plugin_artifacts::HOSTILE)]);
+    let policy = QuarantinePolicy {
+        after_faults: 3,
+        backoff: Duration::from_millis(300),
+        max_backoff: Duration::from_secs(2),
+    };
+    let (host, _) = load_with(dir.path(), Limits { quarantine: policy, ..limits() });
+    for _ in 0..3 {
+        assert!(matches!(failure(&hostile(&host, "panic again").await), PluginError::Panic { .. }));
+    }
+    let c = hostile(&host, "ok").await;
+    let remaining = match failure(&c) {
+        PluginError::Quarantined { remaining } => *remaining,
+        other => panic!("expected quarantine, got {other:?}"),
+    };
+    assert!(remaining <= policy.backoff);
+    let counters = &host.counters()["hostile"];
+    assert_eq!(counters.quarantines, 1);
+    assert_eq!(counters.failures.get("panic"), Some(&3));
+
+    // The quarantine is a point in time: wait it out.
+    tokio::time::sleep(remaining + Duration::from_millis(20)).await;
+    assert_eq!(single_text(&hostile(&host, "ok").await), "ok");
+    assert_eq!(host.counters()["hostile"].quarantined_for, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typed_rejections_never_quarantine() {
+    let dir = plugins_dir(&[("hostile.wasm", hermes_plugin_artifacts::HOSTILE)]);
+    let policy = QuarantinePolicy {
+        after_faults: 2,
+        ..QuarantinePolicy::default()
+    };
+    let (host, _) = load_with(dir.path(), Limits { quarantine: policy, ..limits() });
+    for _ in 0..20 {
+        let c = hostile(&host, "reject").await;
+        assert!(matches!(c.outcome, Outcome::Rejected { kind: RejectKind::InvalidJson, .. }), "{c:?}");
+    }
+    assert_eq!(single_text(&hostile(&host, "ok").await), "ok");
+    let counters = &host.counters()["hostile"];
+    assert_eq!((counters.rejected, counters.quarantines), (20, 0));
+}

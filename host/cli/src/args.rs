@@ -1,0 +1,417 @@
+//! The command line, exactly as `cli.md` specifies it (clap derive).
+//!
+//! Flags with an environment fallback name it with clap's `env`, so `--help`
+//! shows `[env: NAME=]` next to the flag. Variables that are not tied to one
+//! flag (the relay settings of `relay-contract.md` §8) are listed in each
+//! subcommand's trailing help.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Environment variables `run` reads, shown after its flags in `--help`.
+pub const RUN_ENV_HELP: &str = "\
+Environment (the env file, ~/.hermes/.env or --env-file, is read first and never
+overrides a variable already set; then the config file; then defaults):
+  GATEWAY_RELAY_URL            connector base or dial URL; enables the relay
+                               (config gateway.relay_url; --relay-url overrides)
+  GATEWAY_RELAY_ID             this gateway's id for link auth (gateway.relay_id)
+  GATEWAY_RELAY_SECRET         its secret; a blank secret with an id is an error
+                               (gateway.relay_secret)
+  GATEWAY_RELAY_DELIVERY_KEY   legacy delivery-signature key
+                               (gateway.relay_delivery_key)
+  GATEWAY_RELAY_PLATFORM       hello identity platform (default relay)
+  GATEWAY_RELAY_BOT_ID         hello identity bot id (default empty)
+  GATEWAY_RELAY_ROUTE_KEYS     route keys for provisioning, comma-separated
+                               (gateway.relay_route_keys)
+  GATEWAY_RELAY_WAKE_URL       provisioning extra: wake URL
+  GATEWAY_RELAY_INSTANCE_ID    provisioning extra: instance id
+  GATEWAY_RELAY_ALLOW_UNAUTHENTICATED
+                               set to 1 to allow dialling without credentials
+                               (local development only)
+  HERMES_IDENTITY_TOKEN        identity token used to provision id and secret at
+                               start when none are pinned
+  HERMES_AGENT                 agent spec (see --agent)
+  OPENAI_API_KEY               API key for openai: agents
+  RUST_LOG                     log filter, e.g. info or hermes=debug
+
+Exit codes: 0 clean shutdown, 1 runtime failure or misconfiguration,
+2 usage error, 4 relay access revoked.";
+
+/// Environment variables `enroll` reads.
+pub const ENROLL_ENV_HELP: &str = "\
+Environment:
+  GATEWAY_RELAY_ENROLL_TOKEN   enrollment token (see --token)
+  GATEWAY_RELAY_URL            connector URL when --connector-url is not given
+                               (also read from the env file)
+  GATEWAY_RELAY_WAKE_URL       wake URL (see --wake-url)
+  HERMES_IDENTITY_TOKEN        identity token (see --identity-token)
+  HERMES_MANAGED               when set, enroll refuses: a managed install is
+                               enrolled by its manager
+
+Writes GATEWAY_RELAY_ID, GATEWAY_RELAY_SECRET, GATEWAY_RELAY_DELIVERY_KEY (and
+GATEWAY_RELAY_URL / GATEWAY_RELAY_WAKE_URL when given on the command line) into
+the env file, keeping its other lines, mode 0600. Secrets are shown as <hidden>.";
+
+/// Exit codes shared by `plugins check` and `convert`.
+pub const CONVERT_HELP: &str = "\
+Prints one JSON object on stdout:
+  {\"outcome\":\"event\",\"plugin\":…,\"events\":[…]}            exit 0
+  {\"outcome\":\"ignored\",\"plugin\":…,\"reason\":…}             exit 0
+  {\"outcome\":\"error\",\"plugin\":…,\"error_kind\":…,\"message\":…} exit 3
+A plugin fault (trap, timeout, memory limit, malformed output) or a request no
+plugin routes prints outcome \"error\" with error_kind \"plugin_fault\" or
+\"no_route\" and exits 1.
+
+Environment:
+  RUST_LOG    log filter for the plugin's log lines (written to stderr)";
+
+/// hermes-gateway connects an AI agent to chat platforms through a relay
+/// connector, converting raw webhooks with sandboxed WebAssembly plugins.
+///
+/// `hermes-gateway --plugins DIR` is the same as `hermes-gateway run --plugins DIR`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hermes-gateway",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = RUN_ENV_HELP
+)]
+pub struct Cli {
+    /// What to do; without one, the flags below run the gateway (`run`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// The flags of `run`, accepted at the top level as a shortcut.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway: dial the relay connector and serve the agent.
+    #[command(after_help = RUN_ENV_HELP)]
+    Run(RunArgs),
+    /// Validate and inspect converter plugins.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// Run one request through routing and its converter; print the outcome as JSON.
+    #[command(after_help = CONVERT_HELP)]
+    Convert(ConvertArgs),
+    /// Create things for plugin authors.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Enroll this gateway with a relay connector and save its credentials.
+    #[command(after_help = ENROLL_ENV_HELP)]
+    Enroll(EnrollArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory of converter plugins (`*.wasm`); a `policy.toml` in it is the
+    /// default policy. Watched: changes are picked up without a restart.
+    #[arg(long, value_name = "DIR", required = true)]
+    pub plugins: Option<PathBuf>,
+
+    /// The agent that answers: `echo` (replies with the event's text),
+    /// `exec:COMMAND` (runs COMMAND via `sh -c` per turn) or
+    /// `openai:BASE_URL` (an OpenAI-compatible chat-completions server).
+    /// Falls back to the env file, then config `agent.spec`, then `echo`.
+    #[arg(long, value_name = "SPEC", env = "HERMES_AGENT")]
+    pub agent: Option<String>,
+
+    /// Model name for `openai:` agents (config `agent.model`).
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
+
+    /// Policy file pinning converters per platform, tenant and profile and
+    /// passing config to them (default: DIR/policy.toml when present).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// TOML config file: `[gateway]` relay_url, relay_id, relay_secret,
+    /// relay_delivery_key, relay_route_keys, group_sessions_per_user,
+    /// thread_sessions_per_user; `[agent]` spec, model. Environment wins over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Env file of KEY=VALUE lines read at start without overriding variables
+    /// already set (default: ~/.hermes/.env when it exists).
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+
+    /// Serve the admin HTTP endpoints on ADDR (e.g. 127.0.0.1:9464):
+    /// GET /healthz, /readyz, /metrics, /plugins and POST /reload.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+
+    /// Relay connector URL; overrides GATEWAY_RELAY_URL and the config file.
+    #[arg(long, value_name = "URL")]
+    pub relay_url: Option<String>,
+
+    /// Dial without credentials when none are configured (local development
+    /// only; otherwise a missing or blank secret is an error).
+    /// Also enabled by GATEWAY_RELAY_ALLOW_UNAUTHENTICATED=1.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+
+    /// Log format; the level comes from RUST_LOG (default info).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+/// `plugins …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// Load DIR as `run` would and print each plugin and the routing table.
+    /// Exits 1 if any file failed to load, naming the file and the reason.
+    Check(CheckArgs),
+}
+
+/// Flags of `plugins check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Directory of converter plugins.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Policy file (default: DIR/policy.toml when present).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+}
+
+/// Flags of `convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// Directory of converter plugins, loaded as `run` would.
+    #[arg(long, value_name = "DIR")]
+    pub plugins: PathBuf,
+    /// Forward platform (`discord`, `twilio`, `slack`, …): picks the converter.
+    #[arg(long, value_name = "P")]
+    pub platform: String,
+    /// Request path at the connector (informational).
+    #[arg(long, value_name = "PATH", default_value = "")]
+    pub path: String,
+    /// HTTP method.
+    #[arg(long, value_name = "M", default_value = "POST")]
+    pub method: String,
+    /// A request header as 'Name: value'; repeat for more, order is kept.
+    #[arg(long = "header", value_name = "'Name: value'", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// Read the body bytes from file F (`-` for stdin).
+    #[arg(long, value_name = "F", conflicts_with = "body_b64")]
+    pub body_file: Option<PathBuf>,
+    /// The body as standard base64.
+    #[arg(long, value_name = "B", value_parser = parse_b64)]
+    pub body_b64: Option<B64Body>,
+    /// Target profile (session namespace).
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Bot or app id of the forward.
+    #[arg(long, value_name = "ID", default_value = "")]
+    pub bot_id: String,
+    /// Tenant config as key=value, as a policy file would set it; repeatable.
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub config: Vec<(String, String)>,
+    /// Policy file (default: DIR/policy.toml when present).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+}
+
+/// `Name: value` → `(Name, value)`; the value keeps inner spaces, loses the
+/// one after the colon.
+fn parse_header(raw: &str) -> Result<(String, String), String> {
+    let (name, value) = raw
+        .split_once(':')
+        .ok_or_else(|| format!("{raw:?} is not 'Name: value'"))?;
+    let name = name.trim();
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(format!("{raw:?} has no valid header name"));
+    }
+    Ok((name.to_owned(), value.trim().to_owned()))
+}
+
+/// Body bytes given as base64 on the command line (a newtype so clap does
+/// not read `Vec<u8>` as "many values").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct B64Body(pub Vec<u8>);
+
+/// Standard base64 (`+`, `/`, padded), as in a forward's `bodyB64`.
+fn parse_b64(raw: &str) -> Result<B64Body, String> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(raw.trim())
+        .map(B64Body)
+        .map_err(|e| format!("not standard base64: {e}"))
+}
+
+/// `key=value`.
+fn parse_key_value(raw: &str) -> Result<(String, String), String> {
+    let (k, v) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("{raw:?} is not key=value"))?;
+    if k.trim().is_empty() {
+        return Err(format!("{raw:?} has an empty key"));
+    }
+    Ok((k.trim().to_owned(), v.to_owned()))
+}
+
+/// `plugin …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Scaffold a converter crate in ./NAME (refuses an existing directory).
+    New(NewPluginArgs),
+}
+
+/// Flags of `plugin new`.
+#[derive(Debug, Args)]
+pub struct NewPluginArgs {
+    /// Crate name: lowercase letters, digits, `-` and `_`, starting with a letter.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+/// Flags of `enroll`.
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// One-time enrollment token from the connector's operator.
+    #[arg(
+        long,
+        value_name = "T",
+        env = "GATEWAY_RELAY_ENROLL_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: String,
+    /// Connector URL (base or dial form); also written to the env file.
+    /// Default: GATEWAY_RELAY_URL from the environment or the env file.
+    #[arg(long, value_name = "URL")]
+    pub connector_url: Option<String>,
+    /// Gateway id to enroll as (default gw-<hostname>).
+    #[arg(long, value_name = "ID")]
+    pub gateway_id: Option<String>,
+    /// Env file to write the credentials into (default ~/.hermes/.env).
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+    /// URL the connector may call to wake this gateway; sent with the
+    /// enrollment and written to the env file.
+    #[arg(long, value_name = "URL", env = "GATEWAY_RELAY_WAKE_URL")]
+    pub wake_url: Option<String>,
+    /// Identity token proving who enrolls (sent as the bearer).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "HERMES_IDENTITY_TOKEN",
+        hide_env_values = true
+    )]
+    pub identity_token: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn top_level_plugins_is_run() {
+        let cli = Cli::try_parse_from(["hermes-gateway", "--plugins", "p"]).expect("parses");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.plugins, Some(PathBuf::from("p")));
+    }
+
+    #[test]
+    fn subcommand_does_not_need_top_level_plugins() {
+        let cli = Cli::try_parse_from(["hermes-gateway", "plugins", "check", "d"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Plugins(PluginsCommand::Check(_)))
+        ));
+    }
+
+    #[test]
+    fn body_sources_conflict() {
+        let err = Cli::try_parse_from([
+            "hermes-gateway",
+            "convert",
+            "--plugins",
+            "d",
+            "--platform",
+            "x",
+            "--body-file",
+            "f",
+            "--body-b64",
+            "AA==",
+        ])
+        .expect_err("conflict");
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn convert_values_are_parsed() {
+        let cli = Cli::try_parse_from([
+            "hermes-gateway",
+            "convert",
+            "--plugins",
+            "d",
+            "--platform",
+            "x",
+            "--header",
+            "Content-Type: text/plain; charset=utf-8",
+            "--header",
+            "X-A:b",
+            "--body-b64",
+            "aGk=",
+            "--config",
+            "options=named",
+        ])
+        .expect("parses");
+        let Some(Command::Convert(c)) = cli.command else {
+            panic!("not convert");
+        };
+        assert_eq!(
+            c.headers,
+            vec![
+                (
+                    "Content-Type".to_owned(),
+                    "text/plain; charset=utf-8".to_owned()
+                ),
+                ("X-A".to_owned(), "b".to_owned())
+            ]
+        );
+        assert_eq!(c.body_b64, Some(B64Body(b"hi".to_vec())));
+        assert_eq!(c.config, vec![("options".to_owned(), "named".to_owned())]);
+        for bad in [
+            ["--header", "nocolon"],
+            ["--body-b64", "a_b-"],
+            ["--config", "novalue"],
+        ] {
+            let mut argv = vec![
+                "hermes-gateway",
+                "convert",
+                "--plugins",
+                "d",
+                "--platform",
+                "x",
+            ];
+            argv.extend(bad);
+            let err = Cli::try_parse_from(argv).expect_err("rejected");
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+}

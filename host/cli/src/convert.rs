@@ -1,0 +1,381 @@
+//! `convert`: one passthrough forward through routing and its converter,
+//! under the same sandbox as `run`, printed as one JSON object.
+//!
+//! | outcome | stdout | exit |
+//! | --- | --- | --- |
+//! | events | `{"outcome":"event","plugin":…,"events":[E…]}` | 0 |
+//! | ignored | `{"outcome":"ignored","plugin":…,"reason":…}` | 0 |
+//! | typed rejection | `{"outcome":"error","plugin":…,"error_kind":…,"message":…}` | 3 |
+//! | plugin fault (trap, timeout, memory, bad output, panic, quarantine, …) | `{"outcome":"error","plugin":…,"error_kind":"plugin_fault","fault":…,"message":…}` | 1 |
+//! | no plugin for the platform | `{"outcome":"error","plugin":null,"error_kind":"no_route","message":…}` | 1 |
+//!
+//! Each `E` is the wire MessageEvent (relay-contract §5.1) with every
+//! optional field written (null when unset), the scope under both `scope_id`
+//! and `guild_id`, plus `reply_route`, `is_bot` (mirroring `source.is_bot`,
+//! as the corpus lists it) and the plugin's informational `metadata`.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow};
+use hermes_plugin_host::policy::Policy;
+use hermes_plugin_host::{
+    ConvertedEvent, Outcome, PluginError, PluginHost, PluginHostConfig, ReplyRoute,
+};
+use hermes_protocol::event::{MessageEvent, MessageType, SessionSource};
+use hermes_protocol::forward::PassthroughForward;
+use serde::Serialize;
+
+use crate::args::ConvertArgs;
+
+/// Runs `convert`.
+pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
+    // Plugin log lines at warn and above reach stderr; stdout is the JSON.
+    // Skipped files are reported once, below, not also by the host's log.
+    crate::logging::init(
+        crate::args::LogFormat::Human,
+        "warn,hermes_plugin_host::table=error",
+    );
+    let body = read_body(&args)?;
+    let forward = PassthroughForward {
+        platform: args.platform.clone(),
+        bot_id: args.bot_id.clone(),
+        method: args.method.clone(),
+        path: args.path.clone(),
+        headers: args.headers.clone(),
+        body,
+        profile: args.profile.clone(),
+    };
+
+    // `--config` becomes tenant config the way a policy file gives it: an
+    // effective policy is written to a private temporary file.
+    let policy_path = args
+        .policy
+        .clone()
+        .unwrap_or_else(|| args.plugins.join("policy.toml"));
+    let temp_policy = if args.config.is_empty() {
+        None
+    } else {
+        let policy = Policy::load(&policy_path)
+            .map_err(|e| anyhow!("policy {}: {e}", policy_path.display()))?;
+        let merged = with_config(policy, &args.platform, &args.config);
+        Some(TempPolicy::write(&merged)?)
+    };
+
+    let mut config = PluginHostConfig::new(&args.plugins);
+    config.cache_dir = crate::run::plugin_cache_dir();
+    config.policy_file = Some(temp_policy.as_ref().map_or(policy_path, |t| t.path.clone()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let conversion = runtime.block_on(async {
+        let (host, report) = PluginHost::load(config)?;
+        for e in &report.errors {
+            let line = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!("warning: plugin file skipped: {line}");
+        }
+        anyhow::Ok(host.convert(&forward).await)
+    })?;
+    drop(temp_policy);
+
+    let (line, code) = render(conversion.plugin.as_deref(), &conversion.outcome);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    Ok(ExitCode::from(code))
+}
+
+fn read_body(args: &ConvertArgs) -> anyhow::Result<Vec<u8>> {
+    if let Some(body) = &args.body_b64 {
+        return Ok(body.0.clone());
+    }
+    match &args.body_file {
+        None => Ok(Vec::new()),
+        Some(p) if p.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read the body from stdin")?;
+            Ok(buf)
+        }
+        Some(p) => {
+            std::fs::read(p).with_context(|| format!("cannot read body file {}", p.display()))
+        }
+    }
+}
+
+/// The policy with `pairs` added to the configuration the plugin would see
+/// for `platform`: the platform's own config and every route that can match
+/// it (a route's config replaces the platform's, so both must carry them).
+fn with_config(mut policy: Policy, platform: &str, pairs: &[(String, String)]) -> Policy {
+    let entry = policy.platform.entry(platform.to_owned()).or_default();
+    entry.config.extend(pairs.iter().cloned());
+    for route in &mut policy.route {
+        if route.platform.as_deref().is_none_or(|p| p == platform) {
+            route.config.extend(pairs.iter().cloned());
+        }
+    }
+    policy
+}
+
+/// A policy file only this process uses, removed on drop.
+struct TempPolicy {
+    path: PathBuf,
+}
+
+impl TempPolicy {
+    fn write(policy: &Policy) -> anyhow::Result<Self> {
+        let text = toml::to_string(policy).context("cannot serialize the effective policy")?;
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("hermes-convert-policy-{}.toml", std::process::id()));
+        write_new(&path, &text)
+            .with_context(|| format!("cannot write the effective policy to {}", path.display()))?;
+        Ok(Self { path })
+    }
+}
+
+fn write_new(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+impl Drop for TempPolicy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The JSON line and exit code for an outcome. Output structs (not
+/// `json!`) keep the keys in the order `cli.md` writes them.
+pub fn render(plugin: Option<&str>, outcome: &Outcome) -> (String, u8) {
+    let (out, code) = match outcome {
+        Outcome::Events(events) => (
+            Output::Event {
+                plugin,
+                events: events.iter().map(WireEvent::from).collect(),
+            },
+            0,
+        ),
+        Outcome::Ignored(reason) => (Output::Ignored { plugin, reason }, 0),
+        Outcome::Rejected { kind, message } => (
+            Output::Error {
+                plugin,
+                error_kind: kind.as_str(),
+                fault: None,
+                message: message.clone(),
+            },
+            crate::EXIT_REJECTED,
+        ),
+        Outcome::Failed(PluginError::NoRoute { platform }) => (
+            Output::Error {
+                plugin,
+                error_kind: "no_route",
+                fault: None,
+                message: format!("no loaded plugin converts platform `{platform}`"),
+            },
+            crate::EXIT_FAILURE,
+        ),
+        Outcome::Failed(e) => (
+            Output::Error {
+                plugin,
+                error_kind: "plugin_fault",
+                fault: Some(e.kind().as_str()),
+                message: e.to_string(),
+            },
+            crate::EXIT_FAILURE,
+        ),
+    };
+    // Serializing these plain structs cannot fail; the fallback is still JSON.
+    let text = serde_json::to_string(&out).unwrap_or_else(|e| {
+        format!(
+            "{{\"outcome\":\"error\",\"error_kind\":\"internal\",\"message\":{:?}}}",
+            e.to_string()
+        )
+    });
+    (text, code)
+}
+
+#[derive(Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+enum Output<'a> {
+    Event {
+        plugin: Option<&'a str>,
+        events: Vec<WireEvent<'a>>,
+    },
+    Ignored {
+        plugin: Option<&'a str>,
+        reason: &'a str,
+    },
+    Error {
+        plugin: Option<&'a str>,
+        error_kind: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fault: Option<&'a str>,
+        message: String,
+    },
+}
+
+/// The wire MessageEvent (§5.1) with every optional key written.
+#[derive(Serialize)]
+struct WireEvent<'a> {
+    text: &'a str,
+    message_type: &'a MessageType,
+    source: WireSource<'a>,
+    message_id: &'a Option<String>,
+    reply_to_message_id: &'a Option<String>,
+    media_urls: &'a [String],
+    prompt_response: Option<WirePrompt<'a>>,
+    /// Mirrors `source.is_bot`, as the corpus lists it on the event.
+    is_bot: bool,
+    reply_route: WireRoute<'a>,
+    metadata: BTreeMap<&'a str, &'a str>,
+}
+
+#[derive(Serialize)]
+struct WireSource<'a> {
+    platform: &'a str,
+    chat_id: &'a str,
+    chat_type: &'a str,
+    chat_name: &'a Option<String>,
+    user_id: &'a Option<String>,
+    user_name: &'a Option<String>,
+    thread_id: &'a Option<String>,
+    chat_topic: &'a Option<String>,
+    user_id_alt: &'a Option<String>,
+    chat_id_alt: &'a Option<String>,
+    scope_id: &'a Option<String>,
+    /// Legacy alias of `scope_id`, written alongside it (§5.1).
+    guild_id: &'a Option<String>,
+    parent_chat_id: &'a Option<String>,
+    message_id: &'a Option<String>,
+    profile: &'a Option<String>,
+    is_bot: bool,
+    message_is_edit: bool,
+}
+
+#[derive(Serialize)]
+struct WirePrompt<'a> {
+    prompt_id: &'a str,
+    option_id: &'a str,
+    label: &'a Option<String>,
+    prompt_message_id: &'a Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum WireRoute<'a> {
+    Send,
+    FollowUp { kind: &'a str },
+}
+
+impl<'a> From<&'a ConvertedEvent> for WireEvent<'a> {
+    fn from(c: &'a ConvertedEvent) -> Self {
+        let e: &MessageEvent = &c.event;
+        let s: &SessionSource = &e.source;
+        WireEvent {
+            text: &e.text,
+            message_type: &e.message_type,
+            source: WireSource {
+                platform: &s.platform,
+                chat_id: &s.chat_id,
+                chat_type: &s.chat_type,
+                chat_name: &s.chat_name,
+                user_id: &s.user_id,
+                user_name: &s.user_name,
+                thread_id: &s.thread_id,
+                chat_topic: &s.chat_topic,
+                user_id_alt: &s.user_id_alt,
+                chat_id_alt: &s.chat_id_alt,
+                scope_id: &s.scope_id,
+                guild_id: &s.scope_id,
+                parent_chat_id: &s.parent_chat_id,
+                message_id: &s.message_id,
+                profile: &s.profile,
+                is_bot: s.is_bot,
+                message_is_edit: s.message_is_edit,
+            },
+            message_id: &e.message_id,
+            reply_to_message_id: &e.reply_to_message_id,
+            media_urls: &e.media_urls,
+            prompt_response: e.prompt_response.as_ref().map(|p| WirePrompt {
+                prompt_id: &p.prompt_id,
+                option_id: &p.option_id,
+                label: &p.label,
+                prompt_message_id: &p.prompt_message_id,
+            }),
+            is_bot: s.is_bot,
+            reply_route: match &c.reply_route {
+                ReplyRoute::Send => WireRoute::Send,
+                ReplyRoute::FollowUp { kind } => WireRoute::FollowUp { kind },
+            },
+            metadata: c
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hermes_plugin_host::RejectKind;
+
+    #[test]
+    fn config_reaches_platform_and_matching_routes() {
+        let policy = Policy::parse(
+            "[[route]]\nplatform = \"discord\"\ntenant = \"t\"\nplugin = \"p\"\n[[route]]\nplatform = \"slack\"\ntenant = \"u\"\nplugin = \"q\"\n",
+        )
+        .expect("policy");
+        let merged = with_config(policy, "discord", &[("options".into(), "named".into())]);
+        assert_eq!(merged.platform["discord"].config["options"], "named");
+        assert_eq!(merged.route[0].config["options"], "named");
+        assert!(merged.route[1].config.is_empty());
+    }
+
+    #[test]
+    fn outcomes_map_to_exit_codes() {
+        let parse = |s: String| serde_json::from_str::<serde_json::Value>(&s).expect("JSON");
+        let (v, code) = render(
+            Some("p"),
+            &Outcome::Rejected {
+                kind: RejectKind::InvalidJson,
+                message: "bad".into(),
+            },
+        );
+        assert_eq!(code, 3);
+        assert!(v.starts_with(r#"{"outcome":"error","plugin":"p","#), "{v}");
+        assert_eq!(
+            parse(v),
+            serde_json::json!({"outcome":"error","plugin":"p","error_kind":"invalid_json","message":"bad"})
+        );
+        let (v, code) = render(
+            None,
+            &Outcome::Failed(PluginError::NoRoute {
+                platform: "x".into(),
+            }),
+        );
+        assert_eq!(
+            (parse(v)["error_kind"].as_str(), code),
+            (Some("no_route"), 1)
+        );
+        let (v, code) = render(Some("p"), &Outcome::Ignored("ping".into()));
+        assert_eq!(
+            (v.as_str(), code),
+            (r#"{"outcome":"ignored","plugin":"p","reason":"ping"}"#, 0)
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! `enroll` (`relay-contract.md` §7.4): trade an enrollment token for this
+//! gateway's credentials and save them in the env file.
+
+use std::io::Write;
+
+use anyhow::{Context, bail};
+use hermes_protocol::url::{Endpoint, http_endpoint};
+
+use crate::args::EnrollArgs;
+use crate::connector_api::{self, Credentials};
+use crate::env_file;
+use crate::settings::{self, Secret};
+
+/// Runs `enroll`; errors are one-line messages (exit 1).
+pub fn run(args: EnrollArgs) -> anyhow::Result<()> {
+    if std::env::var_os("HERMES_MANAGED").is_some_and(|v| !v.is_empty()) {
+        bail!(
+            "this is a managed install (HERMES_MANAGED is set): its manager enrolls it; enroll is refused"
+        );
+    }
+    let env_path = match args.env_file.clone() {
+        Some(p) => p,
+        None => env_file::default_path()
+            .context("HOME is not set; pass --env-file to say where the credentials go")?,
+    };
+    let existing = env_file::read(&env_path)
+        .with_context(|| format!("cannot read env file {}", env_path.display()))?
+        .unwrap_or_default();
+    let from_file = |key: &str| {
+        existing
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+
+    let given_url = args
+        .connector_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned);
+    let url = given_url
+        .clone()
+        .or_else(|| std::env::var("GATEWAY_RELAY_URL").ok())
+        .or_else(|| from_file("GATEWAY_RELAY_URL"))
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .context("no connector URL: pass --connector-url or set GATEWAY_RELAY_URL")?;
+    let url = settings::normalize_relay_url(&url)?;
+    // The URL is written the way it is read back (§7.1: trimmed, no trailing `/`).
+    let given_url = given_url.map(|_| url.clone());
+    let endpoint = http_endpoint(&url, Endpoint::Enroll);
+
+    let identity = args
+        .identity_token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(Secret::new)
+        .context(
+            "enroll needs an identity token: pass --identity-token or set HERMES_IDENTITY_TOKEN",
+        )?;
+    let token = Secret::new(args.token.trim());
+    if token.is_blank() {
+        bail!("the enrollment token is blank: pass --token or set GATEWAY_RELAY_ENROLL_TOKEN");
+    }
+    let gateway_id = args
+        .gateway_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map_or_else(settings::default_gateway_id, str::to_owned);
+    let wake_url = args
+        .wake_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned);
+
+    let body = connector_api::enroll_body(&token, &gateway_id, wake_url.as_deref());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let creds = runtime.block_on(connector_api::request_credentials(
+        &endpoint,
+        &identity,
+        &body,
+        &gateway_id,
+    ))?;
+
+    let written = write_credentials(&env_path, &creds, given_url.as_deref(), wake_url.as_deref())?;
+    let mut out = std::io::stdout().lock();
+    let tenant = creds
+        .tenant
+        .as_deref()
+        .map(|t| format!(" for tenant {t}"))
+        .unwrap_or_default();
+    // A closed stdout must not turn a successful enrollment into a failure.
+    let _ = writeln!(out, "enrolled {}{tenant} at {endpoint}", creds.gateway_id);
+    let _ = writeln!(out, "wrote {} (mode 0600):", env_path.display());
+    for line in written {
+        let _ = writeln!(out, "  {line}");
+    }
+    Ok(())
+}
+
+/// Writes the credentials; returns the lines as they may be shown (secrets
+/// as `<hidden>`).
+fn write_credentials(
+    path: &std::path::Path,
+    creds: &Credentials,
+    url: Option<&str>,
+    wake_url: Option<&str>,
+) -> anyhow::Result<Vec<String>> {
+    let mut updates: Vec<(&str, &str, bool)> = vec![
+        ("GATEWAY_RELAY_ID", creds.gateway_id.as_str(), false),
+        ("GATEWAY_RELAY_SECRET", creds.secret.expose(), true),
+    ];
+    if let Some(key) = &creds.delivery_key {
+        updates.push(("GATEWAY_RELAY_DELIVERY_KEY", key.expose(), true));
+    }
+    if let Some(url) = url {
+        updates.push(("GATEWAY_RELAY_URL", url, false));
+    }
+    if let Some(wake) = wake_url {
+        updates.push(("GATEWAY_RELAY_WAKE_URL", wake, false));
+    }
+    let pairs: Vec<(&str, &str)> = updates.iter().map(|(k, v, _)| (*k, *v)).collect();
+    env_file::update_file(path, &pairs)
+        .with_context(|| format!("cannot write env file {}", path.display()))?;
+    Ok(updates
+        .iter()
+        .map(|(k, v, secret)| {
+            if *secret {
+                format!("{k}={}", Secret::new(*v))
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect())
+}

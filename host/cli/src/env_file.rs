@@ -1,0 +1,274 @@
+//! Env files (`~/.hermes/.env`): `KEY=VALUE` lines read at start and
+//! rewritten by `enroll`.
+//!
+//! Reading never touches the process environment (`set_var` is unsafe in
+//! edition 2024 and this workspace forbids `unsafe`): the values become a
+//! lower layer of [`crate::settings::EnvLayers`], under the real environment,
+//! which is exactly "loaded without overriding variables already set".
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The default env file, `~/.hermes/.env`, when `HOME` is known.
+pub fn default_path() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+    Some(PathBuf::from(home).join(".hermes").join(".env"))
+}
+
+/// Parses env-file text into `(key, value)` pairs in file order.
+///
+/// Accepts `KEY=VALUE`, an optional `export ` prefix, blank lines and `#`
+/// comments; values may be double-quoted (with `\n`, `\t`, `\"`, `\\`
+/// escapes), single-quoted (literal) or bare (a ` #` starts a comment). Lines
+/// that are not assignments to a valid name are skipped: an env file is
+/// best-effort input, and one stray line must not stop the gateway.
+pub fn parse(text: &str) -> Vec<(String, String)> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<(String, String)> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let line = line
+        .strip_prefix("export ")
+        .map(str::trim_start)
+        .unwrap_or(line);
+    let (key, raw) = line.split_once('=')?;
+    let key = key.trim();
+    if !is_valid_key(key) {
+        return None;
+    }
+    Some((key.to_owned(), parse_value(raw.trim())))
+}
+
+/// A shell-style variable name: letters, digits and `_`, not starting with a digit.
+pub fn is_valid_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn parse_value(raw: &str) -> String {
+    if let Some(rest) = raw.strip_prefix('"') {
+        let mut out = String::new();
+        let mut chars = rest.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => return out,
+                '\\' => match chars.next() {
+                    Some('n') => out.push('\n'),
+                    Some('t') => out.push('\t'),
+                    Some('r') => out.push('\r'),
+                    Some(other) => out.push(other),
+                    None => out.push('\\'),
+                },
+                other => out.push(other),
+            }
+        }
+        // Unterminated quote: keep what was there rather than guess.
+        return out;
+    }
+    if let Some(rest) = raw.strip_prefix('\'') {
+        return rest.split_once('\'').map_or(rest, |(v, _)| v).to_owned();
+    }
+    let value = match raw.find(" #") {
+        Some(i) => raw.get(..i).unwrap_or(raw),
+        None => raw,
+    };
+    value.trim().to_owned()
+}
+
+/// Reads and parses an env file. A missing file is `Ok(None)`.
+pub fn read(path: &Path) -> io::Result<Option<Vec<(String, String)>>> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(parse(&text))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Formats one assignment, quoting the value only when a bare value would
+/// not read back the same.
+pub fn format_assignment(key: &str, value: &str) -> String {
+    let bare_ok = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/+=@,%~".contains(c));
+    if bare_ok || value.is_empty() {
+        return format!("{key}={value}");
+    }
+    let mut quoted = String::with_capacity(value.len() + 2);
+    for c in value.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            '\n' => quoted.push_str("\\n"),
+            '\r' => quoted.push_str("\\r"),
+            '\t' => quoted.push_str("\\t"),
+            other => quoted.push(other),
+        }
+    }
+    format!("{key}=\"{quoted}\"")
+}
+
+/// Returns `text` with each of `updates` set: an existing assignment to the
+/// key (with or without `export `) is replaced in place (later duplicates
+/// are removed), new keys are appended; every other line is kept verbatim.
+pub fn apply_updates(text: &str, updates: &[(&str, &str)]) -> String {
+    let mut written = vec![false; updates.len()];
+    let mut out = String::with_capacity(text.len() + 128);
+    for line in text.lines() {
+        let key = parse_line(line).map(|(k, _)| k);
+        let hit = key
+            .as_deref()
+            .and_then(|k| updates.iter().position(|(u, _)| *u == k));
+        match hit {
+            Some(i) => {
+                if let (Some(done), Some((k, v))) = (written.get_mut(i), updates.get(i))
+                    && !*done
+                {
+                    out.push_str(&format_assignment(k, v));
+                    out.push('\n');
+                    *done = true;
+                }
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    for ((k, v), done) in updates.iter().zip(&written) {
+        if !done {
+            out.push_str(&format_assignment(k, v));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Sets `updates` in the env file at `path`, preserving its other lines.
+///
+/// The new content goes to a temporary file in the same directory (mode
+/// 0600 from creation, so a secret is never world-readable even briefly),
+/// is synced, and is renamed over the old file: a crash leaves either the
+/// old file or the new one, never half of one. The directory is created
+/// (mode 0700) when missing.
+pub fn update_file(path: &Path, updates: &[(&str, &str)]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+    }
+    let old = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let new = apply_updates(&old, updates);
+
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| ".env".to_owned());
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // A pre-existing temp file keeps its old mode: force 0600.
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        f.write_all(new.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_comments_quotes_and_export() {
+        let text = "# comment\n\nexport A=1\nB = two \nC=\"quoted # not comment\\n\"\nD='lit\\eral'\nE=bare # comment\n9X=skipped\nnot an assignment\nF=\n";
+        let got = parse(text);
+        let want: Vec<(String, String)> = [
+            ("A", "1"),
+            ("B", "two"),
+            ("C", "quoted # not comment\n"),
+            ("D", "lit\\eral"),
+            ("E", "bare"),
+            ("F", ""),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn formatted_values_read_back_identically() {
+        for value in [
+            "plain",
+            "with space",
+            "q\"uote",
+            "back\\slash",
+            "hash #x",
+            "",
+            "a=b+c/d",
+        ] {
+            let line = format_assignment("K", value);
+            assert_eq!(
+                parse(&line),
+                vec![("K".to_owned(), value.to_owned())],
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn updates_replace_in_place_and_append_new_keys() {
+        let old = "# keep me\nexport GATEWAY_RELAY_ID=old\nOTHER=1\nGATEWAY_RELAY_ID=dup\n";
+        let new = apply_updates(
+            old,
+            &[("GATEWAY_RELAY_ID", "gw-a"), ("GATEWAY_RELAY_SECRET", "s")],
+        );
+        assert_eq!(
+            new,
+            "# keep me\nGATEWAY_RELAY_ID=gw-a\nOTHER=1\nGATEWAY_RELAY_SECRET=s\n"
+        );
+    }
+
+    #[test]
+    fn update_file_creates_dir_and_sets_mode_0600() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("sub").join(".env");
+        update_file(&path, &[("A", "1")]).expect("written");
+        update_file(&path, &[("B", "2")]).expect("rewritten");
+        assert_eq!(fs::read_to_string(&path).expect("read"), "A=1\nB=2\n");
+        let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let leftovers: Vec<_> = fs::read_dir(path.parent().expect("dir"))
+            .expect("list")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name() != ".env")
+            .collect();
+        assert!(leftovers.is_empty(), "temp file left behind: {leftovers:?}");
+    }
+}

@@ -1,0 +1,279 @@
+//! `run`: settings → logging → plugins (+ watch) → admin → provisioning →
+//! relay link → gateway loop, with signals: SIGTERM/SIGINT drain and exit 0,
+//! SIGHUP reloads plugins and policy, a revoked link exits 4.
+
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use hermes_gateway_core::agent::{AgentBackend, AgentOptions, AgentSpec};
+use hermes_gateway_core::{ExitReason, Gateway, GatewayConfig, Metrics, SessionConfig};
+use hermes_plugin_host::{PluginHost, PluginHostConfig};
+use hermes_protocol::session::SessionKeySettings;
+use hermes_protocol::url::{Endpoint, http_endpoint};
+use hermes_transport::{Identity, RelayConfig, RelayLink};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::admin::{self, AdminState};
+use crate::args::RunArgs;
+use crate::connector_api;
+use crate::logging;
+use crate::settings::{self, ConfigFile, EnvLayers, Overrides, RelayAuth, Secret, Settings};
+
+/// Runs the gateway until a signal or revocation.
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Configuration problems are reported before logging starts, as one
+    // `error:` line (main), never as a log record or a backtrace.
+    let env = EnvLayers::load(args.env_file.as_deref())?;
+    let config = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let overrides = Overrides {
+        relay_url: args.relay_url.clone(),
+        agent: args.agent.clone(),
+        model: args.model.clone(),
+        allow_unauthenticated: args.allow_unauthenticated,
+    };
+    let settings = Settings::resolve(&overrides, &env, &config, &settings::default_gateway_id())?;
+    let spec: AgentSpec = settings
+        .agent
+        .spec
+        .parse()
+        .map_err(|e| anyhow!("--agent / HERMES_AGENT: {e}"))?;
+    let plugins_dir = args.plugins.clone().context("--plugins DIR is required")?;
+    std::fs::read_dir(&plugins_dir).map_err(|e| {
+        anyhow!(
+            "cannot read plugins directory {}: {e}",
+            plugins_dir.display()
+        )
+    })?;
+    if let Some(policy) = &args.policy
+        && let Err(e) = std::fs::metadata(policy)
+    {
+        return Err(anyhow!("cannot read policy file {}: {e}", policy.display()));
+    }
+
+    // Bad plugin files are logged once, by `admin::log_report`.
+    logging::init(args.log_format, "info,hermes_plugin_host::table=error");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(serve(args, settings, spec, plugins_dir));
+    // Blocking tasks (a stuck agent child's I/O) must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result
+}
+
+async fn serve(
+    args: RunArgs,
+    settings: Settings,
+    spec: AgentSpec,
+    plugins_dir: std::path::PathBuf,
+) -> anyhow::Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+
+    // Plugins: compile off the async threads; a bad file is a warning.
+    let mut host_config = PluginHostConfig::new(&plugins_dir);
+    host_config.policy_file = args.policy.clone();
+    host_config.cache_dir = plugin_cache_dir();
+    let (host, report) = tokio::task::spawn_blocking(move || PluginHost::load(host_config))
+        .await
+        .context("plugin loading panicked")??;
+    admin::log_report(&report);
+    if report.loaded.is_empty() {
+        warn!(dir = %plugins_dir.display(), "no plugins loaded: passthrough forwards will be dropped");
+    }
+    // Dropping the handle would stop the watcher: keep it for the whole run.
+    let _watch = match host.watch() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!("plugin hot reload disabled: {e}");
+            None
+        }
+    };
+
+    let metrics = Arc::new(Metrics::new());
+    let relay_slot: Arc<OnceLock<hermes_transport::RelayHandle>> = Arc::new(OnceLock::new());
+    if let Some(addr) = &args.admin {
+        let listener = admin::bind(addr).await?;
+        let state = AdminState {
+            metrics: Arc::clone(&metrics),
+            plugins: host.clone(),
+            relay: Arc::clone(&relay_slot),
+        };
+        tokio::spawn(admin::serve(listener, state, shutdown.clone()));
+    }
+
+    spawn_signal_handler(host.clone(), shutdown.clone())?;
+
+    let relay = &settings.relay;
+    if relay.delivery_key.is_some() {
+        // Inbound rides the WebSocket; the key only matters to an HTTP ingress.
+        info!("GATEWAY_RELAY_DELIVERY_KEY is set; not needed while inbound rides the relay link");
+    }
+    let (id, secret) = match &relay.auth {
+        RelayAuth::Pinned { id, secret } => (Some(id.clone()), Some(secret.clone())),
+        RelayAuth::Unauthenticated => {
+            warn!(
+                "dialling the relay WITHOUT credentials (explicitly allowed; local development only)"
+            );
+            (None, None)
+        }
+        RelayAuth::Provision {
+            gateway_id,
+            identity_token,
+        } => match provision(relay, gateway_id, identity_token, &shutdown).await {
+            Some(creds) => (Some(creds.gateway_id), Some(creds.secret)),
+            // Shut down while provisioning: nothing was started, nothing to drain.
+            None => return Ok(ExitCode::SUCCESS),
+        },
+    };
+
+    let mut relay_config = RelayConfig::new(
+        &relay.url,
+        id.as_deref(),
+        secret.as_ref().map(Secret::expose),
+        matches!(relay.auth, RelayAuth::Unauthenticated),
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    relay_config.identities = vec![Identity::new(relay.platform.clone(), relay.bot_id.clone())];
+    info!(
+        url = %relay_config.dial_url(),
+        gateway_id = relay_config.gateway_id().unwrap_or("-"),
+        platform = %relay.platform,
+        "dialling the relay connector"
+    );
+    let (handle, inbound) = RelayLink::spawn(relay_config);
+    let _ = relay_slot.set(handle.clone());
+
+    let options = AgentOptions {
+        model: settings
+            .agent
+            .model
+            .clone()
+            .unwrap_or_else(|| AgentOptions::default().model),
+        api_key: settings
+            .agent
+            .openai_api_key
+            .as_ref()
+            .map(|k| k.expose().to_owned()),
+        ..AgentOptions::default()
+    };
+    let agent = AgentBackend::from_spec(&spec, &options).map_err(|e| anyhow!("agent: {e}"))?;
+    info!(agent = %settings.agent.spec, "agent ready");
+
+    let gateway_config = GatewayConfig {
+        sessions: SessionConfig {
+            session_keys: SessionKeySettings {
+                group_sessions_per_user: settings.sessions.group_sessions_per_user,
+                thread_sessions_per_user: settings.sessions.thread_sessions_per_user,
+            },
+            ..SessionConfig::default()
+        },
+        ..GatewayConfig::default()
+    };
+    let exit = Gateway::new(gateway_config, Arc::clone(&metrics))
+        .run(handle, inbound, host, agent, shutdown.clone())
+        .await;
+    shutdown.cancel();
+    match exit {
+        ExitReason::Shutdown(outcome) => {
+            info!(?outcome, "stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        ExitReason::Revoked => {
+            error!(
+                "relay access revoked: the connector rejected this gateway's credentials twice; re-enroll (hermes-gateway enroll) and restart"
+            );
+            Ok(ExitCode::from(crate::EXIT_REVOKED))
+        }
+        ExitReason::LinkClosed => Err(anyhow!("the relay link closed unexpectedly")),
+    }
+}
+
+/// Where compiled plugin artifacts are cached: `~/.hermes/cache/plugins`
+/// (owned by the user, since the host trusts what it deserializes there).
+/// Shared by `run`, `plugins check` and `convert`.
+pub fn plugin_cache_dir() -> Option<std::path::PathBuf> {
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+    Some(
+        std::path::PathBuf::from(home)
+            .join(".hermes")
+            .join("cache")
+            .join("plugins"),
+    )
+}
+
+/// SIGTERM/SIGINT: start the drain (a second one exits at once). SIGHUP:
+/// reload plugins and policy.
+fn spawn_signal_handler(host: PluginHost, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                _ = hup.recv() => {
+                    info!("SIGHUP: reloading plugins and policy");
+                    let report = host.reload().await;
+                    admin::log_report(&report);
+                    continue;
+                }
+            };
+            if shutdown.is_cancelled() {
+                warn!("{name} again: exiting without finishing the drain");
+                std::process::exit(i32::from(crate::EXIT_FAILURE));
+            }
+            info!("{name}: draining (send it again to exit at once)");
+            shutdown.cancel();
+        }
+    });
+    Ok(())
+}
+
+/// Provisioning at start (§7.4): retried with capped backoff until it works
+/// or shutdown is requested (`None`). Never fatal.
+async fn provision(
+    relay: &settings::RelaySettings,
+    gateway_id: &str,
+    identity: &Secret,
+    shutdown: &CancellationToken,
+) -> Option<connector_api::Credentials> {
+    let endpoint = http_endpoint(&relay.url, Endpoint::Provision);
+    let body = connector_api::provision_body(
+        gateway_id,
+        &relay.platform,
+        &relay.bot_id,
+        &relay.route_keys,
+        relay.instance_id.as_deref(),
+        relay.wake_url.as_deref(),
+    );
+    let mut delay = Duration::from_secs(1);
+    loop {
+        info!(%endpoint, gateway_id, "provisioning relay credentials");
+        let attempt = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            r = connector_api::request_credentials(&endpoint, identity, &body, gateway_id) => r,
+        };
+        match attempt {
+            Ok(creds) => {
+                info!(gateway_id = %creds.gateway_id, "provisioned (credentials held in memory only)");
+                return Some(creds);
+            }
+            Err(e) => warn!(retry_in_secs = delay.as_secs(), "provisioning failed: {e}"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,707 @@
+//! Settings for `run`: environment, env file, config file and flags, merged
+//! in the order of `relay-contract.md` §8 — flag > environment > env file >
+//! config file > default (`--relay-url` overrides everything).
+//!
+//! Resolution is a pure function of its inputs ([`Settings::resolve`]), so it
+//! is tested without touching the process environment.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::env_file;
+
+/// A credential. `Debug` and `Display` print `<hidden>` so a secret cannot
+/// reach a log line or an error message by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the value is empty or only whitespace (unusable).
+    pub fn is_blank(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<hidden>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<hidden>")
+    }
+}
+
+/// A misconfiguration, reported as one line and exit code 1.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// No relay URL anywhere.
+    #[error(
+        "no relay URL: set GATEWAY_RELAY_URL (environment or env file), gateway.relay_url in the config file, or pass --relay-url"
+    )]
+    MissingUrl,
+    /// The relay URL has a scheme the gateway cannot dial.
+    #[error("relay URL {0:?} must start with http://, https://, ws:// or wss://")]
+    BadUrl(String),
+    /// An id without a usable secret.
+    #[error(
+        "GATEWAY_RELAY_SECRET is blank while GATEWAY_RELAY_ID is set: set the secret (`hermes-gateway enroll` writes it) or HERMES_IDENTITY_TOKEN to provision one; --allow-unauthenticated dials without credentials (local development only)"
+    )]
+    BlankSecret,
+    /// A secret without a usable id.
+    #[error(
+        "GATEWAY_RELAY_ID is blank while GATEWAY_RELAY_SECRET is set: set the id (`hermes-gateway enroll` writes both)"
+    )]
+    BlankId,
+    /// Neither credentials nor a way to get them.
+    #[error(
+        "no relay credentials: set GATEWAY_RELAY_ID and GATEWAY_RELAY_SECRET (`hermes-gateway enroll` writes them) or HERMES_IDENTITY_TOKEN to provision them; --allow-unauthenticated dials without credentials (local development only)"
+    )]
+    NoCredentials,
+    /// A file could not be read.
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        /// Which file (`config file`, `env file`).
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for our schema.
+    #[error("invalid config file {path}: {message}")]
+    ConfigParse {
+        /// Its path.
+        path: PathBuf,
+        /// The parser's message, flattened to one line.
+        message: String,
+    },
+    /// A boolean variable with a value that is not a boolean.
+    #[error("{name}={value:?} is not a boolean (use 1/0, true/false, yes/no, on/off)")]
+    BadBool {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+    },
+}
+
+/// Environment lookup in two layers: the real process environment over the
+/// env file. Equivalent to loading the env file "without overriding
+/// variables already set", without mutating the process environment.
+#[derive(Debug, Default, Clone)]
+pub struct EnvLayers {
+    process: HashMap<String, String>,
+    file: HashMap<String, String>,
+}
+
+impl EnvLayers {
+    /// Builds the layers from explicit maps (tests).
+    #[cfg(test)]
+    pub fn from_maps(process: HashMap<String, String>, file: HashMap<String, String>) -> Self {
+        Self { process, file }
+    }
+
+    /// The process environment over the env file at `explicit` (an error
+    /// when unreadable or missing) or at the default path (skipped when
+    /// missing).
+    pub fn load(explicit: Option<&Path>) -> Result<Self, SettingsError> {
+        let process: HashMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        let (path, must_exist) = match explicit {
+            Some(p) => (Some(p.to_path_buf()), true),
+            None => (env_file::default_path(), false),
+        };
+        let mut file = HashMap::new();
+        if let Some(path) = path {
+            let read = env_file::read(&path).map_err(|source| SettingsError::Read {
+                what: "env file",
+                path: path.clone(),
+                source,
+            })?;
+            match read {
+                Some(pairs) => file.extend(pairs),
+                None if must_exist => {
+                    return Err(SettingsError::Read {
+                        what: "env file",
+                        path,
+                        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                    });
+                }
+                None => {}
+            }
+        }
+        Ok(Self { process, file })
+    }
+
+    /// The value of `key`: the process environment first, then the env file.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.process
+            .get(key)
+            .or_else(|| self.file.get(key))
+            .map(String::as_str)
+    }
+
+    /// The value of `key` when set and not blank, trimmed.
+    pub fn get_nonblank(&self, key: &str) -> Option<&str> {
+        self.get(key).map(str::trim).filter(|v| !v.is_empty())
+    }
+
+    fn get_bool(&self, name: &'static str) -> Result<Option<bool>, SettingsError> {
+        let Some(raw) = self.get(name) else {
+            return Ok(None);
+        };
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(Some(true)),
+            "" | "0" | "false" | "no" | "off" => Ok(Some(false)),
+            _ => Err(SettingsError::BadBool {
+                name,
+                value: raw.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Route keys in the config file: a TOML array or one comma-separated string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RouteKeys {
+    /// `["a", "b"]`
+    List(Vec<String>),
+    /// `"a,b"`
+    Csv(String),
+}
+
+impl RouteKeys {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::List(v) => v
+                .into_iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            Self::Csv(s) => split_csv(&s),
+        }
+    }
+}
+
+fn split_csv(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The config file (`--config FILE`, TOML). Unknown keys are errors: a
+/// misspelt `relay_secret` must not silently become "no secret".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `[gateway]`
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    /// `[agent]`
+    #[serde(default)]
+    pub agent: AgentConfig,
+}
+
+/// `[gateway]` of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// `relay_url`
+    pub relay_url: Option<String>,
+    /// `relay_id`
+    pub relay_id: Option<String>,
+    /// `relay_secret`
+    pub relay_secret: Option<String>,
+    /// `relay_delivery_key`
+    pub relay_delivery_key: Option<String>,
+    /// `relay_route_keys`
+    pub relay_route_keys: Option<RouteKeys>,
+    /// `group_sessions_per_user` (default true)
+    pub group_sessions_per_user: Option<bool>,
+    /// `thread_sessions_per_user` (default false)
+    pub thread_sessions_per_user: Option<bool>,
+}
+
+/// `[agent]` of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `spec`: `echo`, `exec:COMMAND` or `openai:BASE_URL`.
+    pub spec: Option<String>,
+    /// `model` for `openai:` agents.
+    pub model: Option<String>,
+}
+
+impl ConfigFile {
+    /// Parses config text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, SettingsError> {
+        toml::from_str(text).map_err(|e| SettingsError::ConfigParse {
+            path: path.to_path_buf(),
+            message: e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        })
+    }
+
+    /// Reads and parses the config file at `path`.
+    pub fn load(path: &Path) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            what: "config file",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+}
+
+/// How the gateway authenticates its dial (`relay-contract.md` §6.1, §7.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayAuth {
+    /// Id and secret are configured.
+    Pinned {
+        /// `GATEWAY_RELAY_ID`
+        id: String,
+        /// `GATEWAY_RELAY_SECRET`
+        secret: Secret,
+    },
+    /// Obtain id and secret by provisioning at start.
+    Provision {
+        /// The gateway id to provision (`GATEWAY_RELAY_ID` or `gw-<hostname>`).
+        gateway_id: String,
+        /// `HERMES_IDENTITY_TOKEN`
+        identity_token: Secret,
+    },
+    /// Dial without a token (explicitly allowed for local development).
+    Unauthenticated,
+}
+
+/// Relay settings.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// The configured URL, trimmed, trailing `/` removed.
+    pub url: String,
+    /// How to authenticate.
+    pub auth: RelayAuth,
+    /// `GATEWAY_RELAY_DELIVERY_KEY`
+    pub delivery_key: Option<Secret>,
+    /// Hello identity platform (default `relay`).
+    pub platform: String,
+    /// Hello identity bot id (default empty).
+    pub bot_id: String,
+    /// Route keys for provisioning.
+    pub route_keys: Vec<String>,
+    /// Provisioning extra.
+    pub wake_url: Option<String>,
+    /// Provisioning extra.
+    pub instance_id: Option<String>,
+}
+
+/// Session-key settings (`relay-contract.md` §5.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// Default true.
+    pub group_sessions_per_user: bool,
+    /// Default false.
+    pub thread_sessions_per_user: bool,
+}
+
+/// Agent settings.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// The agent spec (default `echo`).
+    pub spec: String,
+    /// Model for `openai:` agents.
+    pub model: Option<String>,
+    /// `OPENAI_API_KEY`
+    pub openai_api_key: Option<Secret>,
+}
+
+/// Everything `run` needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The relay link.
+    pub relay: RelaySettings,
+    /// Session keys.
+    pub sessions: SessionSettings,
+    /// The agent.
+    pub agent: AgentSettings,
+}
+
+/// Values given on the command line (they win over everything).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--relay-url`
+    pub relay_url: Option<String>,
+    /// `--agent` (clap also fills it from the process's `HERMES_AGENT`).
+    pub agent: Option<String>,
+    /// `--model`
+    pub model: Option<String>,
+    /// `--allow-unauthenticated`
+    pub allow_unauthenticated: bool,
+}
+
+fn nonblank(s: Option<&str>) -> Option<String> {
+    s.map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+/// Normalizes a configured relay URL (§7.1: trimmed, trailing `/` removed)
+/// and checks its scheme.
+pub fn normalize_relay_url(raw: &str) -> Result<String, SettingsError> {
+    let url = raw.trim().trim_end_matches('/').to_owned();
+    let lower = url.to_ascii_lowercase();
+    if ["http://", "https://", "ws://", "wss://"]
+        .iter()
+        .any(|s| lower.starts_with(s))
+    {
+        Ok(url)
+    } else {
+        Err(SettingsError::BadUrl(url))
+    }
+}
+
+/// This machine's host name, from the kernel (no libc call needed).
+pub fn hostname() -> Option<String> {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| nonblank(std::env::var("HOSTNAME").ok().as_deref()))
+}
+
+/// The default gateway id, `gw-<hostname>`.
+pub fn default_gateway_id() -> String {
+    format!(
+        "gw-{}",
+        hostname().unwrap_or_else(|| "localhost".to_owned())
+    )
+}
+
+impl Settings {
+    /// Resolves settings from flags, the layered environment and the config
+    /// file. `default_gateway_id` is used only when provisioning without a
+    /// configured id.
+    pub fn resolve(
+        overrides: &Overrides,
+        env: &EnvLayers,
+        config: &ConfigFile,
+        default_gateway_id: &str,
+    ) -> Result<Self, SettingsError> {
+        let g = &config.gateway;
+        // Flag > environment (process, then env file) > config file.
+        let pick = |env_key: &str, cfg: &Option<String>| -> Option<String> {
+            env.get(env_key).map(str::to_owned).or_else(|| cfg.clone())
+        };
+
+        let url = nonblank(overrides.relay_url.as_deref())
+            .or_else(|| nonblank(pick("GATEWAY_RELAY_URL", &g.relay_url).as_deref()))
+            .ok_or(SettingsError::MissingUrl)?;
+        let url = normalize_relay_url(&url)?;
+
+        let allow_unauth = overrides.allow_unauthenticated
+            || env
+                .get_bool("GATEWAY_RELAY_ALLOW_UNAUTHENTICATED")?
+                .unwrap_or(false);
+        let id = pick("GATEWAY_RELAY_ID", &g.relay_id);
+        let secret = pick("GATEWAY_RELAY_SECRET", &g.relay_secret).map(Secret::new);
+        let identity = env.get_nonblank("HERMES_IDENTITY_TOKEN").map(Secret::new);
+        let id_ok = nonblank(id.as_deref());
+        let secret_ok = secret.filter(|s| !s.is_blank());
+
+        let auth = match (id_ok, secret_ok, identity) {
+            (Some(id), Some(secret), _) => RelayAuth::Pinned { id, secret },
+            (id, _, Some(identity_token)) => RelayAuth::Provision {
+                gateway_id: id.unwrap_or_else(|| default_gateway_id.to_owned()),
+                identity_token,
+            },
+            _ if allow_unauth => RelayAuth::Unauthenticated,
+            (Some(_), None, None) => return Err(SettingsError::BlankSecret),
+            (None, Some(_), None) => return Err(SettingsError::BlankId),
+            (None, None, None) => return Err(SettingsError::NoCredentials),
+        };
+
+        let route_keys = match env.get("GATEWAY_RELAY_ROUTE_KEYS") {
+            Some(csv) => split_csv(csv),
+            None => g
+                .relay_route_keys
+                .clone()
+                .map(RouteKeys::into_vec)
+                .unwrap_or_default(),
+        };
+
+        let relay = RelaySettings {
+            url,
+            auth,
+            delivery_key: nonblank(
+                pick("GATEWAY_RELAY_DELIVERY_KEY", &g.relay_delivery_key).as_deref(),
+            )
+            .map(Secret::new),
+            platform: nonblank(env.get("GATEWAY_RELAY_PLATFORM"))
+                .unwrap_or_else(|| "relay".to_owned()),
+            bot_id: env
+                .get("GATEWAY_RELAY_BOT_ID")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default(),
+            route_keys,
+            wake_url: nonblank(env.get("GATEWAY_RELAY_WAKE_URL")),
+            instance_id: nonblank(env.get("GATEWAY_RELAY_INSTANCE_ID")),
+        };
+
+        let sessions = SessionSettings {
+            group_sessions_per_user: g.group_sessions_per_user.unwrap_or(true),
+            thread_sessions_per_user: g.thread_sessions_per_user.unwrap_or(false),
+        };
+
+        let agent = AgentSettings {
+            spec: nonblank(overrides.agent.as_deref())
+                .or_else(|| nonblank(env.get("HERMES_AGENT")))
+                .or_else(|| nonblank(config.agent.spec.as_deref()))
+                .unwrap_or_else(|| "echo".to_owned()),
+            model: nonblank(overrides.model.as_deref())
+                .or_else(|| nonblank(config.agent.model.as_deref())),
+            openai_api_key: env.get_nonblank("OPENAI_API_KEY").map(Secret::new),
+        };
+
+        Ok(Self {
+            relay,
+            sessions,
+            agent,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn resolve(
+        process: &[(&str, &str)],
+        file: &[(&str, &str)],
+        config: &str,
+        overrides: Overrides,
+    ) -> Result<Settings, SettingsError> {
+        let env = EnvLayers::from_maps(map(process), map(file));
+        let config = ConfigFile::parse(config, Path::new("test.toml")).expect("config parses");
+        Settings::resolve(&overrides, &env, &config, "gw-test")
+    }
+
+    const PINNED: &[(&str, &str)] = &[
+        ("GATEWAY_RELAY_URL", " https://c.example/ "),
+        ("GATEWAY_RELAY_ID", "gw-1"),
+        ("GATEWAY_RELAY_SECRET", "s3cret"),
+    ];
+
+    #[test]
+    fn secret_never_prints() {
+        let s = resolve(PINNED, &[], "", Overrides::default()).expect("resolves");
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("<hidden>"));
+        assert_eq!(Secret::new("x").to_string(), "<hidden>");
+    }
+
+    #[test]
+    fn pinned_credentials_and_url_normalized() {
+        let s = resolve(PINNED, &[], "", Overrides::default()).expect("resolves");
+        assert_eq!(s.relay.url, "https://c.example");
+        assert_eq!(
+            s.relay.auth,
+            RelayAuth::Pinned {
+                id: "gw-1".into(),
+                secret: Secret::new("s3cret")
+            }
+        );
+        assert_eq!(s.relay.platform, "relay");
+        assert_eq!(s.relay.bot_id, "");
+        assert_eq!(s.agent.spec, "echo");
+        assert_eq!(
+            s.sessions,
+            SessionSettings {
+                group_sessions_per_user: true,
+                thread_sessions_per_user: false
+            }
+        );
+    }
+
+    #[test]
+    fn precedence_env_over_file_over_config_and_flag_over_all() {
+        let config = r#"
+            [gateway]
+            relay_url = "https://config.example"
+            relay_id = "cfg-id"
+            relay_secret = "cfg-secret"
+            relay_route_keys = ["a", " b "]
+            thread_sessions_per_user = true
+            [agent]
+            spec = "exec:cat"
+            model = "m1"
+        "#;
+        let s = resolve(&[], &[], config, Overrides::default()).expect("config only");
+        assert_eq!(s.relay.url, "https://config.example");
+        assert_eq!(s.relay.route_keys, vec!["a", "b"]);
+        assert!(s.sessions.thread_sessions_per_user);
+        assert_eq!(s.agent.spec, "exec:cat");
+        assert_eq!(s.agent.model.as_deref(), Some("m1"));
+
+        let s = resolve(
+            &[("GATEWAY_RELAY_ID", "proc-id")],
+            &[
+                ("GATEWAY_RELAY_ID", "file-id"),
+                ("GATEWAY_RELAY_URL", "wss://file.example/relay"),
+                ("GATEWAY_RELAY_ROUTE_KEYS", "x, y,,"),
+            ],
+            config,
+            Overrides::default(),
+        )
+        .expect("layers");
+        assert_eq!(s.relay.url, "wss://file.example/relay");
+        assert_eq!(s.relay.route_keys, vec!["x", "y"]);
+        assert!(matches!(&s.relay.auth, RelayAuth::Pinned { id, .. } if id == "proc-id"));
+
+        let s = resolve(
+            PINNED,
+            &[],
+            config,
+            Overrides {
+                relay_url: Some("http://flag.example/".into()),
+                agent: Some("openai:http://x".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect("flag");
+        assert_eq!(s.relay.url, "http://flag.example");
+        assert_eq!(s.agent.spec, "openai:http://x");
+    }
+
+    #[test]
+    fn missing_or_bad_url_is_an_error() {
+        let e = resolve(
+            &[("GATEWAY_RELAY_URL", "  ")],
+            &[],
+            "",
+            Overrides::default(),
+        );
+        assert!(matches!(e, Err(SettingsError::MissingUrl)), "{e:?}");
+        let e = resolve(
+            &[("GATEWAY_RELAY_URL", "ftp://x")],
+            &[],
+            "",
+            Overrides::default(),
+        );
+        assert!(matches!(e, Err(SettingsError::BadUrl(_))), "{e:?}");
+    }
+
+    #[test]
+    fn blank_secret_with_id_is_an_error_unless_allowed() {
+        let env = [
+            ("GATEWAY_RELAY_URL", "https://c.example"),
+            ("GATEWAY_RELAY_ID", "gw-1"),
+            ("GATEWAY_RELAY_SECRET", "   "),
+        ];
+        let e = resolve(&env, &[], "", Overrides::default());
+        assert!(matches!(e, Err(SettingsError::BlankSecret)), "{e:?}");
+        let msg = SettingsError::BlankSecret.to_string();
+        assert!(msg.starts_with("GATEWAY_RELAY_SECRET is blank"), "{msg}");
+        assert!(!msg.contains('\n'));
+
+        let s = resolve(
+            &env,
+            &[],
+            "",
+            Overrides {
+                allow_unauthenticated: true,
+                ..Overrides::default()
+            },
+        )
+        .expect("allowed");
+        assert_eq!(s.relay.auth, RelayAuth::Unauthenticated);
+
+        let mut with_env_flag = env.to_vec();
+        with_env_flag.push(("GATEWAY_RELAY_ALLOW_UNAUTHENTICATED", "yes"));
+        let s = resolve(&with_env_flag, &[], "", Overrides::default()).expect("allowed by env");
+        assert_eq!(s.relay.auth, RelayAuth::Unauthenticated);
+
+        with_env_flag.push(("GATEWAY_RELAY_ALLOW_UNAUTHENTICATED", "maybe"));
+        let _ = with_env_flag.remove(3);
+        let e = resolve(&with_env_flag, &[], "", Overrides::default());
+        assert!(matches!(e, Err(SettingsError::BadBool { .. })), "{e:?}");
+    }
+
+    #[test]
+    fn no_credentials_and_blank_id() {
+        let url = ("GATEWAY_RELAY_URL", "https://c.example");
+        let e = resolve(&[url], &[], "", Overrides::default());
+        assert!(matches!(e, Err(SettingsError::NoCredentials)), "{e:?}");
+        let e = resolve(
+            &[url, ("GATEWAY_RELAY_SECRET", "s")],
+            &[],
+            "",
+            Overrides::default(),
+        );
+        assert!(matches!(e, Err(SettingsError::BlankId)), "{e:?}");
+    }
+
+    #[test]
+    fn identity_token_provisions_when_not_pinned() {
+        let s = resolve(
+            &[
+                ("GATEWAY_RELAY_URL", "https://c.example"),
+                ("HERMES_IDENTITY_TOKEN", "idt"),
+            ],
+            &[],
+            "",
+            Overrides::default(),
+        )
+        .expect("resolves");
+        assert_eq!(
+            s.relay.auth,
+            RelayAuth::Provision {
+                gateway_id: "gw-test".into(),
+                identity_token: Secret::new("idt")
+            }
+        );
+        // Pinned credentials win over provisioning.
+        let mut env = PINNED.to_vec();
+        env.push(("HERMES_IDENTITY_TOKEN", "idt"));
+        let s = resolve(&env, &[], "", Overrides::default()).expect("resolves");
+        assert!(matches!(s.relay.auth, RelayAuth::Pinned { .. }));
+    }
+
+    #[test]
+    fn unknown_config_key_is_an_error() {
+        let e = ConfigFile::parse("[gateway]\nrelay_secrt = \"x\"\n", Path::new("c.toml"));
+        let msg = e.expect_err("unknown key").to_string();
+        assert!(msg.contains("relay_secrt") && !msg.contains('\n'), "{msg}");
+    }
+}

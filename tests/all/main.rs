@@ -3,5 +3,8 @@
 
 mod cli;
 mod data;
+mod demo;
+mod gateway;
 mod plugins;
 mod relay;
+mod support;

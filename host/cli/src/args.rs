@@ -106,6 +106,13 @@ pub enum Command {
     /// Enroll this gateway with a relay connector and save its credentials.
     #[command(after_help = ENROLL_ENV_HELP)]
     Enroll(EnrollArgs),
+    /// Run the gateway against an embedded connector on loopback and accept
+    /// raw platform webhooks over HTTP (for trying converters with curl).
+    #[command(after_help = DEV_HELP)]
+    Dev(DevArgs),
+    /// Run `dev` with a scripted set of sample requests, print the
+    /// conversation, then exit 0.
+    Demo(DemoArgs),
 }
 
 /// Log output format.
@@ -316,6 +323,67 @@ pub struct EnrollArgs {
         hide_env_values = true
     )]
     pub identity_token: Option<String>,
+}
+
+/// Trailing help of `dev`.
+pub const DEV_HELP: &str = "\
+Hooks (POST): /hooks/discord/interactions, /hooks/twilio/messaging,
+/hooks/twilio/voice, /hooks/slack/commands, /hooks/slack/interactivity.
+Each is forwarded to the gateway as a passthrough_forward frame and answered as
+the real connector answers the provider. Platform signatures are NOT verified:
+the ingress is for local use and binds loopback only unless
+--allow-non-loopback is given.
+
+Example:
+  curl -sS -H 'content-type: application/json' \\
+    --data-binary @docs/examples/discord-slash-command.json \\
+    http://127.0.0.1:8787/hooks/discord/interactions
+
+Environment:
+  HERMES_AGENT     agent spec (see --agent)
+  OPENAI_API_KEY   API key for openai: agents
+  RUST_LOG         log filter (default warn; logs go to stderr)";
+
+/// Flags of `dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Directory of converter plugins (`*.wasm`), loaded as `run` loads it.
+    #[arg(long, value_name = "DIR")]
+    pub plugins: PathBuf,
+    /// Address of the webhook ingress; port 0 picks a free port (the banner
+    /// prints the bound address).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787", value_parser = crate::dev::parse_listen)]
+    pub listen: std::net::SocketAddr,
+    /// The agent that answers: `echo`, `exec:COMMAND` or `openai:BASE_URL`
+    /// (as for `run`).
+    #[arg(
+        long,
+        value_name = "SPEC",
+        env = "HERMES_AGENT",
+        default_value = "echo"
+    )]
+    pub agent: String,
+    /// Policy file (default: DIR/policy.toml when present).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Let the ingress listen on a non-loopback address. It verifies no
+    /// platform signature: anyone who can reach it can talk to your agent.
+    #[arg(long)]
+    pub allow_non_loopback: bool,
+    /// Also print typing-indicator actions (dimmed on a terminal).
+    #[arg(long)]
+    pub show_typing: bool,
+}
+
+/// Flags of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory of converter plugins; needs the Discord and Twilio converters.
+    #[arg(long, value_name = "DIR")]
+    pub plugins: PathBuf,
+    /// Seconds to wait for each expected reply before failing (exit 1).
+    #[arg(long, value_name = "SECS", default_value_t = 20)]
+    pub timeout: u64,
 }
 
 #[cfg(test)]

@@ -9,8 +9,11 @@ mod admin;
 mod args;
 mod connector_api;
 mod convert;
+mod demo;
+mod dev;
 mod enroll;
 mod env_file;
+mod gateway_main;
 mod logging;
 mod plugins_check;
 mod run;
@@ -50,6 +53,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Convert(args)) => convert::run(args),
         Some(Command::Plugin(PluginCommand::New(args))) => new_plugin(&args.name),
         Some(Command::Enroll(args)) => enroll::run(args).map(|()| ExitCode::SUCCESS),
+        Some(Command::Dev(args)) => dev::run(args),
+        Some(Command::Demo(args)) => demo::run(args),
     }
 }
 

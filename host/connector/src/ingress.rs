@@ -1,0 +1,711 @@
+//! The HTTP webhook ingress of the `dev` command: raw platform webhooks in,
+//! `passthrough_forward` frames out (relay-contract §5.2).
+//!
+//! A production connector receives a provider's webhook, verifies its
+//! signature, answers the provider at once (Discord needs its deferred ACK
+//! within 3 s), strips credentials and forwards the sanitized request to the
+//! gateway over the relay WebSocket. [`Ingress`] does the same on loopback
+//! for local development, with one deliberate difference: **it verifies no
+//! platform signature** (there is no platform secret on a developer's
+//! machine). That is why it binds loopback by default and refuses any other
+//! address unless [`IngressConfig::allow_non_loopback`] is set.
+//!
+//! | route (`POST`) | platform | answer to the HTTP client |
+//! | --- | --- | --- |
+//! | `/hooks/discord/interactions` | `discord` | `{"type":5}` (deferred ACK); `{"type":1}` for a PING |
+//! | `/hooks/twilio/messaging`, `/hooks/twilio/voice` | `twilio` | empty TwiML `<Response/>`, `text/xml` |
+//! | `/hooks/slack/commands`, `/hooks/slack/interactivity` | `slack` | 200, empty body |
+//!
+//! Anything else is 404; another method on a known route is 405; a body over
+//! [`IngressConfig::max_body`] is 413; no connected gateway is 503.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hermes_protocol::forward::PassthroughForward;
+use hermes_protocol::frame::ConnectorFrame;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use crate::stub::StubConnector;
+
+/// Default body limit: the plugin host refuses bodies over 1 MiB itself
+/// (`payload_too_large`), so the ingress lets a little more through to keep
+/// that path reachable and stops only clearly oversized uploads.
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024 + 64 * 1024;
+
+/// Headers that describe one HTTP hop, not the request: a connector does not
+/// forward them (RFC 9110 §7.6.1, plus `expect` and `host`, which only
+/// concern the connection to the ingress itself).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "host",
+];
+
+/// Platform signatures and credentials: the real connector verifies the
+/// signatures at its edge and never lets a credential reach the gateway
+/// (relay-contract §1), so neither does the ingress.
+const CREDENTIALS: &[&str] = &[
+    "x-signature-ed25519",
+    "x-signature-timestamp",
+    "x-twilio-signature",
+    "x-slack-signature",
+    "x-slack-request-timestamp",
+    "authorization",
+    "cookie",
+];
+
+/// How a route's provider expects to be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderAnswer {
+    /// Discord interactions: a deferred ACK (`{"type":5}`), or a PONG
+    /// (`{"type":1}`) to an endpoint-verification PING.
+    DiscordInteraction,
+    /// Twilio: empty TwiML (no immediate reply; the agent answers later).
+    TwilioTwiml,
+    /// Slack: 200 with an empty body (the agent answers through `response_url`).
+    SlackEmpty,
+}
+
+/// A webhook route the ingress accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hook {
+    /// The forward's `platform`.
+    pub platform: &'static str,
+    /// How the HTTP client is answered.
+    pub answer: ProviderAnswer,
+}
+
+/// The hook served at `path`, if any.
+pub fn hook_for(path: &str) -> Option<Hook> {
+    let (platform, answer) = match path {
+        "/hooks/discord/interactions" => ("discord", ProviderAnswer::DiscordInteraction),
+        "/hooks/twilio/messaging" | "/hooks/twilio/voice" => {
+            ("twilio", ProviderAnswer::TwilioTwiml)
+        }
+        "/hooks/slack/commands" | "/hooks/slack/interactivity" => {
+            ("slack", ProviderAnswer::SlackEmpty)
+        }
+        _ => return None,
+    };
+    Some(Hook { platform, answer })
+}
+
+/// Every path [`hook_for`] accepts, for banners and docs.
+pub const HOOK_PATHS: [&str; 5] = [
+    "/hooks/discord/interactions",
+    "/hooks/twilio/messaging",
+    "/hooks/twilio/voice",
+    "/hooks/slack/commands",
+    "/hooks/slack/interactivity",
+];
+
+/// The headers a connector forwards: all of them in arrival order, as
+/// `[name, value]` pairs with lowercase names, minus hop-by-hop headers and
+/// signatures/credentials. A value that is not valid UTF-8 is dropped (the
+/// wire form carries strings).
+pub fn forwarded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            !HOP_BY_HOP.contains(&name) && !CREDENTIALS.contains(&name)
+        })
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect()
+}
+
+/// The status, content type and body the provider gets for `body`.
+pub fn provider_answer(
+    answer: ProviderAnswer,
+    body: &[u8],
+) -> (StatusCode, Option<&'static str>, &'static str) {
+    match answer {
+        ProviderAnswer::DiscordInteraction => {
+            let is_ping = serde_json::from_slice::<serde_json::Value>(body)
+                .is_ok_and(|v| v.get("type").and_then(serde_json::Value::as_u64) == Some(1));
+            let json = if is_ping {
+                r#"{"type":1}"#
+            } else {
+                r#"{"type":5}"#
+            };
+            (StatusCode::OK, Some("application/json"), json)
+        }
+        ProviderAnswer::TwilioTwiml => (StatusCode::OK, Some("text/xml"), "<Response/>"),
+        ProviderAnswer::SlackEmpty => (StatusCode::OK, None, ""),
+    }
+}
+
+/// Settings of an [`Ingress`].
+#[derive(Debug, Clone)]
+pub struct IngressConfig {
+    /// Address to bind (port 0 picks a free one).
+    pub addr: SocketAddr,
+    /// Bind an address that is not loopback. The ingress verifies no
+    /// platform signature, so anyone who can reach it can inject messages:
+    /// only for a trusted network.
+    pub allow_non_loopback: bool,
+    /// Largest body accepted; larger gets 413.
+    pub max_body: usize,
+}
+
+impl IngressConfig {
+    /// Loopback-only settings for `addr` with the default body limit.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            allow_non_loopback: false,
+            max_body: DEFAULT_MAX_BODY,
+        }
+    }
+}
+
+/// Why the ingress could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    /// A non-loopback address without the explicit opt-in.
+    #[error(
+        "refusing to listen on {0}: the dev ingress verifies no platform signature, so it binds loopback only (opt in explicitly to listen elsewhere)"
+    )]
+    NotLoopback(SocketAddr),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What happened to one HTTP request, for a live view of the ingress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngressEvent {
+    /// The request was forwarded to the gateway and answered.
+    Forwarded {
+        /// The forward's platform.
+        platform: &'static str,
+        /// Request path.
+        path: String,
+        /// Body size in bytes.
+        bytes: usize,
+        /// The body answered to the HTTP client.
+        answer: &'static str,
+    },
+    /// The request was refused with `status`.
+    Refused {
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+        /// Status answered.
+        status: u16,
+        /// Why, in a few words.
+        reason: &'static str,
+    },
+}
+
+/// A running webhook ingress. Dropping it stops accepting connections.
+#[derive(Debug)]
+pub struct Ingress {
+    addr: SocketAddr,
+    events: broadcast::Sender<IngressEvent>,
+    server: JoinHandle<()>,
+}
+
+impl Drop for Ingress {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+struct Shared {
+    connector: Arc<StubConnector>,
+    max_body: usize,
+    events: broadcast::Sender<IngressEvent>,
+}
+
+impl Ingress {
+    /// Bind `config.addr` and forward every accepted webhook to the gateway
+    /// connected to `connector`.
+    pub async fn start(
+        config: IngressConfig,
+        connector: Arc<StubConnector>,
+    ) -> Result<Self, IngressError> {
+        if !config.addr.ip().is_loopback() && !config.allow_non_loopback {
+            return Err(IngressError::NotLoopback(config.addr));
+        }
+        let bind_error = |source| IngressError::Bind {
+            addr: config.addr,
+            source,
+        };
+        let listener = TcpListener::bind(config.addr).await.map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        let (events, _) = broadcast::channel(256);
+        let shared = Arc::new(Shared {
+            connector,
+            max_body: config.max_body,
+            events: events.clone(),
+        });
+        let server = tokio::spawn(accept_loop(listener, shared));
+        Ok(Self {
+            addr,
+            events,
+            server,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`, the base the hook paths are appended to.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Events for every request from now on. A slow receiver loses the
+    /// oldest events (it is a view, not a record).
+    pub fn subscribe(&self) -> broadcast::Receiver<IngressEvent> {
+        self.events.subscribe()
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _peer)) = listener.accept().await else {
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(Arc::clone(&shared), req));
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "ingress: http connection ended");
+            }
+        });
+    }
+}
+
+type Body = Full<Bytes>;
+
+fn respond(
+    status: StatusCode,
+    content_type: Option<&'static str>,
+    body: &'static str,
+) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    if let Some(content_type) = content_type {
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
+    response
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let refuse = |status: StatusCode, reason: &'static str| {
+        let _ = shared.events.send(IngressEvent::Refused {
+            method: method.to_string(),
+            path: path.clone(),
+            status: status.as_u16(),
+            reason,
+        });
+        Ok(respond(status, Some("text/plain"), reason))
+    };
+    let Some(hook) = hook_for(&path) else {
+        return refuse(StatusCode::NOT_FOUND, "no such hook");
+    };
+    if method != Method::POST {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "hooks accept POST only");
+    }
+    // A declared length over the limit is refused before reading anything.
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > shared.max_body as u64) {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+    }
+    let headers = forwarded_headers(req.headers());
+    let body = match Limited::new(req.into_body(), shared.max_body)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+        }
+        Err(_) => return refuse(StatusCode::BAD_REQUEST, "body could not be read"),
+    };
+
+    let (status, content_type, answer) = provider_answer(hook.answer, &body);
+    let bytes = body.len();
+    let frame = ConnectorFrame::PassthroughForward {
+        forward: PassthroughForward {
+            platform: hook.platform.to_owned(),
+            bot_id: String::new(),
+            method: method.to_string(),
+            path: path.clone(),
+            headers,
+            body: body.to_vec(),
+            profile: None,
+        },
+        buffer_id: None,
+    };
+    // A real connector would buffer for an absent gateway; the dev ingress
+    // says so instead, which is more useful on a developer's machine.
+    if shared.connector.push_frame(&frame).await.is_err() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "no gateway connected");
+    }
+    let _ = shared.events.send(IngressEvent::Forwarded {
+        platform: hook.platform,
+        path,
+        bytes,
+        answer,
+    });
+    Ok(respond(status, content_type, answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stub::StubConfig;
+    use futures_util::StreamExt;
+    use hermes_protocol::auth::make_token;
+    use hermes_protocol::decoder::FrameDecoder;
+    use hermes_protocol::frame::GatewayFrame;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    #[test]
+    fn routes_map_to_platforms() {
+        let platforms: Vec<_> = HOOK_PATHS
+            .iter()
+            .map(|p| hook_for(p).map(|h| h.platform))
+            .collect();
+        assert_eq!(
+            platforms,
+            [
+                Some("discord"),
+                Some("twilio"),
+                Some("twilio"),
+                Some("slack"),
+                Some("slack")
+            ]
+        );
+        for unknown in [
+            "/",
+            "/relay",
+            "/hooks/discord",
+            "/hooks/discord/interactions/",
+            "/hooks/telegram/updates",
+        ] {
+            assert_eq!(hook_for(unknown), None, "{unknown}");
+        }
+    }
+
+    #[test]
+    fn credentials_and_hop_headers_are_stripped_in_order() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/json"),
+            ("x-signature-ed25519", "abcd"),
+            ("x-signature-timestamp", "1700000000"),
+            ("user-agent", "Discord-Interactions/1.0"),
+            ("authorization", "Bearer nope"),
+            ("connection", "keep-alive"),
+            ("x-twilio-signature", "sig"),
+            ("cookie", "a=b"),
+            ("x-slack-signature", "v0=1"),
+            ("x-slack-request-timestamp", "1"),
+            ("transfer-encoding", "chunked"),
+            ("host", "127.0.0.1:8787"),
+            ("i-twilio-idempotency-token", "t-1"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        let pairs: Vec<(String, String)> = forwarded_headers(&headers);
+        let expected = [
+            ("content-type", "application/json"),
+            ("user-agent", "Discord-Interactions/1.0"),
+            ("i-twilio-idempotency-token", "t-1"),
+        ];
+        assert_eq!(
+            pairs,
+            expected.map(|(n, v)| (n.to_owned(), v.to_owned())).to_vec()
+        );
+    }
+
+    #[test]
+    fn providers_get_their_own_answers() {
+        let discord = ProviderAnswer::DiscordInteraction;
+        assert_eq!(
+            provider_answer(discord, br#"{"type":2,"id":"1"}"#).2,
+            r#"{"type":5}"#
+        );
+        assert_eq!(
+            provider_answer(discord, br#"{"type":1}"#).2,
+            r#"{"type":1}"#
+        );
+        // Not JSON: deferred, and the converter gets to reject it.
+        assert_eq!(provider_answer(discord, b"not json").2, r#"{"type":5}"#);
+        assert_eq!(
+            provider_answer(ProviderAnswer::TwilioTwiml, b"Body=hi"),
+            (StatusCode::OK, Some("text/xml"), "<Response/>")
+        );
+        assert_eq!(
+            provider_answer(ProviderAnswer::SlackEmpty, b"x=y"),
+            (StatusCode::OK, None, "")
+        );
+    }
+
+    #[tokio::test]
+    async fn non_loopback_needs_an_explicit_opt_in() {
+        let stub = Arc::new(
+            StubConnector::start(StubConfig::with_secrets(["s"]))
+                .await
+                .expect("stub"),
+        );
+        let addr: SocketAddr = "0.0.0.0:0".parse().expect("addr");
+        let err = Ingress::start(IngressConfig::new(addr), Arc::clone(&stub))
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(err, IngressError::NotLoopback(a) if a == addr),
+            "{err}"
+        );
+        let mut config = IngressConfig::new(addr);
+        config.allow_non_loopback = true;
+        Ingress::start(config, stub)
+            .await
+            .expect("explicitly allowed");
+    }
+
+    /// One raw HTTP/1.1 request; returns (status, head, body).
+    async fn post(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String, String) {
+        exchange(addr, method, path, headers, body.len(), body).await
+    }
+
+    /// Like [`post`] with a declared length that may differ from the body.
+    async fn exchange(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        declared: usize,
+        body: &[u8],
+    ) -> (u16, String, String) {
+        let mut stream = TcpStream::connect(addr).await.expect("connect ingress");
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {declared}\r\n"
+        );
+        for (n, v) in headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await.expect("write head");
+        stream.write_all(body).await.expect("write body");
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .await
+            .expect("read response");
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, head.to_ascii_lowercase(), body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn webhooks_become_passthrough_forwards() {
+        let stub = Arc::new(
+            StubConnector::start(StubConfig::with_secrets(["dev-secret"]))
+                .await
+                .expect("stub"),
+        );
+        let ingress = Ingress::start(
+            IngressConfig::new("127.0.0.1:0".parse().expect("addr")),
+            Arc::clone(&stub),
+        )
+        .await
+        .expect("ingress");
+
+        // Nobody connected yet: said plainly rather than silently dropped.
+        let (status, _, _) =
+            post(ingress.addr(), "POST", "/hooks/slack/commands", &[], b"a=b").await;
+        assert_eq!(status, 503);
+
+        // A gateway dials with a real token and says hello.
+        let mut request = format!("{}/relay", stub.url())
+            .into_client_request()
+            .expect("request");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let token = make_token("gw-test", "dev-secret", 300, now).expect("token");
+        request.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("dial stub");
+        let hello = GatewayFrame::Hello {
+            platform: "relay".into(),
+            bot_id: String::new(),
+            command_manifest: None,
+        };
+        futures_util::SinkExt::send(&mut ws, Message::text(hello.encode()))
+            .await
+            .expect("hello");
+        let mut decoder = FrameDecoder::<ConnectorFrame>::new();
+        let mut next_frame = async || loop {
+            if let Some(frame) = decoder.next_frame() {
+                return frame.expect("valid frame");
+            }
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => decoder.push(t.as_bytes()).expect("push"),
+                other => panic!("connection ended: {other:?}"),
+            }
+        };
+        assert!(matches!(next_frame().await, ConnectorFrame::Descriptor(_)));
+
+        let body = br#"{"type":2,"id":"100","data":{"name":"ask"}}"#;
+        let (status, head, answer) = post(
+            ingress.addr(),
+            "POST",
+            "/hooks/discord/interactions",
+            &[
+                ("content-type", "application/json"),
+                ("x-signature-ed25519", "ff"),
+                ("user-agent", "ua"),
+            ],
+            body,
+        )
+        .await;
+        assert_eq!((status, answer.as_str()), (200, r#"{"type":5}"#));
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let ConnectorFrame::PassthroughForward { forward, buffer_id } = next_frame().await else {
+            panic!("expected a passthrough_forward");
+        };
+        assert_eq!(buffer_id, None);
+        assert_eq!(
+            (forward.platform.as_str(), forward.bot_id.as_str()),
+            ("discord", "")
+        );
+        assert_eq!(
+            (forward.method.as_str(), forward.path.as_str()),
+            ("POST", "/hooks/discord/interactions")
+        );
+        assert_eq!(forward.body, body.to_vec());
+        let names: Vec<&str> = forward.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["content-length", "content-type", "user-agent"]);
+
+        let (status, head, answer) = post(
+            ingress.addr(),
+            "POST",
+            "/hooks/twilio/voice",
+            &[],
+            b"CallSid=CA1",
+        )
+        .await;
+        assert_eq!((status, answer.as_str()), (200, "<Response/>"));
+        assert!(head.contains("content-type: text/xml"), "{head}");
+        let ConnectorFrame::PassthroughForward { forward, .. } = next_frame().await else {
+            panic!("expected a passthrough_forward");
+        };
+        assert_eq!(
+            (forward.platform.as_str(), forward.path.as_str()),
+            ("twilio", "/hooks/twilio/voice")
+        );
+
+        assert_eq!(
+            post(ingress.addr(), "POST", "/hooks/nope", &[], b"")
+                .await
+                .0,
+            404
+        );
+        assert_eq!(
+            post(ingress.addr(), "GET", "/hooks/slack/commands", &[], b"")
+                .await
+                .0,
+            405
+        );
+        // Refused on the declared length, before any of the body is read.
+        let declared = DEFAULT_MAX_BODY + 1;
+        assert_eq!(
+            exchange(
+                ingress.addr(),
+                "POST",
+                "/hooks/slack/commands",
+                &[],
+                declared,
+                b""
+            )
+            .await
+            .0,
+            413
+        );
+
+        // Refusals never reach the gateway: the next frame is this Slack one.
+        let (status, _, answer) = post(
+            ingress.addr(),
+            "POST",
+            "/hooks/slack/commands",
+            &[],
+            b"command=%2Fask",
+        )
+        .await;
+        assert_eq!((status, answer.as_str()), (200, ""));
+        let ConnectorFrame::PassthroughForward { forward, .. } = next_frame().await else {
+            panic!("expected a passthrough_forward");
+        };
+        assert_eq!(
+            (forward.platform.as_str(), forward.body.as_slice()),
+            ("slack", &b"command=%2Fask"[..])
+        );
+    }
+}

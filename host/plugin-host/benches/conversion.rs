@@ -1,51 +1,71 @@
-//! What isolation costs per conversion, through the real Discord component.
+//! What isolation costs per conversion: every case of both webhook corpora
+//! through the real compiled converters, against the same converter logic
+//! called natively.
 //!
-//! `cargo bench -p hermes-plugin-host --bench conversion` prints the median
-//! (and p90) of each step for a Discord slash command from the corpus:
+//! `cargo bench -p hermes-plugin-host --bench conversion` prints two tables.
+//!
+//! Per plugin (Discord, Twilio, Slack):
 //!
 //! - `compile`: cranelift compile of the component;
 //! - `cached load`: load through the compiled-artifact cache (read, checksum,
-//!   deserialize, type-check);
-//! - `instantiate`: fresh store + instance from the typed `Pre`, dropped;
-//! - `fresh convert`: what the host does per forward (fresh store,
-//!   instantiate, `tenant-of`, `convert`, output checks, drop);
-//! - `warm convert`: `convert` on a kept instance (what the host does not do);
-//! - `host convert`: `PluginHost::convert`, including the worker-pool hop.
+//!   deserialize, type-check), what a restart costs;
+//! - `instantiate`: fresh store + instance from the typed `Pre`, dropped.
 //!
-//! To compare with native code, add a `bench.run("native ...", ...)` line.
+//! Per corpus case, medians of:
+//!
+//! - `native`: `Converter::convert` on the plain Rust crate (no sandbox);
+//! - `warm`: `convert` on a kept instance (what the host deliberately does
+//!   not do; the spec's "warm" reference point);
+//! - `fresh`: what the host does per forward without the async hop: fresh
+//!   store, instantiate, `tenant-of`, `convert`, output checks, drop;
+//! - `host`: `PluginHost::convert` end to end (routing, input caps,
+//!   semaphore, worker-pool hop, fresh sandbox, output mapping);
+//!
+//! and the ratios `warm/native`, `fresh/native`, `host/native`. Cases the
+//! host refuses before any guest runs (empty body, over 1 MiB) have no
+//! guest columns.
+//!
+//! Each measurement runs for `HERMES_BENCH_MS` milliseconds (default 100;
+//! compile gets 10×), which keeps the whole run near a minute on two cores.
+//! Without `--bench` (as under `cargo test --benches`) every window is 2 ms:
+//! a smoke test that every path still converts every case.
 
+use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hermes_plugin_host::bench_support::BenchPlugin;
-use hermes_plugin_host::{Limits, PluginHost, PluginHostConfig};
+use hermes_converter_sdk::testing::{self, Case};
+use hermes_converter_sdk::{Config, Converter, Outcome as NativeOutcome, Request};
+use hermes_plugin_discord::DiscordInteractions;
+use hermes_plugin_host::bench_support::{BenchOutcome, BenchPlugin};
+use hermes_plugin_host::{Limits, Outcome, PluginHost, PluginHostConfig};
+use hermes_plugin_slack::Slack;
+use hermes_plugin_twilio::Twilio;
 use hermes_protocol::forward::PassthroughForward;
 use sha2::Digest;
 
-/// Runs closures and prints per-iteration medians.
+/// Runs closures and reports per-iteration medians.
 struct Bench {
     budget: Duration,
 }
 
 impl Bench {
-    /// Time `f` repeatedly for about `budget` (at least 5 runs) and print the
-    /// median and p90 of single runs.
-    fn run<T>(&self, name: &str, mut f: impl FnMut() -> T) {
+    /// Time `f` repeatedly for about `budget` (at least 5 runs) and return
+    /// the median of single runs.
+    fn median<T>(&self, budget: Duration, mut f: impl FnMut() -> T) -> Duration {
         for _ in 0..3 {
             black_box(f());
         }
         let mut samples = Vec::new();
         let start = Instant::now();
-        while samples.len() < 5 || (start.elapsed() < self.budget && samples.len() < 200_000) {
+        while samples.len() < 5 || (start.elapsed() < budget && samples.len() < 200_000) {
             let t = Instant::now();
             black_box(f());
             samples.push(t.elapsed());
         }
         samples.sort();
-        let median = samples[samples.len() / 2];
-        let p90 = samples[samples.len() * 9 / 10];
-        println!("{name:<28} median {:>12} p90 {:>12}  ({} runs)", fmt(median), fmt(p90), samples.len());
+        samples[samples.len() / 2]
     }
 }
 
@@ -60,48 +80,302 @@ fn fmt(d: Duration) -> String {
     }
 }
 
-fn slash_command() -> PassthroughForward {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/corpus/discord/guild_slash_simple.json");
-    PassthroughForward {
-        platform: "discord".to_owned(),
-        method: "POST".to_owned(),
-        path: "/hooks/discord/interactions".to_owned(),
-        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
-        body: std::fs::read(&corpus).expect("corpus file"),
-        ..PassthroughForward::default()
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-12)
+}
+
+type NativeConvert = fn(&Request, &dyn Config) -> NativeOutcome;
+
+/// A first-party converter: its component and its native entry point.
+struct Converter3 {
+    platform: &'static str,
+    artifact: &'static str,
+    native: NativeConvert,
+}
+
+const CONVERTERS: [Converter3; 3] = [
+    Converter3 {
+        platform: "discord",
+        artifact: hermes_plugin_artifacts::DISCORD,
+        native: DiscordInteractions::convert,
+    },
+    Converter3 {
+        platform: "twilio",
+        artifact: hermes_plugin_artifacts::TWILIO,
+        native: Twilio::convert,
+    },
+    Converter3 {
+        platform: "slack",
+        artifact: hermes_plugin_artifacts::SLACK,
+        native: Slack::convert,
+    },
+];
+
+fn native_outcome(o: &NativeOutcome) -> &'static str {
+    match o {
+        NativeOutcome::Events(_) => "event",
+        NativeOutcome::Ignored(_) => "ignored",
+        NativeOutcome::Error(_) => "error",
     }
 }
 
+fn host_outcome(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Events(_) => "event",
+        Outcome::Ignored(_) => "ignored",
+        Outcome::Rejected { .. } => "error",
+        Outcome::Failed(_) => "failed",
+    }
+}
+
+fn forward(case: &Case) -> PassthroughForward {
+    let r = &case.request;
+    PassthroughForward {
+        platform: r.platform.clone(),
+        bot_id: r.bot_id.clone(),
+        method: r.method.clone(),
+        path: r.path.clone(),
+        headers: r.headers.clone(),
+        body: r.body.clone(),
+        profile: r.profile.clone(),
+    }
+}
+
+fn corpora() -> Vec<Case> {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data");
+    ["corpus", "corpus-outside"]
+        .iter()
+        .flat_map(|name| {
+            testing::load_corpus(&data.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+        })
+        .collect()
+}
+
+/// One case's medians.
+struct Row {
+    name: String,
+    platform: String,
+    outcome: String,
+    native: Duration,
+    /// `None` when the host answers before any guest runs.
+    warm: Option<Duration>,
+    fresh: Option<Duration>,
+    host: Duration,
+}
+
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` does not: run
-    // quickly then, as a smoke test.
-    let quick = !std::env::args().any(|a| a == "--bench");
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not.
+    let full = std::env::args().any(|a| a == "--bench");
+    let window = std::env::var("HERMES_BENCH_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_millis(100), Duration::from_millis);
     let bench = Bench {
-        budget: if quick { Duration::from_millis(20) } else { Duration::from_secs(2) },
+        budget: if full {
+            window
+        } else {
+            Duration::from_millis(2)
+        },
     };
-    let forward = slash_command();
-    let wasm = std::fs::read(hermes_plugin_artifacts::DISCORD).expect("discord component");
-    let sha = hex::encode(sha2::Sha256::digest(&wasm));
-    println!("discord component: {} bytes; request body: {} bytes", wasm.len(), forward.body.len());
+    let started = Instant::now();
+    let limits = Limits::default();
+    let cases = corpora();
 
-    let plugin = BenchPlugin::new(wasm, Limits::default()).expect("compile");
-    println!("allocator: {}", plugin.allocator().as_str());
-    assert_eq!(plugin.fresh_convert(&forward), Ok(1), "the slash command converts to one event");
-
-    bench.run("compile", || plugin.compile().expect("compile"));
+    // Per plugin: compile, cached load, instantiate.
+    let mut plugins = BTreeMap::new();
     let cache = tempfile::tempdir().expect("cache dir");
-    plugin.cached_load(cache.path(), &sha).expect("fill the cache");
-    bench.run("cached load", || plugin.cached_load(cache.path(), &sha).expect("cached load"));
-    bench.run("instantiate", || plugin.instantiate().expect("instantiate"));
-    bench.run("fresh convert", || plugin.fresh_convert(&forward).expect("convert"));
-    let mut warm = plugin.warm().expect("warm instance");
-    bench.run("warm convert", || warm.convert(&forward).expect("convert"));
+    let plugins_dir = tempfile::tempdir().expect("plugins dir");
+    println!("## Per plugin\n");
+    println!(
+        "{:<10} {:>10} {:>12} {:>12} {:>12}",
+        "plugin", "wasm bytes", "compile", "cached load", "instantiate"
+    );
+    for c in &CONVERTERS {
+        let wasm = std::fs::read(c.artifact).expect("component");
+        std::fs::write(
+            plugins_dir.path().join(format!("{}.wasm", c.platform)),
+            &wasm,
+        )
+        .expect("copy component");
+        let sha = hex::encode(sha2::Sha256::digest(&wasm));
+        let size = wasm.len();
+        let plugin = BenchPlugin::new(wasm, limits.clone()).expect("compile");
+        let compile = bench.median(bench.budget * 10, || plugin.compile().expect("compile"));
+        let dir = cache.path().join(c.platform);
+        plugin.cached_load(&dir, &sha).expect("fill the cache");
+        let cached = bench.median(bench.budget, || {
+            plugin.cached_load(&dir, &sha).expect("cached load")
+        });
+        let instantiate = bench.median(bench.budget, || plugin.instantiate().expect("instantiate"));
+        println!(
+            "{:<10} {:>10} {:>12} {:>12} {:>12}",
+            c.platform,
+            size,
+            fmt(compile),
+            fmt(cached),
+            fmt(instantiate)
+        );
+        plugins.insert(c.platform, (plugin, c.native));
+    }
+    if let Some((plugin, _)) = plugins.values().next() {
+        println!("\nallocator: {}", plugin.allocator().as_str());
+    }
 
-    // The whole async path: semaphore, worker hop, oneshot.
-    let dir = tempfile::tempdir().expect("plugins dir");
-    std::fs::copy(hermes_plugin_artifacts::DISCORD, dir.path().join("discord.wasm")).expect("copy");
-    let (host, report) = PluginHost::load(PluginHostConfig::new(dir.path())).expect("host");
+    // The whole async path through one host holding the three plugins.
+    let (host, report) = PluginHost::load(PluginHostConfig::new(plugins_dir.path())).expect("host");
     assert!(report.is_clean(), "{:?}", report.errors);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
-    bench.run("host convert", || rt.block_on(host.convert(&forward)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+
+    let mut rows = Vec::new();
+    for case in &cases {
+        let name = case.name();
+        let (plugin, native) = plugins
+            .get(case.platform.as_str())
+            .unwrap_or_else(|| panic!("{name}: no converter for {}", case.platform));
+        let expected = case.expect()["outcome"].as_str().unwrap_or_default();
+        let fwd = forward(case);
+        let req = &case.request;
+
+        // Every path must do the real work before it is timed.
+        assert_eq!(
+            native_outcome(&native(req, &())),
+            expected,
+            "{name}: native outcome"
+        );
+        let converted = rt.block_on(host.convert(&fwd));
+        assert_eq!(
+            host_outcome(&converted.outcome),
+            expected,
+            "{name}: host outcome {:?}",
+            converted.outcome
+        );
+        let guest_runs = !fwd.body.is_empty() && fwd.body.len() <= limits.max_body_bytes;
+
+        let native_t = bench.median(bench.budget, || native(req, &()));
+        let (warm, fresh) = if guest_runs {
+            let check = |o: Result<BenchOutcome, String>| {
+                let o = o.unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(o.as_str(), expected, "{name}: sandboxed outcome");
+            };
+            check(plugin.fresh_convert(&fwd));
+            let mut instance = plugin.warm().expect("warm instance");
+            check(instance.convert(&fwd));
+            let warm = bench.median(bench.budget, || instance.convert(&fwd));
+            let fresh = bench.median(bench.budget, || plugin.fresh_convert(&fwd));
+            (Some(warm), Some(fresh))
+        } else {
+            (None, None)
+        };
+        let host_t = bench.median(bench.budget, || rt.block_on(host.convert(&fwd)));
+        rows.push(Row {
+            name,
+            platform: case.platform.clone(),
+            outcome: expected.to_owned(),
+            native: native_t,
+            warm,
+            fresh,
+            host: host_t,
+        });
+    }
+
+    print_cases(&rows);
+    print_summary(&rows);
+    println!(
+        "\n{} cases, {} window per measurement, {:.1} s in all",
+        rows.len(),
+        fmt(bench.budget),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn print_cases(rows: &[Row]) {
+    println!("\n## Per case (medians; ratios against native)\n");
+    let w = rows
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(4);
+    println!(
+        "{:<w$} {:<7} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}",
+        "case", "outcome", "native", "warm", "fresh", "host", "warm/n", "fresh/n", "host/n"
+    );
+    let dash = || "—".to_owned();
+    for r in rows {
+        println!(
+            "{:<w$} {:<7} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}",
+            r.name,
+            r.outcome,
+            fmt(r.native),
+            r.warm.map_or_else(dash, fmt),
+            r.fresh.map_or_else(dash, fmt),
+            fmt(r.host),
+            r.warm
+                .map_or_else(dash, |w| format!("{:.1}×", ratio(w, r.native))),
+            r.fresh
+                .map_or_else(dash, |f| format!("{:.1}×", ratio(f, r.native))),
+            format!("{:.1}×", ratio(r.host, r.native)),
+        );
+    }
+}
+
+/// The median of a list of durations (or ratios).
+fn mid<T: PartialOrd + Copy>(mut v: Vec<T>) -> Option<T> {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(v.len() / 2).copied()
+}
+
+fn print_summary(rows: &[Row]) {
+    println!("\n## Summary: median over cases where the guest runs\n");
+    println!(
+        "{:<22} {:>5} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}",
+        "group", "cases", "native", "warm", "fresh", "host", "warm/n", "fresh/n", "host/n"
+    );
+    let mut groups: Vec<(String, Vec<&Row>)> = Vec::new();
+    let guest: Vec<&Row> = rows.iter().filter(|r| r.fresh.is_some()).collect();
+    for c in &CONVERTERS {
+        groups.push((
+            c.platform.to_owned(),
+            guest
+                .iter()
+                .copied()
+                .filter(|r| r.platform == c.platform)
+                .collect(),
+        ));
+    }
+    groups.push((
+        "valid (event/ignored)".to_owned(),
+        guest
+            .iter()
+            .copied()
+            .filter(|r| r.outcome != "error")
+            .collect(),
+    ));
+    groups.push(("all".to_owned(), guest));
+    for (group, rows) in groups {
+        let col =
+            |f: &dyn Fn(&Row) -> Option<Duration>| mid(rows.iter().filter_map(|r| f(r)).collect());
+        let rat = |f: &dyn Fn(&Row) -> Option<Duration>| {
+            mid(rows
+                .iter()
+                .filter_map(|r| Some(ratio(f(r)?, r.native)))
+                .collect())
+        };
+        let d = |v: Option<Duration>| v.map_or_else(|| "—".to_owned(), fmt);
+        let x = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), |v| format!("{v:.1}×"));
+        println!(
+            "{:<22} {:>5} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}",
+            group,
+            rows.len(),
+            d(col(&|r| Some(r.native))),
+            d(col(&|r| r.warm)),
+            d(col(&|r| r.fresh)),
+            d(col(&|r| Some(r.host))),
+            x(rat(&|r| r.warm)),
+            x(rat(&|r| r.fresh)),
+            x(rat(&|r| Some(r.host))),
+        );
+    }
 }

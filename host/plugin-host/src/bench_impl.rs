@@ -12,7 +12,7 @@ use wasmtime::component::{Component, Linker};
 use crate::artifact_cache::ArtifactCache;
 use crate::bindings::{self, ConverterPluginPre};
 use crate::sandbox::{CallContext, ConfigMap, Session, StoreState};
-use crate::{Allocator, Limits};
+use crate::{Allocator, Limits, RejectKind};
 
 /// One plugin, compiled and pre-instantiated outside a host.
 pub struct BenchPlugin {
@@ -23,6 +23,29 @@ pub struct BenchPlugin {
     limits: Limits,
     bytes: Vec<u8>,
     name: Arc<str>,
+}
+
+/// What a benchmarked conversion produced, so a benchmark can check it
+/// measured the real work (a rejection is a result here, not an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchOutcome {
+    /// This many events, after the host's output checks.
+    Events(usize),
+    /// A valid request without a message.
+    Ignored,
+    /// Typed bad input.
+    Rejected(RejectKind),
+}
+
+impl BenchOutcome {
+    /// The manifest's spelling of the outcome: `event`, `ignored`, `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Events(_) => "event",
+            Self::Ignored => "ignored",
+            Self::Rejected(_) => "error",
+        }
+    }
 }
 
 /// A store and instance kept across calls (what the host deliberately does
@@ -90,12 +113,12 @@ impl BenchPlugin {
 
     /// What the host does per forward: fresh store, instantiate, `tenant-of`,
     /// `convert`, output checks and conversion to protocol events, drop.
-    /// Returns the number of events.
-    pub fn fresh_convert(&self, forward: &PassthroughForward) -> Result<usize, String> {
+    /// Errs only on a plugin failure (trap, timeout, bad output).
+    pub fn fresh_convert(&self, forward: &PassthroughForward) -> Result<BenchOutcome, String> {
         let req = bindings::request(forward);
         let mut s = self.session()?;
         s.tenant_of(&req).map_err(err)?;
-        count(s.convert(&req).map_err(err)?, &self.limits)
+        outcome(s.convert(&req).map_err(err)?, &self.limits)
     }
 
     /// A store and instance to call repeatedly.
@@ -109,16 +132,18 @@ impl BenchPlugin {
 
 impl WarmInstance<'_> {
     /// `convert` on the kept instance, with the same output handling.
-    pub fn convert(&mut self, forward: &PassthroughForward) -> Result<usize, String> {
+    pub fn convert(&mut self, forward: &PassthroughForward) -> Result<BenchOutcome, String> {
         let req = bindings::request(forward);
-        count(self.session.convert(&req).map_err(err)?, &self.plugin.limits)
+        outcome(self.session.convert(&req).map_err(err)?, &self.plugin.limits)
     }
 }
 
-fn count(outcome: bindings::Outcome, limits: &Limits) -> Result<usize, String> {
+/// The host's output handling (events become protocol events under the
+/// output caps), reduced to what the benchmark checks.
+fn outcome(outcome: bindings::Outcome, limits: &Limits) -> Result<BenchOutcome, String> {
     match outcome {
-        bindings::Outcome::Events(e) => bindings::events(e, limits).map(|e| e.len()),
-        bindings::Outcome::Ignored(_) => Ok(0),
-        bindings::Outcome::Error(e) => Err(e.message),
+        bindings::Outcome::Events(e) => bindings::events(e, limits).map(|e| BenchOutcome::Events(e.len())),
+        bindings::Outcome::Ignored(_) => Ok(BenchOutcome::Ignored),
+        bindings::Outcome::Error(e) => Ok(BenchOutcome::Rejected(bindings::reject_kind(e.kind))),
     }
 }

@@ -1,77 +1,22 @@
 //! The `hermes-gateway` binary, run for real: flags, help, exit codes,
 //! configuration errors, `enroll` against a local HTTP server, `plugin new`,
 //! and `plugins check` / `convert` on the compiled first-party plugins,
-//! compared with the corpus expectations.
-//!
-//! `CARGO_BIN_EXE_*` exists only for tests of the binary's own package, and
-//! a binary-only package cannot be a dependency, so the binary is built once
-//! per test run with `cargo build -p hermes-gateway` (a no-op when fresh)
-//! into the same target directory as this test executable.
+//! compared with the corpus expectations. How the binary is found is in
+//! [`crate::support`].
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-/// The binary, built on first use.
-fn binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/all-<hash> → target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test executable lives in target/<profile>/deps")
-            .to_path_buf();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "hermes-gateway",
-            "--bin",
-            "hermes-gateway",
-            "--manifest-path",
-        ])
-        .arg(&manifest);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        if let Some(target_dir) = profile_dir.parent() {
-            cmd.env("CARGO_TARGET_DIR", target_dir);
-        }
-        let status = cmd.status().expect("run cargo build -p hermes-gateway");
-        assert!(
-            status.success(),
-            "cargo build -p hermes-gateway failed: {status}"
-        );
-        let bin = profile_dir.join("hermes-gateway");
-        assert!(bin.is_file(), "{} was not built", bin.display());
-        bin
-    })
-}
-
-/// A command with a clean environment: only PATH and a private HOME, so
-/// nothing from the developer's `~/.hermes/.env` or shell leaks in.
-fn gateway(home: &Path) -> Command {
-    let mut cmd = Command::new(binary());
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .current_dir(home);
-    cmd
-}
+use crate::support::{ChildGuard, corpus_cases, corpus_dir, gateway, plugins_dir};
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("spawn hermes-gateway")
@@ -580,28 +525,6 @@ fn plugin_new_scaffolds_and_refuses_an_existing_dir() {
 // ---------------------------------------------------------------------------
 // plugins check and convert, on the compiled first-party plugins
 
-fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus")
-}
-
-fn corpus_cases() -> Vec<Value> {
-    let text =
-        std::fs::read_to_string(corpus_dir().join("manifest.json")).expect("corpus manifest");
-    let manifest: Value = serde_json::from_str(&text).expect("manifest JSON");
-    manifest["cases"].as_array().expect("cases").clone()
-}
-
-/// A plugins directory holding copies of the given components.
-fn plugins_dir(parent: &Path, components: &[&str]) -> PathBuf {
-    let dir = parent.join("plugins");
-    std::fs::create_dir_all(&dir).expect("mkdir plugins");
-    for c in components {
-        let src = Path::new(c);
-        std::fs::copy(src, dir.join(src.file_name().expect("file name"))).expect("copy component");
-    }
-    dir
-}
-
 const FIRST_PARTY: [&str; 3] = [
     hermes_plugin_artifacts::DISCORD,
     hermes_plugin_artifacts::TWILIO,
@@ -861,16 +784,6 @@ fn admin_get(addr: &str, path: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Some((status, body))
-}
-
-/// Kills the child if a test fails before it exits on its own.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

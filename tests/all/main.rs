@@ -2,6 +2,7 @@
 //! area, so the workspace links few test binaries.
 
 mod cli;
+mod corpus;
 mod data;
 mod demo;
 mod gateway;

@@ -12,7 +12,7 @@ use hermes_gateway_core::{ExitReason, Gateway, GatewayConfig, Metrics, SessionCo
 use hermes_plugin_host::{PluginHost, PluginHostConfig};
 use hermes_protocol::session::SessionKeySettings;
 use hermes_protocol::url::{Endpoint, http_endpoint};
-use hermes_transport::{Identity, RelayConfig, RelayLink};
+use hermes_transport::{Identity, LinkState, RelayConfig, RelayLink};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -151,6 +151,7 @@ async fn serve(
     );
     let (handle, inbound) = RelayLink::spawn(relay_config);
     let _ = relay_slot.set(handle.clone());
+    stop_when_revoked(&handle, &shutdown);
 
     let options = AgentOptions {
         model: settings
@@ -195,6 +196,24 @@ async fn serve(
         }
         ExitReason::LinkClosed => Err(anyhow!("the relay link closed unexpectedly")),
     }
+}
+
+/// A revoked link latches and keeps its inbound channel open (it only fails
+/// calls fast), so the gateway loop would serve nothing forever. With the
+/// relay disabled this process has nothing else to do: start the drain,
+/// after which [`Gateway::run`] reports `Revoked` (exit code 4, §6.2).
+fn stop_when_revoked(handle: &hermes_transport::RelayHandle, shutdown: &CancellationToken) {
+    let mut state = handle.state();
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let revoked = tokio::select! {
+            () = shutdown.cancelled() => false,
+            r = state.wait_for(|s| matches!(s, LinkState::Revoked)) => r.is_ok(),
+        };
+        if revoked {
+            shutdown.cancel();
+        }
+    });
 }
 
 /// Where compiled plugin artifacts are cached: `~/.hermes/cache/plugins`

@@ -4,14 +4,12 @@
 //! converters run on the same sample files (and, for `dev`, from the corpus
 //! manifest), never from the binary's own output.
 //!
-//! The binary is located (built once if need be) the same way `cli.rs`
-//! does: `cargo build -p hermes-gateway` into this test's target directory.
+//! The binary is located (built once if need be) by `support::binary`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -22,71 +20,21 @@ use hermes_plugin_slack::Slack;
 use hermes_plugin_twilio::Twilio;
 use serde_json::Value;
 
+use crate::support::{gateway, plugins_dir};
+
 /// How long a test waits for the binary's next expected line.
 const LINE_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test executable lives in target/<profile>/deps")
-            .to_path_buf();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "hermes-gateway",
-            "--bin",
-            "hermes-gateway",
-            "--manifest-path",
-        ])
-        .arg(&manifest);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        if let Some(target_dir) = profile_dir.parent() {
-            cmd.env("CARGO_TARGET_DIR", target_dir);
-        }
-        let status = cmd.status().expect("run cargo build -p hermes-gateway");
-        assert!(
-            status.success(),
-            "cargo build -p hermes-gateway failed: {status}"
-        );
-        let bin = profile_dir.join("hermes-gateway");
-        assert!(bin.is_file(), "{} was not built", bin.display());
-        bin
-    })
-}
-
-/// The binary with a clean environment and a private HOME.
-fn gateway(home: &Path) -> Command {
-    let mut cmd = Command::new(binary());
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .current_dir(home);
-    cmd
-}
-
 /// A plugins directory with the three compiled first-party converters.
 fn first_party_plugins(parent: &Path) -> PathBuf {
-    let dir = parent.join("plugins");
-    std::fs::create_dir_all(&dir).expect("mkdir plugins");
-    for artifact in [
-        hermes_plugin_artifacts::DISCORD,
-        hermes_plugin_artifacts::TWILIO,
-        hermes_plugin_artifacts::SLACK,
-    ] {
-        let src = Path::new(artifact);
-        std::fs::copy(src, dir.join(src.file_name().expect("file name"))).expect("copy component");
-    }
-    dir
+    plugins_dir(
+        parent,
+        &[
+            hermes_plugin_artifacts::DISCORD,
+            hermes_plugin_artifacts::TWILIO,
+            hermes_plugin_artifacts::SLACK,
+        ],
+    )
 }
 
 fn examples_dir() -> PathBuf {

@@ -406,3 +406,49 @@ pub fn run_corpus(
     }
     Ok(report)
 }
+
+/// Asserts that every `platform` case of the corpus in `dir` passes through
+/// `convert` in both modes, and that as many ran as the manifest lists (a
+/// skipped case fails). This is the whole corpus test of a converter crate.
+///
+/// # Panics
+///
+/// On any failing case (one line each), an unreadable corpus, or a count
+/// that differs from the manifest's.
+pub fn assert_corpus_passes(
+    dir: &Path,
+    platform: &str,
+    convert: impl Fn(&Request, &dyn Config) -> Outcome,
+) {
+    let name = dir.display();
+    let report =
+        run_corpus(dir, platform, convert).unwrap_or_else(|e| panic!("loading {name}: {e}"));
+    let listed = manifest_count(dir, platform).unwrap_or_else(|e| panic!("{name}: {e}"));
+    println!(
+        "{name}: {} {platform} cases, positional {} passed, named {} passed",
+        report.cases, report.passed[0], report.passed[1]
+    );
+    assert!(
+        report.failures.is_empty(),
+        "{} failures:\n{}",
+        report.failures.len(),
+        report.failures.join("\n")
+    );
+    assert!(listed > 0, "{name} lists no {platform} cases");
+    assert_eq!(
+        report.cases, listed,
+        "{name}: ran {} of the {listed} {platform} cases",
+        report.cases
+    );
+    assert_eq!(
+        report.passed,
+        [listed, listed],
+        "{name}: not every case passed in both modes"
+    );
+}
+
+/// The in-repo copy of a corpus (`corpus` or `corpus-outside`) seen from a
+/// crate two levels below the workspace root (`plugins/NAME`).
+pub fn corpus_dir(manifest_dir: &str, name: &str) -> std::path::PathBuf {
+    Path::new(manifest_dir).join("../../tests/data").join(name)
+}

@@ -1,52 +1,16 @@
 //! Every Twilio case of both corpora, natively, in both modes.
 
-use std::path::PathBuf;
-
 use hermes_converter_sdk::{Converter, testing};
 use hermes_plugin_twilio::Twilio;
 
-const PLATFORM: &str = "twilio";
-
-fn corpus_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/data")
-        .join(name)
-}
-
-fn run(name: &str) {
-    let dir = corpus_dir(name);
-    let report = testing::run_corpus(&dir, PLATFORM, Twilio::convert)
-        .unwrap_or_else(|e| panic!("loading {name}: {e}"));
-    let listed = testing::manifest_count(&dir, PLATFORM).unwrap_or_else(|e| panic!("{name}: {e}"));
-    println!(
-        "{name}: {} {PLATFORM} cases, positional {} passed, named {} passed",
-        report.cases, report.passed[0], report.passed[1]
-    );
-    assert!(
-        report.failures.is_empty(),
-        "{} failures:\n{}",
-        report.failures.len(),
-        report.failures.join("\n")
-    );
-    assert!(listed > 0, "{name} lists no {PLATFORM} cases");
-    assert_eq!(
-        report.cases, listed,
-        "{name}: ran {} of the {listed} {PLATFORM} cases",
-        report.cases
-    );
-    assert_eq!(
-        report.passed,
-        [listed, listed],
-        "{name}: not every case passed in both modes"
-    );
-}
-
 #[test]
 fn synthetic_corpus() {
-    run("corpus");
+    let dir = testing::corpus_dir(env!("CARGO_MANIFEST_DIR"), "corpus");
+    testing::assert_corpus_passes(&dir, "twilio", Twilio::convert);
 }
 
 #[test]
 fn outside_corpus() {
-    run("corpus-outside");
+    let dir = testing::corpus_dir(env!("CARGO_MANIFEST_DIR"), "corpus-outside");
+    testing::assert_corpus_passes(&dir, "twilio", Twilio::convert);
 }

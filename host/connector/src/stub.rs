@@ -1,6 +1,6 @@
 //! A relay connector on loopback that behaves like the production one.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +56,13 @@ pub enum StubAuth {
 }
 
 /// How the stub answers one `outbound` action.
+///
+/// Unlike the production connector, the default [`Answer::Success`] behaves
+/// as if every capability were vaulted for every session and every tenant
+/// matched: `follow_up` always succeeds. The real connector answers
+/// `success: false` when no capability of that kind is vaulted for the
+/// session or the tenant does not match; to test that path, give `follow_up`
+/// a failure with [`StubConnector::set_answer_for`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
     /// `success: true`; `send`/`edit`/`follow_up` get a fresh `message_id`,
@@ -143,6 +150,8 @@ struct ConnControl {
 struct Inner {
     config: Mutex<StubConfig>,
     script: Mutex<VecDeque<Answer>>,
+    /// Answers by op (`send`, `follow_up`, …), between the script and the default.
+    per_op: Mutex<HashMap<String, Answer>>,
     record: Arc<Record>,
     current: Mutex<Option<ConnControl>>,
     connections: AtomicU64,
@@ -177,6 +186,7 @@ impl StubConnector {
         let inner = Arc::new(Inner {
             config: Mutex::new(config),
             script: Mutex::new(VecDeque::new()),
+            per_op: Mutex::new(HashMap::new()),
             record: Arc::new(Record::new()),
             current: Mutex::new(None),
             connections: AtomicU64::new(0),
@@ -219,6 +229,19 @@ impl StubConnector {
     /// Replace the `going_idle` behaviour.
     pub fn set_going_idle(&self, going_idle: GoingIdle) {
         lock(&self.inner.config).going_idle = going_idle;
+    }
+
+    /// Answer every `outbound` of `op` (`send`, `edit`, `typing`,
+    /// `follow_up`, `get_chat_info`) with `answer` unless a scripted answer is
+    /// queued; `None` goes back to the default answer. For example
+    /// `set_answer_for("follow_up", Some(Answer::Failure("no capability
+    /// vaulted".into())))` behaves like a connector holding no capability.
+    pub fn set_answer_for(&self, op: &str, answer: Option<Answer>) {
+        let mut per_op = lock(&self.inner.per_op);
+        match answer {
+            Some(answer) => per_op.insert(op.to_owned(), answer),
+            None => per_op.remove(op),
+        };
     }
 
     /// Queue answers for the next `outbound` actions, in arrival order.
@@ -310,6 +333,9 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
         let Ok((stream, _peer)) = listener.accept().await else {
             continue;
         };
+        // Frames are small and latency-bound: without this, Nagle's
+        // algorithm meets the peer's delayed ACK and adds ~40 ms per frame.
+        let _ = stream.set_nodelay(true);
         let inner = Arc::clone(&inner);
         tokio::spawn(async move {
             let service = service_fn(move |req| route(Arc::clone(&inner), req));
@@ -588,8 +614,9 @@ impl Session {
                 request_id, action, ..
             } => {
                 let scripted = lock(&self.inner.script).pop_front();
-                let answer =
-                    scripted.unwrap_or_else(|| lock(&self.inner.config).default_answer.clone());
+                let answer = scripted
+                    .or_else(|| lock(&self.inner.per_op).get(action.op()).cloned())
+                    .unwrap_or_else(|| lock(&self.inner.config).default_answer.clone());
                 self.answer(request_id.as_str(), action, answer, replies);
             }
             GatewayFrame::GoingIdle if lock(&self.inner.config).going_idle == GoingIdle::Ack => {

@@ -1,0 +1,698 @@
+//! End-to-end webhook forwards: the real `hermes-gateway run` binary (echo
+//! agent, the compiled first-party plugins) against a [`StubConnector`] in
+//! this process.
+//!
+//! For each workload (Discord slash commands alone; Twilio SMS alone; the two
+//! alternating) the bench:
+//!
+//! 1. **saturates**: keeps a bounded window of forwards outstanding and
+//!    counts the replies (`follow_up` / `send` frames, which the stub answers
+//!    with success) → forwards/s;
+//! 2. **paces** an open-loop stream at half that rate and measures, per
+//!    forward, the time from handing the frame to the stub to seeing its
+//!    reply frame → p50/p90/p99/max.
+//!
+//! Every forward carries distinct channel and user ids (cycled over
+//! [`VARIANTS`]) so sessions do not serialize on one key, and a `#<n>` marker
+//! in its text that the echo agent sends back, which matches each reply to
+//! its forward. The bench process and the gateway share the machine's cores.
+//!
+//! `cargo bench -p hermes-tests --bench forwards`; `HERMES_BENCH_SECS`
+//! (default 5) sets the length of each phase, `HERMES_BENCH_WINDOW` (default
+//! 256) the saturation window, `HERMES_BENCH_RATE` a fixed paced rate
+//! instead of half the saturated one, `HERMES_BENCH_NO_TYPING=1` a descriptor
+//! without the `typing` op, `HERMES_GATEWAY_BIN` a prebuilt binary to
+//! run instead of building one.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use hermes_connector::{EventCursor, StubConfig, StubConnector, descriptor_value};
+use hermes_protocol::action::Action;
+use hermes_protocol::descriptor::Descriptor;
+use hermes_protocol::forward::PassthroughForward;
+use hermes_protocol::frame::{ConnectorFrame, GatewayFrame};
+use serde_json::Value;
+use tokio::sync::Notify;
+
+/// Distinct channel/user ids per workload; a forward's variant is its
+/// sequence number modulo this. Far more than the window, so two forwards in
+/// flight at once practically never share a session.
+const VARIANTS: usize = 4096;
+
+/// A forward frame, encoded once, and the marker its reply carries.
+struct Prepared {
+    line: String,
+}
+
+/// What the reply watcher shares with the pushers.
+struct Tally {
+    /// Replies seen (follow_up and send frames).
+    replied: AtomicU64,
+    /// Typing indicators seen (informational).
+    typing: AtomicU64,
+    /// Replies whose marker did not parse or matched no pending push.
+    unmatched: AtomicU64,
+    /// Push time of the forward with each marker, in ns since `epoch` (0 = none).
+    pushed_at: Vec<AtomicU64>,
+    /// Latencies (ns) recorded while `recording` is set.
+    latencies: Mutex<Vec<u64>>,
+    recording: AtomicBool,
+    changed: Notify,
+    epoch: Instant,
+}
+
+impl Tally {
+    fn new(markers: usize) -> Self {
+        Self {
+            replied: AtomicU64::new(0),
+            typing: AtomicU64::new(0),
+            unmatched: AtomicU64::new(0),
+            pushed_at: (0..markers).map(|_| AtomicU64::new(0)).collect(),
+            latencies: Mutex::new(Vec::new()),
+            recording: AtomicBool::new(false),
+            changed: Notify::new(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn take_latencies(&self) -> Vec<u64> {
+        std::mem::take(
+            &mut *self
+                .latencies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+}
+
+/// Follows the stub's record: counts replies and times them against their push.
+async fn watch_replies(mut cursor: EventCursor, tally: Arc<Tally>) {
+    loop {
+        let (_, frame) = cursor
+            .next_frame(|f| matches!(f, GatewayFrame::Outbound { .. }))
+            .await;
+        let GatewayFrame::Outbound { action, .. } = frame else {
+            continue;
+        };
+        let content = match &action {
+            Action::FollowUp { content, .. } | Action::Send { content, .. } => content,
+            Action::Typing { .. } => {
+                tally.typing.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            _ => continue,
+        };
+        let now = tally.now_ns();
+        let marker = content
+            .rsplit_once('#')
+            .and_then(|(_, n)| n.trim().parse::<usize>().ok());
+        let sent = marker
+            .and_then(|m| tally.pushed_at.get(m))
+            .map_or(0, |slot| slot.swap(0, Ordering::AcqRel));
+        if sent == 0 {
+            tally.unmatched.fetch_add(1, Ordering::Relaxed);
+        } else if tally.recording.load(Ordering::Acquire) {
+            tally
+                .latencies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(now.saturating_sub(sent));
+        }
+        tally.replied.fetch_add(1, Ordering::Release);
+        tally.changed.notify_one();
+    }
+}
+
+/// The corpus case `file` from the in-repo manifest: its forward template and body.
+fn corpus_case(file: &str) -> (Value, Vec<u8>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus");
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("manifest.json")).expect("corpus manifest"),
+    )
+    .expect("manifest JSON");
+    let case = manifest["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["file"] == file)
+        .unwrap_or_else(|| panic!("{file} is not in the corpus manifest"))
+        .clone();
+    let body = std::fs::read(dir.join(file)).expect("corpus body");
+    (case["forward"].clone(), body)
+}
+
+/// A forward from a corpus template with `body`; `content-length` follows the body.
+fn forward_from(template: &Value, body: Vec<u8>) -> PassthroughForward {
+    let s = |k: &str| template[k].as_str().unwrap_or_default().to_owned();
+    let headers = template["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .map(|h| {
+            let name = h[0].as_str().expect("header name").to_owned();
+            let value = if name.eq_ignore_ascii_case("content-length") {
+                body.len().to_string()
+            } else {
+                h[1].as_str().expect("header value").to_owned()
+            };
+            (name, value)
+        })
+        .collect();
+    PassthroughForward {
+        platform: s("platform"),
+        bot_id: String::new(),
+        method: s("method"),
+        path: s("path"),
+        headers,
+        body,
+        profile: None,
+    }
+}
+
+fn encode(forward: PassthroughForward) -> String {
+    ConnectorFrame::PassthroughForward {
+        forward,
+        buffer_id: None,
+    }
+    .encode()
+}
+
+/// Replaces the last `digits.len()` characters of `s` with `digits`.
+fn suffixed(s: &str, digits: &str) -> String {
+    let keep = s.len().saturating_sub(digits.len());
+    format!("{}{digits}", &s[..keep])
+}
+
+/// `guild_slash_simple` with channel, user and interaction ids of `variant`
+/// and `#marker` appended to the option text.
+fn discord_line(template: &(Value, Vec<u8>), variant: usize, marker: usize) -> String {
+    let mut body: Value = serde_json::from_slice(&template.1).expect("discord body is JSON");
+    let digits = format!("{variant:05}");
+    let channel = suffixed(body["channel_id"].as_str().expect("channel_id"), &digits);
+    body["channel_id"] = Value::String(channel.clone());
+    body["channel"]["id"] = Value::String(channel);
+    let user = suffixed(
+        body["member"]["user"]["id"].as_str().expect("user id"),
+        &digits,
+    );
+    body["member"]["user"]["id"] = Value::String(user);
+    let id = suffixed(
+        body["id"].as_str().expect("interaction id"),
+        &format!("{marker:07}"),
+    );
+    body["id"] = Value::String(id);
+    let option = &mut body["data"]["options"][0]["value"];
+    let text = format!("{} #{marker}", option.as_str().expect("option value"));
+    *option = Value::String(text);
+    encode(forward_from(
+        &template.0,
+        serde_json::to_vec(&body).expect("serialize body"),
+    ))
+}
+
+/// `twilio/sms` with the sender's number and message sid of `variant` and
+/// `#marker` appended to the text.
+fn twilio_line(template: &(Value, Vec<u8>), variant: usize, marker: usize) -> String {
+    let form = std::str::from_utf8(&template.1).expect("form is UTF-8");
+    let digits = format!("{variant:04}");
+    let fields: Vec<String> = form
+        .trim_end()
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some(("From", v)) => format!("From={}", suffixed(v, &digits)),
+            Some(("MessageSid" | "SmsSid" | "SmsMessageSid", v)) => {
+                format!(
+                    "{}={}",
+                    pair.split_once('=').map_or("", |p| p.0),
+                    suffixed(v, &format!("{marker:07}"))
+                )
+            }
+            Some(("Body", v)) => format!("Body={v}+%23{marker}"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    encode(forward_from(&template.0, fields.join("&").into_bytes()))
+}
+
+/// The `hermes-gateway` binary of this profile, built the way `tests/all/cli.rs` does.
+/// `HERMES_GATEWAY_BIN` names a prebuilt one instead (handy under a profiler).
+fn gateway_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("HERMES_GATEWAY_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("bench executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_path_buf();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "hermes-gateway",
+        "--bin",
+        "hermes-gateway",
+        "--manifest-path",
+    ])
+    .arg(&manifest);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    if let Some(target_dir) = profile_dir.parent() {
+        cmd.env("CARGO_TARGET_DIR", target_dir);
+    }
+    let status = cmd.status().expect("run cargo build -p hermes-gateway");
+    assert!(
+        status.success(),
+        "cargo build -p hermes-gateway failed: {status}"
+    );
+    let bin = profile_dir.join("hermes-gateway");
+    assert!(bin.is_file(), "{} was not built", bin.display());
+    bin
+}
+
+/// Kills the gateway when the bench ends, however it ends.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `GET /metrics` on the admin endpoint.
+fn metrics(addr: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// CPU time (user + system, all threads) of process `pid` so far, from
+/// `/proc/<pid>/stat`; zero where that is unavailable.
+fn cpu_time(pid: &str) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line, in clock ticks.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime is field 14, i.e. index 11 after `state` (field 3) at index 0.
+    Duration::from_millis((ticks(11) + ticks(12)) * 1000 / CLOCK_TICKS)
+}
+
+/// `sysconf(_SC_CLK_TCK)`, which is 100 on every Linux target we run on.
+const CLOCK_TICKS: u64 = 100;
+
+/// CPU used by the gateway and by this process across a phase.
+#[derive(Debug, Clone, Copy)]
+struct CpuMark {
+    gateway: Duration,
+    bench: Duration,
+}
+
+impl CpuMark {
+    fn now(gateway_pid: &str) -> Self {
+        Self {
+            gateway: cpu_time(gateway_pid),
+            bench: cpu_time("self"),
+        }
+    }
+
+    /// (gateway µs, bench µs) per forward since `self`.
+    fn per_forward(self, gateway_pid: &str, forwards: u64) -> (f64, f64) {
+        let now = Self::now(gateway_pid);
+        let per = |a: Duration, b: Duration| {
+            (b.saturating_sub(a)).as_secs_f64() * 1e6 / forwards.max(1) as f64
+        };
+        (per(self.gateway, now.gateway), per(self.bench, now.bench))
+    }
+}
+
+/// The 1/5/15-minute load averages: the machine is shared, so say how busy it was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One workload: the frames it cycles through.
+struct Workload {
+    name: &'static str,
+    /// `lines[i]` is the frame of marker `i`.
+    lines: Vec<Prepared>,
+}
+
+struct Figures {
+    saturated_per_sec: f64,
+    /// Gateway and bench CPU µs per forward while saturated.
+    saturated_cpu: (f64, f64),
+    saturated_latency: Vec<u64>,
+    paced_rate: f64,
+    paced_per_sec: f64,
+    paced_latency: Vec<u64>,
+}
+
+/// Push forward `marker` of `workload`, stamping its push time.
+async fn push(stub: &StubConnector, tally: &Tally, workload: &Workload, marker: usize) {
+    let Some(prepared) = workload.lines.get(marker) else {
+        return;
+    };
+    tally.pushed_at[marker].store(tally.now_ns().max(1), Ordering::Release);
+    stub.push_text(prepared.line.clone())
+        .await
+        .expect("gateway connected");
+}
+
+/// Waits until every pushed forward is answered (or `limit` passes).
+async fn settle(tally: &Tally, pushed: u64, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while tally.replied.load(Ordering::Acquire) < pushed {
+        if Instant::now() > deadline {
+            return false;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), tally.changed.notified()).await;
+    }
+    true
+}
+
+async fn run_workload(
+    stub: &StubConnector,
+    tally: &Tally,
+    workload: &Workload,
+    phase: Duration,
+    window: u64,
+    gateway_pid: &str,
+) -> Figures {
+    let markers = workload.lines.len();
+    let base = tally.replied.load(Ordering::Acquire);
+    let mut pushed = 0_u64;
+
+    // Saturation: keep `window` forwards outstanding.
+    tally.recording.store(true, Ordering::Release);
+    let cpu = CpuMark::now(gateway_pid);
+    let start = Instant::now();
+    while start.elapsed() < phase {
+        let outstanding = pushed - (tally.replied.load(Ordering::Acquire) - base);
+        if outstanding < window {
+            for _ in outstanding..window {
+                push(
+                    stub,
+                    tally,
+                    workload,
+                    usize::try_from(pushed).unwrap_or(0) % markers,
+                )
+                .await;
+                pushed += 1;
+            }
+        } else {
+            let _ = tokio::time::timeout(Duration::from_millis(10), tally.changed.notified()).await;
+        }
+    }
+    let answered = tally.replied.load(Ordering::Acquire) - base;
+    let elapsed = start.elapsed();
+    let saturated_cpu = cpu.per_forward(gateway_pid, answered);
+    tally.recording.store(false, Ordering::Release);
+    let saturated_latency = tally.take_latencies();
+    let saturated_per_sec = answered as f64 / elapsed.as_secs_f64();
+    assert!(
+        settle(tally, base + pushed, Duration::from_secs(30)).await,
+        "{}: replies missing after saturation",
+        workload.name
+    );
+
+    // Paced, open loop, at half the saturated rate.
+    let fixed = env_or("HERMES_BENCH_RATE", 0);
+    let rate = if fixed > 0 {
+        fixed as f64
+    } else {
+        saturated_per_sec / 2.0
+    };
+    let base = tally.replied.load(Ordering::Acquire);
+    let mut paced = 0_u64;
+    tally.recording.store(true, Ordering::Release);
+    let start = Instant::now();
+    while start.elapsed() < phase {
+        let due = (start.elapsed().as_secs_f64() * rate) as u64;
+        while paced < due {
+            push(
+                stub,
+                tally,
+                workload,
+                usize::try_from(paced).unwrap_or(0) % markers,
+            )
+            .await;
+            paced += 1;
+        }
+        tokio::time::sleep(Duration::from_micros(250)).await;
+    }
+    let elapsed = start.elapsed();
+    assert!(
+        settle(tally, base + paced, Duration::from_secs(30)).await,
+        "{}: replies missing after pacing",
+        workload.name
+    );
+    tally.recording.store(false, Ordering::Release);
+    Figures {
+        saturated_per_sec,
+        saturated_cpu,
+        saturated_latency,
+        paced_rate: rate,
+        paced_per_sec: paced as f64 / elapsed.as_secs_f64(),
+        paced_latency: tally.take_latencies(),
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)] as f64 / 1e6
+}
+
+fn latency_cells(latencies: &mut [u64]) -> String {
+    latencies.sort_unstable();
+    format!(
+        "{:>7.3} {:>7.3} {:>7.3} {:>7.3}",
+        percentile(latencies, 50.0),
+        percentile(latencies, 90.0),
+        percentile(latencies, 99.0),
+        percentile(latencies, 100.0)
+    )
+}
+
+fn main() {
+    let phase = Duration::from_secs(env_or("HERMES_BENCH_SECS", 5));
+    let window = env_or("HERMES_BENCH_WINDOW", 256).max(1);
+    let bin = gateway_binary();
+
+    let discord = corpus_case("discord/guild_slash_simple.json");
+    let twilio = corpus_case("twilio/sms.form");
+    let discord_only = Workload {
+        name: "discord slash",
+        lines: (0..VARIANTS)
+            .map(|v| Prepared {
+                line: discord_line(&discord, v, v),
+            })
+            .collect(),
+    };
+    let twilio_only = Workload {
+        name: "twilio sms",
+        lines: (0..VARIANTS)
+            .map(|v| Prepared {
+                line: twilio_line(&twilio, v, v),
+            })
+            .collect(),
+    };
+    let mixed = Workload {
+        name: "discord+twilio 1:1",
+        lines: (0..VARIANTS)
+            .map(|v| Prepared {
+                line: if v % 2 == 0 {
+                    discord_line(&discord, v, v)
+                } else {
+                    twilio_line(&twilio, v, v)
+                },
+            })
+            .collect(),
+    };
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut stub_config = StubConfig::with_secrets(["bench-secret"]);
+    let no_typing = env_or("HERMES_BENCH_NO_TYPING", 0) != 0;
+    if no_typing {
+        // The placeholder descriptor without `typing`: turns send no indicator.
+        let mut descriptor = Descriptor::placeholder("relay");
+        descriptor.supported_ops.retain(|op| op != "typing");
+        stub_config.descriptors = vec![descriptor_value(&descriptor)];
+    }
+    let stub = rt
+        .block_on(StubConnector::start(stub_config))
+        .expect("stub connector");
+    let home = tempfile::tempdir().expect("tempdir");
+    let plugins = home.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir plugins");
+    for c in [
+        hermes_plugin_artifacts::DISCORD,
+        hermes_plugin_artifacts::TWILIO,
+    ] {
+        let src = Path::new(c);
+        std::fs::copy(src, plugins.join(src.file_name().expect("file name")))
+            .expect("copy component");
+    }
+    let admin = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().expect("addr").to_string()
+    };
+    let log = std::fs::File::create(home.path().join("gateway.log")).expect("log file");
+    let child = Command::new(&bin)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .current_dir(home.path())
+        .arg("run")
+        .arg("--plugins")
+        .arg(&plugins)
+        .args(["--agent", "echo", "--admin", &admin])
+        .env("GATEWAY_RELAY_URL", stub.url())
+        .env("GATEWAY_RELAY_ID", "gw-bench")
+        .env("GATEWAY_RELAY_SECRET", "bench-secret")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn hermes-gateway run");
+    let gateway_pid = child.id().to_string();
+    let _child = ChildGuard(child);
+
+    let load_before = load_average();
+    let tally = Arc::new(Tally::new(VARIANTS));
+    let results = rt.block_on(async {
+        let mut hello = stub.cursor();
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            hello.next_frame(|f| matches!(f, GatewayFrame::Hello { .. })),
+        )
+        .await
+        .expect("the gateway dials the stub within 120 s");
+        tokio::spawn(watch_replies(stub.cursor_at_end(), Arc::clone(&tally)));
+        // The descriptor follows the hello; the first answered forward proves
+        // the link and both plugins are ready.
+        // Marker 0 is a Discord forward, marker 1 of the mix a Twilio one.
+        push(&stub, &tally, &discord_only, 0).await;
+        push(&stub, &tally, &mixed, 1).await;
+        assert!(
+            settle(&tally, 2, Duration::from_secs(60)).await,
+            "warm-up forwards were not answered"
+        );
+
+        let mut results = Vec::new();
+        for workload in [&discord_only, &twilio_only, &mixed] {
+            results.push((
+                workload.name,
+                run_workload(&stub, &tally, workload, phase, window, &gateway_pid).await,
+            ));
+        }
+        results
+    });
+
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    println!();
+    println!(
+        "load average before: {load_before}, after: {}",
+        load_average()
+    );
+    println!(
+        "end-to-end forwards: hermes-gateway run (echo agent, wasm plugins) <-> stub connector; \
+         {cpus} CPUs shared; {}s per phase, window {window}, typing {}",
+        phase.as_secs(),
+        if no_typing { "off" } else { "on" }
+    );
+    println!(
+        "{:<20} {:>11} {:>8} {:>8} | {:>31} | {:>9} {:>9} | {:>31}",
+        "workload",
+        "saturated/s",
+        "gw µs/fw",
+        "bench µs",
+        "sat. latency ms p50 p90 p99 max",
+        "paced at",
+        "achieved",
+        "paced latency ms p50 p90 p99 max"
+    );
+    for (name, mut f) in results {
+        println!(
+            "{:<20} {:>11.0} {:>8.1} {:>8.1} | {} | {:>9.0} {:>9.0} | {}",
+            name,
+            f.saturated_per_sec,
+            f.saturated_cpu.0,
+            f.saturated_cpu.1,
+            latency_cells(&mut f.saturated_latency),
+            f.paced_rate,
+            f.paced_per_sec,
+            latency_cells(&mut f.paced_latency)
+        );
+    }
+    println!(
+        "gw µs/fw, bench µs: CPU time (user+sys, all threads) per answered forward while saturated; \
+         {cpus} cores / gw µs/fw bounds the gateway alone on idle cores"
+    );
+    println!(
+        "replies {}, typing indicators {}, unmatched replies {}",
+        tally.replied.load(Ordering::Acquire),
+        tally.typing.load(Ordering::Relaxed),
+        tally.unmatched.load(Ordering::Relaxed)
+    );
+    let text = metrics(&admin);
+    for line in text.lines().filter(|l| {
+        !l.starts_with('#')
+            && (l.contains("forwards")
+                || l.contains("turns_")
+                || l.contains("replies")
+                || l.contains("dropped"))
+    }) {
+        println!("  gateway: {line}");
+    }
+}

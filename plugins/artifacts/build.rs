@@ -19,14 +19,23 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("DISCORD", "hermes-plugin-discord", "hermes_plugin_discord"),
     ("TWILIO", "hermes-plugin-twilio", "hermes_plugin_twilio"),
     ("SLACK", "hermes-plugin-slack", "hermes_plugin_slack"),
-    ("HOSTILE", "hermes-test-guest-hostile", "hermes_test_guest_hostile"),
-    ("INCOMPATIBLE", "hermes-test-guest-incompatible", "hermes_test_guest_incompatible"),
+    (
+        "HOSTILE",
+        "hermes-test-guest-hostile",
+        "hermes_test_guest_hostile",
+    ),
+    (
+        "INCOMPATIBLE",
+        "hermes-test-guest-incompatible",
+        "hermes_test_guest_incompatible",
+    ),
 ];
 
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let workspace = manifest_dir
         .parent()
         .and_then(Path::parent)
@@ -36,7 +45,10 @@ fn main() {
     let target_dir = out_dir.join("guests");
 
     for watched in ["plugins", "wit", "Cargo.toml", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
     }
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -68,17 +80,33 @@ fn main() {
                  run `rustup target add {TARGET}` and build again"
             );
         }
-        panic!("hermes-plugin-artifacts: building the guest components for {TARGET} failed (see the cargo output above)");
+        panic!(
+            "hermes-plugin-artifacts: building the guest components for {TARGET} failed (see the cargo output above)"
+        );
     }
 
     let mut code = String::new();
     for (name, package, stem) in GUESTS {
-        let path = target_dir.join(TARGET).join("release").join(format!("{stem}.wasm"));
-        assert!(path.exists(), "hermes-plugin-artifacts: {} was not produced", path.display());
+        let path = target_dir
+            .join(TARGET)
+            .join("release")
+            .join(format!("{stem}.wasm"));
+        assert!(
+            path.exists(),
+            "hermes-plugin-artifacts: {} was not produced",
+            path.display()
+        );
         let _ = writeln!(code, "/// The `{package}` component.");
-        let _ = writeln!(code, "pub const {name}: &str = {:?};", path.display().to_string());
+        let _ = writeln!(
+            code,
+            "pub const {name}: &str = {:?};",
+            path.display().to_string()
+        );
     }
-    let _ = writeln!(code, "/// Every guest component, as `(constant name, path)`.");
+    let _ = writeln!(
+        code,
+        "/// Every guest component, as `(constant name, path)`."
+    );
     let _ = writeln!(code, "pub const ALL: &[(&str, &str)] = &[");
     for (name, _, _) in GUESTS {
         let _ = writeln!(code, "    ({name:?}, {name}),");
@@ -120,9 +148,14 @@ fn scrub_env(cmd: &mut Command) {
 }
 
 fn target_installed() -> bool {
-    let Ok(out) = Command::new("rustup").args(["target", "list", "--installed"]).output() else {
+    let Ok(out) = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+    else {
         // No rustup: we cannot tell; let the cargo error speak.
         return true;
     };
-    String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == TARGET)
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == TARGET)
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hermes_plugin_host::{
-    Conversion, LoadError, LoadReport, Limits, Outcome, PluginError, PluginHost, PluginHostConfig,
+    Conversion, Limits, LoadError, LoadReport, Outcome, PluginError, PluginHost, PluginHostConfig,
     QuarantinePolicy, RejectKind,
 };
 use hermes_protocol::forward::PassthroughForward;
@@ -80,8 +80,9 @@ async fn hostile(host: &PluginHost, body: &str) -> Conversion {
 /// its manifest entry.
 fn corpus_case(file: &str) -> (PassthroughForward, Value) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus");
-    let manifest: Value = serde_json::from_slice(&std::fs::read(root.join("manifest.json")).expect("manifest"))
-        .expect("manifest is JSON");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(root.join("manifest.json")).expect("manifest"))
+            .expect("manifest is JSON");
     let case = manifest["cases"]
         .as_array()
         .and_then(|cases| cases.iter().find(|c| c["file"] == file))
@@ -118,7 +119,10 @@ async fn well_behaved_conversion_and_fresh_instance_per_call() {
     for _ in 0..3 {
         assert_eq!(single_text(&hostile(&host, "counter").await), "counter: 1");
     }
-    assert_eq!(hostile(&host, "ignore").await.outcome, Outcome::Ignored("ping".to_owned()));
+    assert_eq!(
+        hostile(&host, "ignore").await.outcome,
+        Outcome::Ignored("ping".to_owned())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,7 +135,10 @@ async fn infinite_loop_times_out_within_the_deadline_and_the_next_call_works() {
     assert_eq!(failure(&c), &PluginError::Timeout { after: deadline });
     assert!(took >= deadline, "stopped before the deadline: {took:?}");
     // Well under the outer timeout (2 s): the epoch deadline stopped it.
-    assert!(took < deadline + Duration::from_millis(900), "stopped too late: {took:?}");
+    assert!(
+        took < deadline + Duration::from_millis(900),
+        "stopped too late: {took:?}"
+    );
     assert_eq!(single_text(&hostile(&host, "ok").await), "ok");
 }
 
@@ -139,7 +146,12 @@ async fn infinite_loop_times_out_within_the_deadline_and_the_next_call_works() {
 async fn memory_bomb_hits_the_limit_and_the_host_carries_on() {
     let (host, _dir) = hostile_host();
     let c = hostile(&host, "alloc").await;
-    assert_eq!(failure(&c), &PluginError::MemoryLimit { limit: host.limits().max_memory_bytes });
+    assert_eq!(
+        failure(&c),
+        &PluginError::MemoryLimit {
+            limit: host.limits().max_memory_bytes
+        }
+    );
     assert_eq!(single_text(&hostile(&host, "ok").await), "ok");
 }
 
@@ -149,7 +161,10 @@ async fn a_panic_carries_its_message() {
     let c = hostile(&host, "panic the kiln is on fire").await;
     match failure(&c) {
         PluginError::Panic { message } => {
-            assert!(message.contains("the kiln is on fire"), "panic message lost: {message}")
+            assert!(
+                message.contains("the kiln is on fire"),
+                "panic message lost: {message}"
+            )
         }
         other => panic!("expected a panic, got {other:?}"),
     }
@@ -159,9 +174,12 @@ async fn a_panic_carries_its_message() {
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_output_is_refused() {
     let (host, _dir) = hostile_host();
-    for body in ["big-output", "many-events"] {
+    for body in ["big-output", "many-events", "huge-text", "many-media"] {
         let c = hostile(&host, body).await;
-        assert!(matches!(failure(&c), PluginError::BadOutput(_)), "{body}: {c:?}");
+        assert!(
+            matches!(failure(&c), PluginError::BadOutput(_)),
+            "{body}: {c:?}"
+        );
     }
 }
 
@@ -181,12 +199,18 @@ async fn capability_probes_fail_inside_the_guest() {
     std::fs::write(secret.path(), b"host secret").expect("write");
     let path = secret.path().display().to_string();
     let text = single_text(&hostile(&host, &format!("read-file {path}")).await);
-    assert!(text.starts_with("read-file: error"), "guest read a host file: {text}");
+    assert!(
+        text.starts_with("read-file: error"),
+        "guest read a host file: {text}"
+    );
 
     // The test process has environment variables (PATH at least); the
     // guest must see none.
     assert!(std::env::vars().next().is_some());
-    assert_eq!(single_text(&hostile(&host, "env").await), "env: vars=[] args=0");
+    assert_eq!(
+        single_text(&hostile(&host, "env").await),
+        "env: vars=[] args=0"
+    );
 
     // A listener the guest must not reach.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -205,12 +229,35 @@ async fn capability_probes_fail_inside_the_guest() {
 async fn input_caps_and_missing_routes() {
     let (host, _dir) = hostile_host();
     let c = host.convert(&forward("hostile", Vec::new())).await;
-    assert!(matches!(c.outcome, Outcome::Rejected { kind: RejectKind::EmptyBody, .. }), "{c:?}");
+    assert!(
+        matches!(
+            c.outcome,
+            Outcome::Rejected {
+                kind: RejectKind::EmptyBody,
+                ..
+            }
+        ),
+        "{c:?}"
+    );
     let big = vec![b'o'; host.limits().max_body_bytes + 1];
     let c = host.convert(&forward("hostile", big)).await;
-    assert!(matches!(c.outcome, Outcome::Rejected { kind: RejectKind::PayloadTooLarge, .. }), "{c:?}");
+    assert!(
+        matches!(
+            c.outcome,
+            Outcome::Rejected {
+                kind: RejectKind::PayloadTooLarge,
+                ..
+            }
+        ),
+        "{c:?}"
+    );
     let c = host.convert(&forward("telegram", "ok")).await;
-    assert_eq!(failure(&c), &PluginError::NoRoute { platform: "telegram".to_owned() });
+    assert_eq!(
+        failure(&c),
+        &PluginError::NoRoute {
+            platform: "telegram".to_owned()
+        }
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -228,7 +275,10 @@ async fn incompatible_wit_is_refused_naming_both_versions() {
         "{error:?}"
     );
     let message = error.to_string();
-    assert!(message.contains("9.0.0") && message.contains(hermes_plugin_host::API_VERSION), "{message}");
+    assert!(
+        message.contains("9.0.0") && message.contains(hermes_plugin_host::API_VERSION),
+        "{message}"
+    );
     // The good plugin still loads and works.
     assert_eq!(single_text(&hostile(&host, "ok").await), "ok");
 }
@@ -259,20 +309,33 @@ async fn two_plugins_claiming_a_platform_without_policy_is_an_error_naming_both(
         .find(|e| matches!(e, LoadError::Conflict { .. }))
         .unwrap_or_else(|| panic!("no conflict reported: {:?}", report.errors));
     let message = conflict.to_string();
-    assert!(message.contains("discord-interactions") && message.contains("hostile"), "{message}");
+    assert!(
+        message.contains("discord-interactions") && message.contains("hostile"),
+        "{message}"
+    );
     assert!(!host.routing_table().defaults.contains_key("discord"));
 
     // A pin in the policy settles it.
-    std::fs::write(dir.path().join("policy.toml"), "[platform.discord]\nplugin = \"discord-interactions\"\n").expect("policy");
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[platform.discord]\nplugin = \"discord-interactions\"\n",
+    )
+    .expect("policy");
     let report = host.reload().await;
     assert!(report.is_clean(), "{:?}", report.errors);
-    assert_eq!(host.routing_table().defaults["discord"], "discord-interactions");
+    assert_eq!(
+        host.routing_table().defaults["discord"],
+        "discord-interactions"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn routing_by_platform_tenant_and_profile_with_config() {
     let (guild_slash, case) = corpus_case("discord/guild_slash_simple.json");
-    let guild = case["expect"]["events"][0]["source"]["scope_id"].as_str().expect("scope id").to_owned();
+    let guild = case["expect"]["events"][0]["source"]["scope_id"]
+        .as_str()
+        .expect("scope id")
+        .to_owned();
     let (dm_slash, _) = corpus_case("discord/dm_slash.json");
 
     let dir = plugins_dir(&[
@@ -318,14 +381,22 @@ config = {{ label = "profile-route" }}
     // Profile override, for any platform.
     let mut coder = forward("hostile", "config label");
     coder.profile = Some("coder".to_owned());
-    assert_eq!(single_text(&host.convert(&coder).await), "config: label=profile-route");
+    assert_eq!(
+        single_text(&host.convert(&coder).await),
+        "config: label=profile-route"
+    );
 
     // Platform config when no route matches.
-    assert_eq!(single_text(&hostile(&host, "config label").await), "config: label=platform");
+    assert_eq!(
+        single_text(&hostile(&host, "config label").await),
+        "config: label=platform"
+    );
 
     // `convert --config key=value`: config given by the caller instead.
     let config = [("label".to_owned(), "from-cli".to_owned())].into();
-    let c = host.convert_with_config(&forward("hostile", "config label"), config).await;
+    let c = host
+        .convert_with_config(&forward("hostile", "config label"), config)
+        .await;
     assert_eq!(single_text(&c), "config: label=from-cli");
 }
 
@@ -347,6 +418,7 @@ async fn corrupt_cache_entries_are_recompiled() {
     let entries: Vec<PathBuf> = std::fs::read_dir(cache.path())
         .expect("read cache")
         .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
         .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     // Flip bytes in the middle of the compiled code.
@@ -364,7 +436,10 @@ async fn corrupt_cache_entries_are_recompiled() {
     // Truncated entry: same.
     std::fs::write(&entries[0], &bytes[..10]).expect("truncate");
     let (_, fourth) = load();
-    assert_eq!((fourth.compiled, fourth.cache_hits, fourth.errors.len()), (1, 0, 0));
+    assert_eq!(
+        (fourth.compiled, fourth.cache_hits, fourth.errors.len()),
+        (1, 0, 0)
+    );
 }
 
 /// The hostile component with a custom section appended: a different file
@@ -388,7 +463,12 @@ async fn hot_swap_under_load_loses_no_conversion() {
     let (host, dir) = hostile_host();
     let file = dir.path().join("hostile.wasm");
     let original = std::fs::read(&file).expect("read");
-    let sha_of = |host: &PluginHost| host.plugins().first().map(|p| p.sha256.clone()).unwrap_or_default();
+    let sha_of = |host: &PluginHost| {
+        host.plugins()
+            .first()
+            .map(|p| p.sha256.clone())
+            .unwrap_or_default()
+    };
     let sha0 = sha_of(&host);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -431,16 +511,32 @@ async fn hot_swap_under_load_loses_no_conversion() {
     // Then a broken file: reported, and the working version stays.
     replace(&file, b"garbage, not a component");
     let report = host.reload().await;
-    assert!(matches!(report.errors.as_slice(), [LoadError::Compile { .. }]), "{:?}", report.errors);
-    assert_eq!(sha_of(&host), sha2, "a broken file replaced the working plugin");
+    assert!(
+        matches!(report.errors.as_slice(), [LoadError::Compile { .. }]),
+        "{:?}",
+        report.errors
+    );
+    assert_eq!(
+        sha_of(&host),
+        sha2,
+        "a broken file replaced the working plugin"
+    );
 
     stop.store(true, Ordering::Relaxed);
     let mut failures = Vec::new();
     for t in tasks {
         failures.extend(t.await.expect("task"));
     }
-    assert!(failures.is_empty(), "{} conversions failed during hot swap: {:?}", failures.len(), failures.first());
-    assert!(ok.load(Ordering::Relaxed) > 0, "no conversion ran during the swap");
+    assert!(
+        failures.is_empty(),
+        "{} conversions failed during hot swap: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 0,
+        "no conversion ran during the swap"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -451,9 +547,18 @@ async fn repeated_faults_quarantine_until_the_backoff_ends() {
         backoff: Duration::from_millis(300),
         max_backoff: Duration::from_secs(2),
     };
-    let (host, _) = load_with(dir.path(), Limits { quarantine: policy, ..limits() });
+    let (host, _) = load_with(
+        dir.path(),
+        Limits {
+            quarantine: policy,
+            ..limits()
+        },
+    );
     for _ in 0..3 {
-        assert!(matches!(failure(&hostile(&host, "panic again").await), PluginError::Panic { .. }));
+        assert!(matches!(
+            failure(&hostile(&host, "panic again").await),
+            PluginError::Panic { .. }
+        ));
     }
     let c = hostile(&host, "ok").await;
     let remaining = match failure(&c) {
@@ -478,12 +583,207 @@ async fn typed_rejections_never_quarantine() {
         after_faults: 2,
         ..QuarantinePolicy::default()
     };
-    let (host, _) = load_with(dir.path(), Limits { quarantine: policy, ..limits() });
+    let (host, _) = load_with(
+        dir.path(),
+        Limits {
+            quarantine: policy,
+            ..limits()
+        },
+    );
     for _ in 0..20 {
         let c = hostile(&host, "reject").await;
-        assert!(matches!(c.outcome, Outcome::Rejected { kind: RejectKind::InvalidJson, .. }), "{c:?}");
+        assert!(
+            matches!(
+                c.outcome,
+                Outcome::Rejected {
+                    kind: RejectKind::InvalidJson,
+                    ..
+                }
+            ),
+            "{c:?}"
+        );
     }
     assert_eq!(single_text(&hostile(&host, "ok").await), "ok");
     let counters = &host.counters()["hostile"];
     assert_eq!((counters.rejected, counters.quarantines), (20, 0));
+}
+
+/// A guest `std::thread::sleep` must not park a worker thread: the clocks'
+/// timers are ready at once, so the call returns well within the deadline,
+/// and after more sleeps than there are workers conversions still run.
+#[tokio::test(flavor = "multi_thread")]
+async fn sleeping_guests_cannot_block_the_workers() {
+    let dir = plugins_dir(&[("hostile.wasm", hermes_plugin_artifacts::HOSTILE)]);
+    let limits = Limits {
+        workers: 2,
+        outer_timeout: Duration::from_secs(5),
+        ..limits()
+    };
+    let (host, report) = load_with(dir.path(), limits);
+    assert!(report.is_clean(), "{:?}", report.errors);
+    let sleeps: Vec<_> = (0..6)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let c = hostile(&host, "sleep").await;
+                (started.elapsed(), c)
+            })
+        })
+        .collect();
+    for s in sleeps {
+        let (elapsed, c) = s.await.expect("task");
+        assert_eq!(single_text(&c), "slept", "{c:?}");
+        assert!(elapsed < Duration::from_secs(2), "a sleep took {elapsed:?}");
+    }
+    let started = Instant::now();
+    assert_eq!(single_text(&hostile(&host, "ok").await), "ok");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// `describe()` writing to stderr while the host loads inside an async
+/// runtime (as every async caller does) must neither panic nor fail the
+/// load; the hostile guest always does it.
+#[tokio::test(flavor = "current_thread")]
+async fn guest_stdio_during_load_inside_a_runtime_is_harmless() {
+    let dir = plugins_dir(&[("hostile.wasm", hermes_plugin_artifacts::HOSTILE)]);
+    let (host, report) = load_with(dir.path(), limits());
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert_eq!(single_text(&hostile(&host, "ok").await), "ok");
+    let report = host.reload_blocking();
+    assert!(report.is_clean(), "{:?}", report.errors);
+}
+
+/// 100 000 media urls: refused while wasmtime lifts the result (the store's
+/// hostcall fuel), before the host allocates the list.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_bomb_is_refused_by_count() {
+    let (host, _dir) = hostile_host();
+    let c = hostile(&host, "many-media").await;
+    match failure(&c) {
+        PluginError::BadOutput(why) => assert!(why.contains("more than the host copies"), "{why}"),
+        other => panic!("expected bad output, got {other:?}"),
+    }
+    assert_eq!(single_text(&hostile(&host, "ok").await), "ok");
+}
+
+/// The form body of the corpus SMS with its `Body` replaced.
+fn twilio_sms_with_body(body: &str) -> PassthroughForward {
+    let (mut fwd, _) = corpus_case("twilio/sms.form");
+    let form = String::from_utf8(fwd.body.clone()).expect("form is text");
+    let replaced: Vec<String> = form
+        .split('&')
+        .map(|pair| {
+            if pair.starts_with("Body=") {
+                format!("Body={body}")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect();
+    assert!(
+        replaced.iter().any(|p| p.starts_with("Body=")),
+        "the corpus SMS has a Body"
+    );
+    fwd.body = replaced.join("&").into_bytes();
+    fwd
+}
+
+/// A valid SMS whose text is larger than the host's output cap is bad input
+/// (a typed rejection from the SDK glue), not a plugin fault: many of them
+/// never quarantine the first-party converter.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_valid_body_is_rejected_not_a_fault() {
+    let dir = plugins_dir(&[("twilio.wasm", hermes_plugin_artifacts::TWILIO)]);
+    let limits = Limits {
+        quarantine: QuarantinePolicy {
+            after_faults: 3,
+            ..QuarantinePolicy::default()
+        },
+        ..Limits::default()
+    };
+    let (host, report) = load_with(dir.path(), limits);
+    assert!(report.is_clean(), "{:?}", report.errors);
+    let big = twilio_sms_with_body(&"a".repeat(100 << 10));
+    for _ in 0..6 {
+        let c = host.convert(&big).await;
+        match &c.outcome {
+            Outcome::Rejected { kind, message } => {
+                assert_eq!(*kind, RejectKind::InvalidField, "{message}");
+                assert!(message.contains("text exceeds"), "{message}");
+            }
+            other => panic!("expected an invalid_field rejection, got {other:?}"),
+        }
+    }
+    let small = host.convert(&twilio_sms_with_body("hello")).await;
+    assert_eq!(single_text(&small), "hello", "not quarantined");
+    let counters = host.counters();
+    assert_eq!(counters["twilio"].quarantines, 0, "{counters:?}");
+}
+
+/// The CLI loads plugins whose `describe()` writes to stderr (the hostile
+/// guest does) in both `plugins check` and `convert`, and refuses a
+/// `--policy` file that does not exist instead of using an empty policy.
+#[test]
+fn cli_check_and_convert_with_guest_stdio_and_a_missing_policy() {
+    let dir = plugins_dir(&[("hostile.wasm", hermes_plugin_artifacts::HOSTILE)]);
+    let home = tempfile::tempdir().expect("home");
+    let plugins = dir.path().to_str().expect("utf-8 path");
+
+    let check = crate::support::gateway(home.path())
+        .args(["plugins", "check", plugins])
+        .output()
+        .expect("run plugins check");
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "plugins check failed: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(String::from_utf8_lossy(&check.stdout).contains("hostile"));
+
+    let body = dir.path().join("body");
+    std::fs::write(&body, "ok").expect("body");
+    let convert = crate::support::gateway(home.path())
+        .args([
+            "convert",
+            "--plugins",
+            plugins,
+            "--platform",
+            "hostile",
+            "--body-file",
+        ])
+        .arg(&body)
+        .output()
+        .expect("run convert");
+    let stderr = String::from_utf8_lossy(&convert.stderr);
+    assert!(convert.status.success(), "convert failed: {stderr}");
+    let out: Value = serde_json::from_slice(&convert.stdout).expect("convert prints JSON");
+    assert_eq!(out["outcome"], "event", "{out}");
+    assert_eq!(out["events"][0]["text"], "ok", "{out}");
+
+    let missing = dir.path().join("no-such-policy.toml");
+    for args in [
+        vec!["plugins", "check", plugins, "--policy"],
+        vec![
+            "convert",
+            "--plugins",
+            plugins,
+            "--platform",
+            "hostile",
+            "--body-file",
+            body.to_str().expect("utf-8"),
+            "--policy",
+        ],
+    ] {
+        let out = crate::support::gateway(home.path())
+            .args(&args)
+            .arg(&missing)
+            .output()
+            .expect("run");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-policy.toml"));
+    }
 }

@@ -51,6 +51,13 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
 
     // `--config` becomes tenant config the way a policy file gives it: an
     // effective policy is written to a private temporary file.
+    // An explicit --policy must exist: silently converting with an empty
+    // policy would answer a different question than the one asked.
+    if let Some(p) = &args.policy
+        && !p.is_file()
+    {
+        return Err(anyhow!("policy file {} does not exist", p.display()));
+    }
     let policy_path = args
         .policy
         .clone()
@@ -67,22 +74,24 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     let mut config = PluginHostConfig::new(&args.plugins);
     config.cache_dir = crate::run::plugin_cache_dir();
     config.policy_file = Some(temp_policy.as_ref().map_or(policy_path, |t| t.path.clone()));
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Load outside any async runtime: loading runs guest code (`describe`)
+    // whose stdio goes through WASI's synchronous bindings, which must not
+    // run inside a runtime's `block_on`.
+    let (host, report) = PluginHost::load(config)?;
+    for e in &report.errors {
+        let line = e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        eprintln!("warning: plugin file skipped: {line}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let conversion = runtime.block_on(async {
-        let (host, report) = PluginHost::load(config)?;
-        for e in &report.errors {
-            let line = e
-                .to_string()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ");
-            eprintln!("warning: plugin file skipped: {line}");
-        }
-        anyhow::Ok(host.convert(&forward).await)
-    })?;
+    let conversion = runtime.block_on(host.convert(&forward));
     drop(temp_policy);
 
     let (line, code) = render(conversion.plugin.as_deref(), &conversion.outcome);
@@ -269,6 +278,8 @@ struct WireSource<'a> {
 struct WirePrompt<'a> {
     prompt_id: &'a str,
     option_id: &'a str,
+    /// Omitted (not `null`) when the plugin gave no label.
+    #[serde(skip_serializing_if = "Option::is_none")]
     label: &'a Option<String>,
     prompt_message_id: &'a Option<String>,
 }

@@ -4,7 +4,6 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use hermes_plugin_host::{LoadReport, PluginHost, PluginHostConfig, RoutingTable};
 
 use crate::args::CheckArgs;
@@ -17,13 +16,16 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut config = PluginHostConfig::new(&args.dir);
     config.policy_file = args.policy.clone();
     config.cache_dir = crate::run::plugin_cache_dir();
-    // Plugin loading compiles on the calling thread; no async runtime needed,
-    // but the host's conversion machinery expects one to exist.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let _guard = runtime.enter();
+    // An explicit --policy must exist (a typo would otherwise check the
+    // directory against an empty policy and report success).
+    if let Some(p) = &args.policy
+        && !p.is_file()
+    {
+        anyhow::bail!("policy file {} does not exist", p.display());
+    }
+    // Loading compiles and runs `describe()` on the calling thread, outside
+    // any async runtime: nothing here converts, and guest stdio must not run
+    // inside a runtime's `block_on`.
     let (host, report) = PluginHost::load(config)?;
 
     let text = render(&report, &host.routing_table());

@@ -63,9 +63,12 @@ impl BenchPlugin {
     /// Compile `bytes` with the host's engine configuration.
     pub fn new(bytes: Vec<u8>, limits: Limits) -> Result<Self, String> {
         let (engine, allocator) = crate::engine::build(&limits, 1).map_err(err)?;
-        let linker = crate::engine::linker(&engine).map_err(err)?;
+        let mut linker = crate::engine::linker(&engine).map_err(err)?;
+        crate::sandbox::shadow_blocking_clocks(&mut linker).map_err(err)?;
         let component = Component::new(&engine, &bytes).map_err(|e| format!("{e:#}"))?;
-        let pre = linker.instantiate_pre(&component).map_err(|e| format!("{e:#}"))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| format!("{e:#}"))?;
         let pre = ConverterPluginPre::new(pre).map_err(|e| format!("{e:#}"))?;
         Ok(Self {
             engine,
@@ -85,16 +88,26 @@ impl BenchPlugin {
 
     /// Compile the component from scratch (cranelift).
     pub fn compile(&self) -> Result<(), String> {
-        Component::new(&self.engine, &self.bytes).map(drop).map_err(|e| format!("{e:#}"))
+        Component::new(&self.engine, &self.bytes)
+            .map(drop)
+            .map_err(|e| format!("{e:#}"))
     }
 
     /// Load the component through the compiled-artifact cache in `dir`
-    /// (read, checksum, deserialize) and type-check it, as a cached load does.
+    /// (read, authenticate, deserialize) and type-check it, as a cached load does.
     pub fn cached_load(&self, dir: &Path, sha256: &str) -> Result<(), String> {
-        let cache = ArtifactCache::new(dir.to_owned(), &self.engine);
-        let (component, _) = cache.load(&self.engine, &self.bytes, sha256).map_err(|e| format!("{e:#}"))?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| format!("{e:#}"))?;
-        ConverterPluginPre::new(pre).map(drop).map_err(|e| format!("{e:#}"))
+        let cache = ArtifactCache::new(dir.to_owned(), &self.engine)
+            .ok_or_else(|| format!("cache directory {} is not private", dir.display()))?;
+        let (component, _) = cache
+            .load(&self.engine, &self.bytes, sha256)
+            .map_err(|e| format!("{e:#}"))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| format!("{e:#}"))?;
+        ConverterPluginPre::new(pre)
+            .map(drop)
+            .map_err(|e| format!("{e:#}"))
     }
 
     fn session(&self) -> Result<Session, String> {
@@ -134,7 +147,10 @@ impl WarmInstance<'_> {
     /// `convert` on the kept instance, with the same output handling.
     pub fn convert(&mut self, forward: &PassthroughForward) -> Result<BenchOutcome, String> {
         let req = bindings::request(forward);
-        outcome(self.session.convert(&req).map_err(err)?, &self.plugin.limits)
+        outcome(
+            self.session.convert(&req).map_err(err)?,
+            &self.plugin.limits,
+        )
     }
 }
 
@@ -142,7 +158,9 @@ impl WarmInstance<'_> {
 /// output caps), reduced to what the benchmark checks.
 fn outcome(outcome: bindings::Outcome, limits: &Limits) -> Result<BenchOutcome, String> {
     match outcome {
-        bindings::Outcome::Events(e) => bindings::events(e, limits).map(|e| BenchOutcome::Events(e.len())),
+        bindings::Outcome::Events(e) => {
+            bindings::events(e, limits).map(|e| BenchOutcome::Events(e.len()))
+        }
         bindings::Outcome::Ignored(_) => Ok(BenchOutcome::Ignored),
         bindings::Outcome::Error(e) => Ok(BenchOutcome::Rejected(bindings::reject_kind(e.kind))),
     }

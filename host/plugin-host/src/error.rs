@@ -55,7 +55,9 @@ pub enum PluginError {
         platform: String,
     },
     /// The plugin was built against a WIT version this host cannot run.
-    #[error("plugin built against hermes:converter@{plugin_version}, this host implements @{host_version}")]
+    #[error(
+        "plugin built against hermes:converter@{plugin_version}, this host implements @{host_version}"
+    )]
     Incompatible {
         /// The version the plugin imports/exports.
         plugin_version: String,
@@ -176,7 +178,9 @@ pub enum LoadError {
         message: String,
     },
     /// Built against a `hermes:converter` version this host cannot run.
-    #[error("{file}: built against hermes:converter@{plugin_version}, but this host implements hermes:converter@{host_version}")]
+    #[error(
+        "{file}: built against hermes:converter@{plugin_version}, but this host implements hermes:converter@{host_version}"
+    )]
     Incompatible {
         /// The file.
         file: PathBuf,
@@ -213,7 +217,9 @@ pub enum LoadError {
         second: PathBuf,
     },
     /// Two plugins claim a platform and the policy does not pin one.
-    #[error("platform `{platform}` is claimed by both `{first}` and `{second}`; pin one in the policy with [platform.{platform}] plugin = \"...\"")]
+    #[error(
+        "platform `{platform}` is claimed by both `{first}` and `{second}`; pin one in the policy with [platform.{platform}] plugin = \"...\""
+    )]
     Conflict {
         /// The platform.
         platform: String,

@@ -39,9 +39,12 @@
 //!   ticker thread advances the epoch every 2 ms) plus an outer timeout;
 //! - a `ResourceLimiter` capping linear memory (32 MiB), table elements and
 //!   instances;
-//! - input caps (empty body, 1 MiB) checked before the guest runs, and output
-//!   caps (16 events, 64 KiB of text per event, 256 KiB in all) checked
-//!   before anything is handed on;
+//! - input caps (empty body, 1 MiB) checked before the guest runs; wasmtime's
+//!   hostcall fuel bounding what lifting a result may copy out of the guest;
+//!   then output caps (16 events, 64 KiB of text per event, 64 media urls and
+//!   64 metadata pairs per event, 256 KiB in all) checked before anything is
+//!   handed on (the SDK turns over-cap output into an `invalid_field`
+//!   rejection first, so a valid but huge request is not a plugin fault);
 //! - `log` routed into `tracing` (target `hermes_plugin`, fields `plugin` and
 //!   `tenant`), capped per call in lines and bytes; `config` answering from
 //!   the tenant's policy map.
@@ -59,7 +62,8 @@
 //! (which turns a guest panic into an opaque "unknown import" error), the
 //! host links `wasmtime-wasi` (p2, synchronous) with an **empty** context: no
 //! preopened directories, no environment variables, no arguments, no network
-//! (every socket address is refused and name lookup is off), frozen clocks,
+//! (every socket address is refused and name lookup is off), frozen clocks
+//! whose timers fire at once (so no guest can block a worker in `poll`),
 //! an empty stdin. stdout and stderr go to a bounded in-memory buffer that is
 //! attached to trap errors, so a guest's panic message reaches the log even
 //! without the SDK's panic hook. A filesystem, env or socket probe inside a
@@ -119,7 +123,7 @@ use crate::artifact_cache::ArtifactCache;
 use crate::pool::WorkerPool;
 use crate::sandbox::{CallContext, ConfigMap, Session, StoreState};
 use crate::stats::PluginStats;
-use crate::table::{Loader, Table};
+use crate::table::{LoadedPlugin, Loader, Table};
 
 /// The version of `hermes:converter` this host implements.
 pub const API_VERSION: &str = bindings::API_VERSION;
@@ -364,8 +368,12 @@ impl PluginHost {
         })?;
         let limits = &config.limits;
         let (engine, allocator) = engine::build(limits, files.len())?;
-        let linker = engine::linker(&engine)?;
-        let cache = config.cache_dir.clone().map(|dir| ArtifactCache::new(dir, &engine));
+        let mut linker = engine::linker(&engine)?;
+        sandbox::shadow_blocking_clocks(&mut linker)?;
+        let cache = config
+            .cache_dir
+            .clone()
+            .and_then(|dir| ArtifactCache::new(dir, &engine));
         let workers = limits.workers.max(1);
         let pool = WorkerPool::new(workers, workers)?;
         let ticker = engine::Ticker::start(engine.clone())?;
@@ -404,7 +412,11 @@ impl PluginHost {
 
     /// [`reload`](Self::reload) on the calling thread (compiles: slow).
     pub fn reload_blocking(&self) -> LoadReport {
-        let _one_at_a_time = self.inner.reloading.lock().unwrap_or_else(PoisonError::into_inner);
+        let _one_at_a_time = self
+            .inner
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut errors = Vec::new();
         let files = match table::wasm_files(&self.inner.config.plugins_dir) {
             Ok(files) => files,
@@ -439,25 +451,48 @@ impl PluginHost {
             errors,
             ..LoadReport::default()
         };
-        let stats = |name: &str| -> Arc<PluginStats> {
-            let mut map = inner.stats.lock().unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(map.entry(name.to_owned()).or_default())
+        // `describe()` runs here, and WASI's synchronous bindings enter a
+        // tokio runtime for every guest stdio call: on a thread that is
+        // inside one already (a caller's `block_on`, an async test) that
+        // panics. A scoped thread has no runtime context.
+        let table = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let stats = |name: &str| -> Arc<PluginStats> {
+                        let mut map = inner.stats.lock().unwrap_or_else(PoisonError::into_inner);
+                        Arc::clone(map.entry(name.to_owned()).or_default())
+                    };
+                    let loader = Loader {
+                        engine: &inner.engine,
+                        linker: &inner.linker,
+                        cache: inner.cache.as_ref(),
+                        limits: &inner.config.limits,
+                        stats: &stats,
+                        policy_file: &inner.policy_path,
+                    };
+                    loader.build(files, policy, &previous, &mut report)
+                })
+                .join()
+        });
+        let table = match table {
+            Ok(t) => t,
+            Err(_) => {
+                tracing::error!("plugin loading panicked; keeping the previous table");
+                return report;
+            }
         };
-        let loader = Loader {
-            engine: &inner.engine,
-            linker: &inner.linker,
-            cache: inner.cache.as_ref(),
-            limits: &inner.config.limits,
-            stats: &stats,
-            policy_file: &inner.policy_path,
-        };
-        let table = loader.build(files, policy, &previous, &mut report);
         *inner.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
         report
     }
 
     fn table(&self) -> Arc<Table> {
-        Arc::clone(&self.inner.table.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(
+            &self
+                .inner
+                .table
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// Start the debounced watcher on the plugins directory and the policy
@@ -474,7 +509,11 @@ impl PluginHost {
 
     /// What is loaded.
     pub fn plugins(&self) -> Vec<PluginDescription> {
-        self.table().by_name.values().map(|p| p.description.clone()).collect()
+        self.table()
+            .by_name
+            .values()
+            .map(|p| p.description.clone())
+            .collect()
     }
 
     /// What routes where.
@@ -485,8 +524,14 @@ impl PluginHost {
     /// Counters per plugin name (kept across reloads).
     pub fn counters(&self) -> BTreeMap<String, PluginCounters> {
         let now = Instant::now();
-        let map = self.inner.stats.lock().unwrap_or_else(PoisonError::into_inner);
-        map.iter().map(|(k, s)| (k.clone(), s.snapshot(now))).collect()
+        let map = self
+            .inner
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.iter()
+            .map(|(k, s)| (k.clone(), s.snapshot(now)))
+            .collect()
     }
 
     /// The instance allocator in use.
@@ -508,14 +553,23 @@ impl PluginHost {
 
     /// [`convert`](Self::convert) with this tenant configuration instead of
     /// the policy's (what `hermes-gateway convert --config key=value` does).
-    pub async fn convert_with_config(&self, forward: &PassthroughForward, config: BTreeMap<String, String>) -> Conversion {
+    pub async fn convert_with_config(
+        &self,
+        forward: &PassthroughForward,
+        config: BTreeMap<String, String>,
+    ) -> Conversion {
         self.convert_inner(forward, Some(Arc::new(config))).await
     }
 
-    async fn convert_inner(&self, forward: &PassthroughForward, config_override: Option<ConfigMap>) -> Conversion {
+    async fn convert_inner(
+        &self,
+        forward: &PassthroughForward,
+        config_override: Option<ConfigMap>,
+    ) -> Conversion {
         let limits = &self.inner.config.limits;
         let table = self.table();
-        let Some((first, _)) = table.tenant_plugin(&forward.platform, forward.profile.as_deref()) else {
+        let Some((first, _)) = table.tenant_plugin(&forward.platform, forward.profile.as_deref())
+        else {
             return Conversion::new(
                 None,
                 None,
@@ -530,7 +584,11 @@ impl PluginHost {
         } else if forward.body.len() > limits.max_body_bytes {
             Some((
                 RejectKind::PayloadTooLarge,
-                format!("the body is {} bytes, at most {} allowed", forward.body.len(), limits.max_body_bytes),
+                format!(
+                    "the body is {} bytes, at most {} allowed",
+                    forward.body.len(),
+                    limits.max_body_bytes
+                ),
             ))
         } else {
             None
@@ -541,33 +599,63 @@ impl PluginHost {
         }
         let permit = match Arc::clone(&self.inner.permits).acquire_owned().await {
             Ok(p) => p,
-            Err(_) => return Conversion::new(Some(&first.name), None, Outcome::Failed(PluginError::Unavailable("closed".to_owned()))),
+            Err(_) => {
+                return Conversion::new(
+                    Some(&first.name),
+                    None,
+                    Outcome::Failed(PluginError::Unavailable("closed".to_owned())),
+                );
+            }
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let inner = Arc::clone(&self.inner);
         let request = bindings::request(forward);
+        let running: Arc<Mutex<Option<Arc<LoadedPlugin>>>> = Arc::default();
+        let running_job = Arc::clone(&running);
         let job = Box::new(move || {
-            let conversion = inner.run(&table, &request, config_override);
+            let conversion = inner.run(&table, &request, config_override, &running_job);
             let _ = tx.send(conversion);
             // The permit is released only when the worker is free again,
             // even if the caller stopped waiting.
             drop(permit);
         });
         if let Err(e) = self.inner.pool.submit(job) {
-            return Conversion::new(Some(&first.name), None, Outcome::Failed(PluginError::Unavailable(e.to_owned())));
+            return Conversion::new(
+                Some(&first.name),
+                None,
+                Outcome::Failed(PluginError::Unavailable(e.to_owned())),
+            );
         }
         match tokio::time::timeout(limits.outer_timeout, rx).await {
             Ok(Ok(conversion)) => conversion,
             Ok(Err(_)) => Conversion::new(
                 Some(&first.name),
                 None,
-                Outcome::Failed(PluginError::Unavailable("the worker dropped the conversion".to_owned())),
+                Outcome::Failed(PluginError::Unavailable(
+                    "the worker dropped the conversion".to_owned(),
+                )),
             ),
-            Err(_) => Conversion::new(
-                Some(&first.name),
-                None,
-                Outcome::Failed(PluginError::Timeout { after: limits.outer_timeout }),
-            ),
+            Err(_) => {
+                // A guest cannot block a worker (no blocking WASI call is
+                // linked, and the epoch deadline stops wasm code), so this is
+                // a host bug or a badly overloaded machine. It is a fault of
+                // the plugin being called, logged and counted like any other;
+                // the worker keeps its permit until it really returns, so the
+                // pool's accounting stays exact.
+                let plugin = running
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+                    .unwrap_or(first);
+                self.inner.failed(
+                    &plugin.stats,
+                    &plugin.name,
+                    None,
+                    PluginError::Timeout {
+                        after: limits.outer_timeout,
+                    },
+                )
+            }
         }
     }
 }
@@ -575,49 +663,91 @@ impl PluginHost {
 impl Inner {
     /// One conversion on a worker thread: tenant key from the platform's
     /// default plugin, final route, then convert in a fresh instance (the
-    /// same one when the route stays on that plugin).
-    fn run(&self, table: &Table, req: &bindings::Request, config_override: Option<ConfigMap>) -> Conversion {
+    /// same one only when the route stays on that plugin with the same
+    /// configuration). `running` names the plugin being called, so that an
+    /// outer timeout is charged to the right one.
+    fn run(
+        &self,
+        table: &Table,
+        req: &bindings::Request,
+        config_override: Option<ConfigMap>,
+        running: &Mutex<Option<Arc<LoadedPlugin>>>,
+    ) -> Conversion {
         let limits = &self.config.limits;
         let profile = req.profile.as_deref();
+        let no_route = |tenant| {
+            Conversion::new(
+                None,
+                tenant,
+                Outcome::Failed(PluginError::NoRoute {
+                    platform: req.platform.clone(),
+                }),
+            )
+        };
+        let set_running = |p: &Arc<LoadedPlugin>| {
+            *running.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(p));
+        };
         let Some((first, first_config)) = table.tenant_plugin(&req.platform, profile) else {
-            return Conversion::new(None, None, Outcome::Failed(PluginError::NoRoute { platform: req.platform.clone() }));
+            return no_route(None);
         };
-        if let Err(remaining) = first.stats.check(Instant::now()) {
-            return self.failed(&first.stats, &first.name, None, PluginError::Quarantined { remaining });
-        }
-        let cx = CallContext {
-            plugin: Arc::clone(&first.name),
-            tenant: None,
-            config: first_config,
+        // The tenant key comes from the platform's default plugin. While it
+        // is quarantined, tenants routed elsewhere must not suffer: route by
+        // platform and profile alone.
+        let mut session = None;
+        let tenant = if first.stats.check(Instant::now()).is_err() {
+            None
+        } else {
+            set_running(&first);
+            let cx = CallContext {
+                plugin: Arc::clone(&first.name),
+                tenant: None,
+                config: Arc::clone(&first_config),
+            };
+            let mut s = match Session::new(&self.engine, &first.pre, limits, cx) {
+                Ok(s) => s,
+                Err(e) => return self.failed(&first.stats, &first.name, None, e),
+            };
+            let tenant = match s.tenant_of(req) {
+                Ok(t) => t,
+                Err(e) => return self.failed(&first.stats, &first.name, None, e),
+            };
+            session = Some(s);
+            tenant
         };
-        let mut session = match Session::new(&self.engine, &first.pre, limits, cx) {
-            Ok(s) => s,
-            Err(e) => return self.failed(&first.stats, &first.name, None, e),
-        };
-        let tenant = match session.tenant_of(req) {
-            Ok(t) => t,
-            Err(e) => return self.failed(&first.stats, &first.name, None, e),
-        };
-        let Some((plugin, config)) = table.resolve(&req.platform, profile, tenant.as_deref()) else {
-            return Conversion::new(None, tenant, Outcome::Failed(PluginError::NoRoute { platform: req.platform.clone() }));
+        let Some((plugin, config)) = table.resolve(&req.platform, profile, tenant.as_deref())
+        else {
+            return no_route(tenant);
         };
         let config = config_override.unwrap_or(config);
-        if !Arc::ptr_eq(&plugin, &first) {
-            if let Err(remaining) = plugin.stats.check(Instant::now()) {
-                return self.failed(&plugin.stats, &plugin.name, tenant, PluginError::Quarantined { remaining });
-            }
-            let cx = CallContext {
-                plugin: Arc::clone(&plugin.name),
-                tenant: tenant.clone(),
-                config,
-            };
-            session = match Session::new(&self.engine, &plugin.pre, limits, cx) {
-                Ok(s) => s,
-                Err(e) => return self.failed(&plugin.stats, &plugin.name, tenant, e),
-            };
-        } else {
-            session.set_tenant(tenant.clone(), config);
+        if let Err(remaining) = plugin.stats.check(Instant::now()) {
+            return self.failed(
+                &plugin.stats,
+                &plugin.name,
+                tenant,
+                PluginError::Quarantined { remaining },
+            );
         }
+        // Reuse the tenant-of instance only when nothing differs: a guest
+        // may have cached what `config` answered during tenant-of.
+        let reuse = Arc::ptr_eq(&plugin, &first) && *config == *first_config;
+        let mut session = match session.filter(|_| reuse) {
+            Some(mut s) => {
+                s.set_tenant(tenant.clone(), config);
+                s
+            }
+            None => {
+                set_running(&plugin);
+                let cx = CallContext {
+                    plugin: Arc::clone(&plugin.name),
+                    tenant: tenant.clone(),
+                    config,
+                };
+                match Session::new(&self.engine, &plugin.pre, limits, cx) {
+                    Ok(s) => s,
+                    Err(e) => return self.failed(&plugin.stats, &plugin.name, tenant, e),
+                }
+            }
+        };
         let outcome = match session.convert(req) {
             Ok(o) => o,
             Err(e) => return self.failed(&plugin.stats, &plugin.name, tenant, e),
@@ -629,11 +759,23 @@ impl Inner {
                     plugin.stats.record_events(events.len());
                     Outcome::Events(events)
                 }
-                Err(why) => return self.failed(&plugin.stats, &plugin.name, tenant, PluginError::BadOutput(why)),
+                Err(why) => {
+                    return self.failed(
+                        &plugin.stats,
+                        &plugin.name,
+                        tenant,
+                        PluginError::BadOutput(why),
+                    );
+                }
             },
             bindings::Outcome::Ignored(reason) => {
                 if reason.len() > 64 {
-                    return self.failed(&plugin.stats, &plugin.name, tenant, PluginError::BadOutput("ignore reason longer than 64 bytes".to_owned()));
+                    return self.failed(
+                        &plugin.stats,
+                        &plugin.name,
+                        tenant,
+                        PluginError::BadOutput("ignore reason longer than 64 bytes".to_owned()),
+                    );
                 }
                 plugin.stats.record_ignored();
                 Outcome::Ignored(reason)
@@ -651,8 +793,19 @@ impl Inner {
         Conversion::new(Some(&plugin.name), tenant, outcome)
     }
 
-    fn failed(&self, stats: &PluginStats, plugin: &str, tenant: Option<String>, error: PluginError) -> Conversion {
-        let q = stats.record_failure(error.kind(), error.is_fault(), &self.config.limits.quarantine, Instant::now());
+    fn failed(
+        &self,
+        stats: &PluginStats,
+        plugin: &str,
+        tenant: Option<String>,
+        error: PluginError,
+    ) -> Conversion {
+        let q = stats.record_failure(
+            error.kind(),
+            error.is_fault(),
+            &self.config.limits.quarantine,
+            Instant::now(),
+        );
         tracing::warn!(plugin, tenant = tenant.as_deref().unwrap_or(""), kind = error.kind().as_str(), error = %error, "plugin conversion failed");
         if let Some(backoff) = q {
             tracing::error!(plugin, ?backoff, "plugin quarantined after repeated faults");

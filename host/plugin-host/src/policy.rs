@@ -77,10 +77,19 @@ pub struct RouteRule {
 impl RouteRule {
     /// Specificity for ranking: tenant, then profile, then platform.
     pub(crate) fn rank(&self) -> (bool, bool, bool) {
-        (self.tenant.is_some(), self.profile.is_some(), self.platform.is_some())
+        (
+            self.tenant.is_some(),
+            self.profile.is_some(),
+            self.platform.is_some(),
+        )
     }
 
-    pub(crate) fn matches(&self, platform: &str, profile: Option<&str>, tenant: Option<&str>) -> bool {
+    pub(crate) fn matches(
+        &self,
+        platform: &str,
+        profile: Option<&str>,
+        tenant: Option<&str>,
+    ) -> bool {
         self.platform.as_deref().is_none_or(|p| p == platform)
             && self.profile.as_deref().is_none_or(|p| Some(p) == profile)
             && self.tenant.as_deref().is_none_or(|t| Some(t) == tenant)
@@ -142,7 +151,10 @@ profile = "coder"
 plugin = "discord-interactions"
 "#;
         let p = Policy::parse(text).expect("valid policy");
-        assert_eq!(p.platform["discord"].plugin.as_deref(), Some("discord-interactions"));
+        assert_eq!(
+            p.platform["discord"].plugin.as_deref(),
+            Some("discord-interactions")
+        );
         assert_eq!(p.route.len(), 2);
         assert_eq!(p.route[0].config["options"], "named");
         assert!(p.route[1].matches("slack", Some("coder"), None));

@@ -9,14 +9,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::component::{Linker, Resource, ResourceTable};
+use wasmtime::{Engine, Store, StoreContextMut, Trap};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamError};
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+};
 
 use crate::bindings::{self, ConverterPlugin, ConverterPluginPre, Outcome, PluginInfo, Request};
-use crate::{Limits, PluginError};
+use crate::{HostError, Limits, PluginError};
 
 /// The prefix the SDK's panic hook writes through `log` before the guest
 /// traps (see `hermes_converter_sdk::guest::PANIC_LOG_PREFIX`).
@@ -96,24 +98,55 @@ fn truncate(s: &str, max: usize) -> &str {
 
 /// Caps what one store may allocate.
 struct CallLimiter {
+    /// The cap on the sum of all linear memories of the store (a component
+    /// may define several memories; a per-memory cap would multiply).
     max_memory_bytes: usize,
+    /// Bytes of linear memory granted so far, across every memory.
+    memory_bytes: usize,
     max_table_elements: usize,
     max_instances: usize,
     memory_limit_hit: bool,
 }
 
+impl CallLimiter {
+    fn new(limits: &Limits) -> Self {
+        Self {
+            max_memory_bytes: limits.max_memory_bytes,
+            memory_bytes: 0,
+            max_table_elements: limits.max_table_elements,
+            max_instances: limits.max_instances,
+            memory_limit_hit: false,
+        }
+    }
+}
+
 impl wasmtime::ResourceLimiter for CallLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.max_memory_bytes {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // A memory's creation is reported as growth from 0, so the running
+        // total covers every memory of the store.
+        let growth = desired.saturating_sub(current);
+        let total = self.memory_bytes.saturating_add(growth);
+        if total > self.max_memory_bytes {
             // Refuse the growth (memory.grow returns -1) and remember it, so
             // the abort that usually follows is reported as a memory limit.
             self.memory_limit_hit = true;
             return Ok(false);
         }
+        self.memory_bytes = total;
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= self.max_table_elements)
     }
 
@@ -212,7 +245,11 @@ impl StdoutStream for CappedPipe {
 }
 
 impl tokio::io::AsyncWrite for CappedPipe {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -247,12 +284,65 @@ impl HostMonotonicClock for FrozenClock {
     }
 }
 
+/// A pollable that is always ready: what a guest's timers are.
+struct ReadyNow;
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for ReadyNow {
+    async fn ready(&mut self) {}
+}
+
+/// The WASI version whose `monotonic-clock` `add_to_linker_sync` defines
+/// (guests importing an older 0.2.x resolve to it by semver).
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+fn ready_pollable(
+    mut store: StoreContextMut<'_, StoreState>,
+) -> wasmtime::Result<(Resource<DynPollable>,)> {
+    let table = &mut store.data_mut().table;
+    let ready = table.push(ReadyNow)?;
+    Ok((wasmtime_wasi::p2::subscribe(table, ready)?,))
+}
+
+/// Replace the timers of `wasi:clocks/monotonic-clock` with pollables that
+/// are ready at once. wasmtime-wasi's own create real timers, and
+/// `wasi:io/poll.poll` (which `std::thread::sleep` ends in) then blocks the
+/// worker thread inside a host call, where epoch interruption cannot stop
+/// it: a guest sleeping for an hour would hold a worker for an hour. With
+/// frozen clocks a sleep has no meaning anyway; now it returns immediately,
+/// and a guest that sleeps in a loop spins into its epoch deadline.
+pub(crate) fn shadow_blocking_clocks(linker: &mut Linker<StoreState>) -> Result<(), HostError> {
+    let err = |e: wasmtime::Error| HostError::Linker(format!("{MONOTONIC_CLOCK}: {e:#}"));
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK).map_err(err)?;
+    clock
+        .func_wrap(
+            "subscribe-duration",
+            |store: StoreContextMut<'_, StoreState>, (_,): (u64,)| ready_pollable(store),
+        )
+        .map_err(err)?;
+    clock
+        .func_wrap(
+            "subscribe-instant",
+            |store: StoreContextMut<'_, StoreState>, (_,): (u64,)| ready_pollable(store),
+        )
+        .map_err(err)?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// Random bytes a guest may ask for in one call (the default allows a guest
+/// to make the host allocate up to 64 MiB per call).
+const MAX_RANDOM_BYTES: u64 = 64 << 10;
+
 /// The WASI context every guest gets: nothing. No preopened directories, no
 /// environment, no arguments, no network (every socket address refused, no
-/// name lookup), frozen clocks, stdin empty, stdout and stderr captured.
+/// name lookup), frozen clocks whose timers fire at once, stdin empty,
+/// stdout and stderr captured, random reads capped.
 fn empty_wasi(output: &CappedPipe) -> WasiCtx {
     let mut b = WasiCtxBuilder::new();
     b.stdout(output.clone())
+        .max_random_size(MAX_RANDOM_BYTES)
         .stderr(output.clone())
         .allow_tcp(false)
         .allow_udp(false)
@@ -276,7 +366,7 @@ pub(crate) struct Session {
     instance: ConverterPlugin,
     deadline_ticks: u64,
     deadline: Duration,
-    max_memory_bytes: usize,
+    limits: Limits,
 }
 
 impl Session {
@@ -291,12 +381,7 @@ impl Session {
         let state = StoreState {
             wasi: empty_wasi(&output),
             table: ResourceTable::new(),
-            limiter: CallLimiter {
-                max_memory_bytes: limits.max_memory_bytes,
-                max_table_elements: limits.max_table_elements,
-                max_instances: limits.max_instances,
-                memory_limit_hit: false,
-            },
+            limiter: CallLimiter::new(limits),
             plugin: cx.plugin,
             tenant: cx.tenant,
             config: cx.config,
@@ -312,15 +397,26 @@ impl Session {
         let deadline_ticks = crate::engine::deadline_ticks(limits.epoch_deadline);
         // Instantiation runs guest start functions: it gets a deadline too.
         store.set_epoch_deadline(deadline_ticks);
+        // Caps what wasmtime copies out of the guest per call (results and
+        // import arguments) *while* lifting, before the output caps can be
+        // checked: without it, a list of many elements aliasing one large
+        // string in guest memory would make the host allocate gigabytes.
+        store.set_hostcall_fuel(bindings::hostcall_fuel(limits));
         match pre.instantiate(&mut store) {
             Ok(instance) => Ok(Self {
                 store,
                 instance,
                 deadline_ticks,
                 deadline: limits.epoch_deadline,
-                max_memory_bytes: limits.max_memory_bytes,
+                limits: limits.clone(),
             }),
-            Err(e) => Err(classify(&store, e, limits.epoch_deadline, limits.max_memory_bytes, true)),
+            Err(e) => Err(classify(
+                &store,
+                e,
+                limits.epoch_deadline,
+                limits.max_memory_bytes,
+                true,
+            )),
         }
     }
 
@@ -333,19 +429,28 @@ impl Session {
 
     pub(crate) fn describe(&mut self) -> Result<PluginInfo, PluginError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
-        let r = self.instance.hermes_converter_converter().call_describe(&mut self.store);
+        let r = self
+            .instance
+            .hermes_converter_converter()
+            .call_describe(&mut self.store);
         self.finish(r)
     }
 
     pub(crate) fn tenant_of(&mut self, req: &Request) -> Result<Option<String>, PluginError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
-        let r = self.instance.hermes_converter_converter().call_tenant_of(&mut self.store, req);
+        let r = self
+            .instance
+            .hermes_converter_converter()
+            .call_tenant_of(&mut self.store, req);
         self.finish(r)
     }
 
     pub(crate) fn convert(&mut self, req: &Request) -> Result<Outcome, PluginError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
-        let r = self.instance.hermes_converter_converter().call_convert(&mut self.store, req);
+        let r = self
+            .instance
+            .hermes_converter_converter()
+            .call_convert(&mut self.store, req);
         self.finish(r)
     }
 
@@ -362,7 +467,15 @@ impl Session {
             );
             data.log_dropped = 0;
         }
-        r.map_err(|e| classify(&self.store, e, self.deadline, self.max_memory_bytes, false))
+        r.map_err(|e| {
+            classify(
+                &self.store,
+                e,
+                self.deadline,
+                self.limits.max_memory_bytes,
+                false,
+            )
+        })
     }
 }
 
@@ -378,13 +491,27 @@ fn classify(
     let data = store.data();
     let trap = e.downcast_ref::<Trap>().copied();
     if data.limiter.memory_limit_hit {
-        return PluginError::MemoryLimit { limit: max_memory_bytes };
+        return PluginError::MemoryLimit {
+            limit: max_memory_bytes,
+        };
+    }
+    // wasmtime's error when a result (or an import's arguments) would copy
+    // more than the store's hostcall fuel; its type is private.
+    if trap.is_none()
+        && format!("{e:#}").contains("fuel allocated for hostcalls has been exhausted")
+    {
+        return PluginError::BadOutput(format!(
+            "the guest returned more than the host copies ({} bytes of strings and list elements)",
+            store.hostcall_fuel()
+        ));
     }
     if trap == Some(Trap::Interrupt) {
         return PluginError::Timeout { after: deadline };
     }
     if let Some(message) = &data.panic_message {
-        return PluginError::Panic { message: message.clone() };
+        return PluginError::Panic {
+            message: message.clone(),
+        };
     }
     let guest_output = data.output.text();
     // A guest without the SDK hook: std's default hook wrote to stderr.
@@ -398,5 +525,36 @@ fn classify(
     PluginError::Trap {
         message: format!("{e:?}"),
         guest_output,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wasmtime::ResourceLimiter;
+
+    use super::*;
+
+    #[test]
+    fn the_memory_cap_is_for_all_memories_of_a_store_together() {
+        let limits = Limits {
+            max_memory_bytes: 32 << 20,
+            ..Limits::default()
+        };
+        let mut l = CallLimiter::new(&limits);
+        // First memory: created with 1 MiB, grown to 20 MiB.
+        assert!(l.memory_growing(0, 1 << 20, None).expect("ok"));
+        assert!(l.memory_growing(1 << 20, 20 << 20, None).expect("ok"));
+        // A second memory may take only what is left.
+        assert!(
+            l.memory_growing(0, 12 << 20, None).expect("ok"),
+            "exactly the remaining 12 MiB"
+        );
+        assert!(
+            !l.memory_growing(12 << 20, (12 << 20) + 65536, None)
+                .expect("ok"),
+            "one page over the total"
+        );
+        assert!(l.memory_limit_hit);
+        assert_eq!(l.memory_bytes, 32 << 20, "a refused growth is not counted");
     }
 }

@@ -72,7 +72,9 @@ pub struct PluginCounters {
 
 impl PluginStats {
     fn quarantine(&self) -> std::sync::MutexGuard<'_, QuarantineState> {
-        self.quarantine.lock().unwrap_or_else(PoisonError::into_inner)
+        self.quarantine
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// `Err(remaining)` while the plugin is quarantined.
@@ -95,12 +97,13 @@ impl PluginStats {
         self.healthy();
     }
 
-    /// A typed rejection is the plugin working correctly: it resets the
-    /// fault streak and never counts toward quarantine.
+    /// A typed rejection is the plugin working correctly, but it is also
+    /// what a crafted request can always obtain: it is neutral, neither
+    /// counting toward quarantine nor resetting a fault streak (otherwise
+    /// interleaving bad requests would keep a faulting plugin in service).
     pub(crate) fn record_rejected(&self) {
         self.conversions.fetch_add(1, Ordering::Relaxed);
         self.rejected.fetch_add(1, Ordering::Relaxed);
-        self.healthy();
     }
 
     /// Count a failure; faults may start a quarantine (returns its length).
@@ -125,7 +128,10 @@ impl PluginStats {
         }
         // After a quarantine ends the streak is still at the threshold, so
         // the first fault of the probation re-enters with a doubled backoff.
-        let backoff = q.next_backoff.unwrap_or(policy.backoff).min(policy.max_backoff);
+        let backoff = q
+            .next_backoff
+            .unwrap_or(policy.backoff)
+            .min(policy.max_backoff);
         q.until = Some(now + backoff);
         q.next_backoff = Some(backoff.saturating_mul(2).min(policy.max_backoff));
         self.quarantines.fetch_add(1, Ordering::Relaxed);
@@ -182,13 +188,23 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(s.record_failure(FailureKind::Trap, true, &p, t0), None);
         assert_eq!(s.record_failure(FailureKind::Trap, true, &p, t0), None);
-        assert_eq!(s.record_failure(FailureKind::Trap, true, &p, t0), Some(Duration::from_secs(10)));
+        assert_eq!(
+            s.record_failure(FailureKind::Trap, true, &p, t0),
+            Some(Duration::from_secs(10))
+        );
         assert!(s.check(t0).is_err());
         let t1 = t0 + Duration::from_secs(11);
         assert!(s.check(t1).is_ok(), "quarantine ends after the backoff");
-        assert_eq!(s.record_failure(FailureKind::Timeout, true, &p, t1), Some(Duration::from_secs(20)));
+        assert_eq!(
+            s.record_failure(FailureKind::Timeout, true, &p, t1),
+            Some(Duration::from_secs(20))
+        );
         let t2 = t1 + Duration::from_secs(21);
-        assert_eq!(s.record_failure(FailureKind::Timeout, true, &p, t2), Some(Duration::from_secs(25)), "capped");
+        assert_eq!(
+            s.record_failure(FailureKind::Timeout, true, &p, t2),
+            Some(Duration::from_secs(25)),
+            "capped"
+        );
         assert_eq!(s.snapshot(t2).quarantines, 3);
     }
 
@@ -205,6 +221,26 @@ mod tests {
         s.record_failure(FailureKind::Trap, true, &p, t0);
         s.record_failure(FailureKind::Trap, true, &p, t0);
         s.record_events(1);
-        assert_eq!(s.record_failure(FailureKind::Trap, true, &p, t0), None, "success resets the streak");
+        assert_eq!(
+            s.record_failure(FailureKind::Trap, true, &p, t0),
+            None,
+            "success resets the streak"
+        );
+    }
+
+    #[test]
+    fn rejections_do_not_reset_a_fault_streak() {
+        let s = PluginStats::default();
+        let p = policy();
+        let t0 = Instant::now();
+        s.record_failure(FailureKind::Trap, true, &p, t0);
+        s.record_rejected();
+        s.record_failure(FailureKind::Trap, true, &p, t0);
+        s.record_rejected();
+        assert_eq!(
+            s.record_failure(FailureKind::Trap, true, &p, t0),
+            Some(Duration::from_secs(10)),
+            "three faults with rejections between them still quarantine"
+        );
     }
 }

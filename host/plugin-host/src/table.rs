@@ -156,23 +156,48 @@ impl Loader<'_> {
                     }
                 }
             };
-            if let Some(first) = table.by_name.get(&plugin.description.name) {
+            let plugin = if let Some(first) = table.by_name.get(&plugin.description.name) {
                 report.errors.push(LoadError::DuplicateName {
                     name: plugin.description.name.clone(),
                     first: first.description.file.clone(),
                     second: file.clone(),
                 });
-                continue;
-            }
-            table.by_name.insert(plugin.description.name.clone(), Arc::clone(&plugin));
+                // Like any other failed load, a new version that now
+                // collides keeps the file's working previous version (when
+                // that one's name is still free).
+                match previous.by_file.get(file) {
+                    Some(old)
+                        if !Arc::ptr_eq(old, &plugin)
+                            && !table.by_name.contains_key(&old.description.name) =>
+                    {
+                        tracing::warn!(file = %file.display(), plugin = %old.name, "new plugin version duplicates a name; keeping the previous version");
+                        Arc::clone(old)
+                    }
+                    _ => continue,
+                }
+            } else {
+                plugin
+            };
+            table
+                .by_name
+                .insert(plugin.description.name.clone(), Arc::clone(&plugin));
             table.by_file.insert(file.clone(), plugin);
         }
         table.resolve_routes(self.policy_file, previous, report);
-        report.loaded = table.by_name.values().map(|p| p.description.clone()).collect();
+        report.loaded = table
+            .by_name
+            .values()
+            .map(|p| p.description.clone())
+            .collect();
         table
     }
 
-    fn load_file(&self, file: &Path, previous: &Table, report: &mut LoadReport) -> Result<Arc<LoadedPlugin>, LoadError> {
+    fn load_file(
+        &self,
+        file: &Path,
+        previous: &Table,
+        report: &mut LoadReport,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
         let bytes = std::fs::read(file).map_err(|e| LoadError::Io {
             file: file.to_owned(),
             message: e.to_string(),
@@ -211,7 +236,12 @@ impl Loader<'_> {
         }))
     }
 
-    pub(crate) fn compile(&self, file: &Path, bytes: &[u8], sha256: &str) -> Result<(Component, CacheOutcome), LoadError> {
+    pub(crate) fn compile(
+        &self,
+        file: &Path,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<(Component, CacheOutcome), LoadError> {
         let compiled = match self.cache {
             Some(cache) => cache.load(self.engine, bytes, sha256),
             None => Component::new(self.engine, bytes).map(|c| (c, CacheOutcome::Uncached)),
@@ -225,21 +255,32 @@ impl Loader<'_> {
     /// Refuse another `hermes:converter` version by name before linking (the
     /// linker's own error would only say an import is missing), then
     /// type-check against the world.
-    pub(crate) fn type_check(&self, file: &Path, component: &Component) -> Result<ConverterPluginPre<StoreState>, LoadError> {
+    pub(crate) fn type_check(
+        &self,
+        file: &Path,
+        component: &Component,
+    ) -> Result<ConverterPluginPre<StoreState>, LoadError> {
         let ty = component.component_type();
         let names = ty
             .exports(self.engine)
             .map(|(n, _)| n.to_owned())
             .chain(ty.imports(self.engine).map(|(n, _)| n.to_owned()));
         for name in names {
-            let Some(rest) = name.strip_prefix(bindings::PACKAGE).and_then(|r| r.strip_prefix('/')) else {
+            let Some(rest) = name
+                .strip_prefix(bindings::PACKAGE)
+                .and_then(|r| r.strip_prefix('/'))
+            else {
                 continue;
             };
             let version = rest.split_once('@').map_or("", |(_, v)| v);
             if !bindings::version_compatible(version) {
                 return Err(LoadError::Incompatible {
                     file: file.to_owned(),
-                    plugin_version: if version.is_empty() { "(unversioned)".to_owned() } else { version.to_owned() },
+                    plugin_version: if version.is_empty() {
+                        "(unversioned)".to_owned()
+                    } else {
+                        version.to_owned()
+                    },
                     host_version: bindings::API_VERSION.to_owned(),
                 });
             }
@@ -252,7 +293,11 @@ impl Loader<'_> {
         ConverterPluginPre::new(pre).map_err(type_err)
     }
 
-    fn describe(&self, file: &Path, pre: &ConverterPluginPre<StoreState>) -> Result<bindings::PluginInfo, LoadError> {
+    fn describe(
+        &self,
+        file: &Path,
+        pre: &ConverterPluginPre<StoreState>,
+    ) -> Result<bindings::PluginInfo, LoadError> {
         let err = |message: String| LoadError::Describe {
             file: file.to_owned(),
             message,
@@ -262,13 +307,20 @@ impl Loader<'_> {
             tenant: None,
             config: ConfigMap::default(),
         };
-        let mut session = Session::new(self.engine, pre, self.limits, cx).map_err(|e| err(e.to_string()))?;
+        let mut session =
+            Session::new(self.engine, pre, self.limits, cx).map_err(|e| err(e.to_string()))?;
         let info = session.describe().map_err(|e| err(e.to_string()))?;
         let valid_name = |s: &str| {
-            !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         };
         if !valid_name(&info.name) {
-            return Err(err(format!("invalid plugin name {:?} (1-64 of A-Z a-z 0-9 - _ .)", info.name)));
+            return Err(err(format!(
+                "invalid plugin name {:?} (1-64 of A-Z a-z 0-9 - _ .)",
+                info.name
+            )));
         }
         if info.platforms.is_empty() || !info.platforms.iter().all(|p| valid_name(p)) {
             return Err(err(format!("invalid platform list {:?}", info.platforms)));
@@ -276,8 +328,22 @@ impl Loader<'_> {
         if info.version.len() > 64 || info.api_version.len() > 64 {
             return Err(err("version strings longer than 64 bytes".to_owned()));
         }
+        check_api_version(file, &info.api_version)?;
         Ok(info)
     }
+}
+
+/// The WIT version a plugin's `describe()` reports must be one this host
+/// runs, like the version in its import and export names.
+pub(crate) fn check_api_version(file: &Path, api_version: &str) -> Result<(), LoadError> {
+    if bindings::version_compatible(api_version) {
+        return Ok(());
+    }
+    Err(LoadError::Incompatible {
+        file: file.to_owned(),
+        plugin_version: api_version.to_owned(),
+        host_version: bindings::API_VERSION.to_owned(),
+    })
 }
 
 impl Table {
@@ -297,17 +363,33 @@ impl Table {
             match &pin.plugin {
                 Some(name) => match self.by_name.get(name) {
                     Some(p) => {
-                        defaults.insert(platform.clone(), Default { plugin: Arc::clone(p), config, pinned: true });
+                        defaults.insert(
+                            platform.clone(),
+                            Default {
+                                plugin: Arc::clone(p),
+                                config,
+                                pinned: true,
+                            },
+                        );
                     }
                     None => report.errors.push(LoadError::Policy {
                         file: policy_file.to_owned(),
-                        message: format!("[platform.{platform}] pins plugin `{name}`, which is not loaded"),
+                        message: format!(
+                            "[platform.{platform}] pins plugin `{name}`, which is not loaded"
+                        ),
                     }),
                 },
                 None => {
                     // Config only: applies to the sole claimant.
                     if let Some([only]) = claimants.get(platform.as_str()).map(Vec::as_slice) {
-                        defaults.insert(platform.clone(), Default { plugin: Arc::clone(only), config, pinned: false });
+                        defaults.insert(
+                            platform.clone(),
+                            Default {
+                                plugin: Arc::clone(only),
+                                config,
+                                pinned: false,
+                            },
+                        );
                     }
                 }
             }
@@ -318,7 +400,14 @@ impl Table {
             }
             match plugins.as_slice() {
                 [only] => {
-                    defaults.insert((*platform).to_owned(), Default { plugin: Arc::clone(only), config: ConfigMap::default(), pinned: false });
+                    defaults.insert(
+                        (*platform).to_owned(),
+                        Default {
+                            plugin: Arc::clone(only),
+                            config: ConfigMap::default(),
+                            pinned: false,
+                        },
+                    );
                 }
                 [first, second, ..] => {
                     report.errors.push(LoadError::Conflict {
@@ -331,7 +420,14 @@ impl Table {
                     if let Some(old) = previous.defaults.get(*platform)
                         && let Some(p) = self.by_name.get(&*old.plugin.name)
                     {
-                        defaults.insert((*platform).to_owned(), Default { plugin: Arc::clone(p), config: Arc::clone(&old.config), pinned: old.pinned });
+                        defaults.insert(
+                            (*platform).to_owned(),
+                            Default {
+                                plugin: Arc::clone(p),
+                                config: Arc::clone(&old.config),
+                                pinned: old.pinned,
+                            },
+                        );
                     }
                 }
                 [] => {}
@@ -347,7 +443,10 @@ impl Table {
                 }),
                 None => report.errors.push(LoadError::Policy {
                     file: policy_file.to_owned(),
-                    message: format!("a [[route]] names plugin `{}`, which is not loaded", rule.plugin),
+                    message: format!(
+                        "a [[route]] names plugin `{}`, which is not loaded",
+                        rule.plugin
+                    ),
                 }),
             }
         }
@@ -355,7 +454,11 @@ impl Table {
 
     /// The plugin asked for the tenant key: the platform's default, else the
     /// best route that does not depend on the tenant.
-    pub(crate) fn tenant_plugin(&self, platform: &str, profile: Option<&str>) -> Option<(Arc<LoadedPlugin>, ConfigMap)> {
+    pub(crate) fn tenant_plugin(
+        &self,
+        platform: &str,
+        profile: Option<&str>,
+    ) -> Option<(Arc<LoadedPlugin>, ConfigMap)> {
         if let Some(d) = self.defaults.get(platform) {
             return Some((Arc::clone(&d.plugin), Arc::clone(&d.config)));
         }
@@ -363,10 +466,17 @@ impl Table {
             .map(|r| (Arc::clone(&r.plugin), Arc::clone(&r.config)))
     }
 
-    fn best_route(&self, platform: &str, profile: Option<&str>, tenant: Option<&str>) -> Option<&Route> {
+    fn best_route(
+        &self,
+        platform: &str,
+        profile: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Option<&Route> {
         let mut best: Option<&Route> = None;
         for r in &self.routes {
-            if r.rule.matches(platform, profile, tenant) && best.is_none_or(|b| r.rule.rank() > b.rule.rank()) {
+            if r.rule.matches(platform, profile, tenant)
+                && best.is_none_or(|b| r.rule.rank() > b.rule.rank())
+            {
                 best = Some(r);
             }
         }
@@ -374,7 +484,12 @@ impl Table {
     }
 
     /// The plugin and config for a forward once its tenant is known.
-    pub(crate) fn resolve(&self, platform: &str, profile: Option<&str>, tenant: Option<&str>) -> Option<(Arc<LoadedPlugin>, ConfigMap)> {
+    pub(crate) fn resolve(
+        &self,
+        platform: &str,
+        profile: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Option<(Arc<LoadedPlugin>, ConfigMap)> {
         if let Some(r) = self.best_route(platform, profile, tenant) {
             return Some((Arc::clone(&r.plugin), Arc::clone(&r.config)));
         }
@@ -392,5 +507,24 @@ impl Table {
                 .collect(),
             routes: self.routes.iter().map(|r| r.rule.clone()).collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_api_version_of_another_major_is_refused_naming_both() {
+        let file = Path::new("plugins/x.wasm");
+        assert!(check_api_version(file, bindings::API_VERSION).is_ok());
+        let err = check_api_version(file, "1.0.0").expect_err("another major");
+        let text = err.to_string();
+        assert!(matches!(err, LoadError::Incompatible { .. }), "{err:?}");
+        assert!(
+            text.contains("1.0.0") && text.contains(bindings::API_VERSION),
+            "{text}"
+        );
+        assert!(check_api_version(file, "0.2.0").is_err(), "a newer minor");
     }
 }

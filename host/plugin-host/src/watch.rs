@@ -21,10 +21,17 @@ impl std::fmt::Debug for WatchHandle {
 }
 
 fn relevant(path: &Path, policy: &Path) -> bool {
-    path.extension().is_some_and(|x| x == "wasm") || path == policy || path.file_name() == policy.file_name()
+    path.extension().is_some_and(|x| x == "wasm")
+        || path == policy
+        || path.file_name() == policy.file_name()
 }
 
-pub(crate) fn start(host: &PluginHost, dir: &Path, policy: &Path, debounce: Duration) -> Result<WatchHandle, HostError> {
+pub(crate) fn start(
+    host: &PluginHost,
+    dir: &Path,
+    policy: &Path,
+    debounce: Duration,
+) -> Result<WatchHandle, HostError> {
     let (tx, rx) = channel::<()>();
     let policy_path: PathBuf = policy.to_owned();
     let filter_policy = policy_path.clone();
@@ -39,20 +46,24 @@ pub(crate) fn start(host: &PluginHost, dir: &Path, policy: &Path, debounce: Dura
         path: dir.to_owned(),
         message: e.to_string(),
     })?;
-    watcher.watch(dir, RecursiveMode::NonRecursive).map_err(|e| HostError::Watch {
-        path: dir.to_owned(),
-        message: e.to_string(),
-    })?;
+    watcher
+        .watch(dir, RecursiveMode::NonRecursive)
+        .map_err(|e| HostError::Watch {
+            path: dir.to_owned(),
+            message: e.to_string(),
+        })?;
     // The policy may live elsewhere; watch its directory (editors replace
     // files by rename, which a watch on the file itself would lose).
     if let Some(parent) = policy_path.parent()
         && parent != dir
         && parent.is_dir()
     {
-        watcher.watch(parent, RecursiveMode::NonRecursive).map_err(|e| HostError::Watch {
-            path: parent.to_owned(),
-            message: e.to_string(),
-        })?;
+        watcher
+            .watch(parent, RecursiveMode::NonRecursive)
+            .map_err(|e| HostError::Watch {
+                path: parent.to_owned(),
+                message: e.to_string(),
+            })?;
     }
     let host = host.clone();
     std::thread::Builder::new()
@@ -69,7 +80,11 @@ pub(crate) fn start(host: &PluginHost, dir: &Path, policy: &Path, debounce: Dura
                     }
                 }
                 let report = host.reload_blocking();
-                tracing::info!(loaded = report.loaded.len(), errors = report.errors.len(), "plugins reloaded after a file change");
+                tracing::info!(
+                    loaded = report.loaded.len(),
+                    errors = report.errors.len(),
+                    "plugins reloaded after a file change"
+                );
             }
         })
         .map_err(|e| HostError::Workers(e.to_string()))?;

@@ -101,7 +101,13 @@ pub fn tenant_of<C: Converter>(req: wit::Request) -> Option<String> {
 /// `convert` for converter `C`.
 pub fn convert<C: Converter>(req: wit::Request) -> wit::Outcome {
     install_panic_hook();
-    outcome_to_wit(C::convert(&request_from_wit(req), &HostConfig))
+    let outcome = C::convert(&request_from_wit(req), &HostConfig);
+    let outcome = if C::CHECK_OUTPUT_CAPS {
+        crate::check_output_caps(outcome)
+    } else {
+        outcome
+    };
+    outcome_to_wit(outcome)
 }
 
 fn request_from_wit(req: wit::Request) -> Request {
@@ -122,12 +128,10 @@ fn outcome_to_wit(outcome: Outcome) -> wit::Outcome {
             wit::Outcome::Events(events.into_iter().map(event_to_wit).collect())
         }
         Outcome::Ignored(reason) => wit::Outcome::Ignored(reason),
-        Outcome::Error(ConvertError { kind, message }) => {
-            wit::Outcome::Error(wit::ConvertError {
-                kind: error_kind_to_wit(kind),
-                message,
-            })
-        }
+        Outcome::Error(ConvertError { kind, message }) => wit::Outcome::Error(wit::ConvertError {
+            kind: error_kind_to_wit(kind),
+            message,
+        }),
     }
 }
 

@@ -55,6 +55,121 @@ pub const API_VERSION: &str = "0.1.0";
 /// refused with [`ErrorKind::PayloadTooLarge`] before the converter runs.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// Events one conversion may produce (the host's default cap).
+pub const MAX_EVENTS: usize = 16;
+
+/// Bytes of `text` per event (the host's default cap).
+pub const MAX_EVENT_TEXT_BYTES: usize = 64 << 10;
+
+/// Bytes of one conversion's output as the host measures it (see
+/// [`output_size`]; the host's default cap).
+pub const MAX_OUTPUT_BYTES: usize = 256 << 10;
+
+/// `media_urls` per event.
+pub const MAX_MEDIA_URLS: usize = 64;
+
+/// `metadata` pairs per event.
+pub const MAX_METADATA_PAIRS: usize = 64;
+
+/// What the host charges per string and per list element on top of the
+/// string bytes, so that many tiny items also count.
+pub const OUTPUT_ELEMENT_OVERHEAD: usize = 16;
+
+/// The size of a conversion's events as the host measures it against
+/// [`MAX_OUTPUT_BYTES`]: every string's bytes plus
+/// [`OUTPUT_ELEMENT_OVERHEAD`] per string, per event, per media url and per
+/// metadata pair.
+pub fn output_size(events: &[MessageEvent]) -> usize {
+    const O: usize = OUTPUT_ELEMENT_OVERHEAD;
+    let s = |v: &str| v.len() + O;
+    let opt = |v: &Option<String>| v.as_deref().map_or(0, s);
+    events
+        .iter()
+        .map(|e| {
+            let src = &e.source;
+            O + s(&e.text)
+                + e.media_urls.iter().map(|u| O + s(u)).sum::<usize>()
+                + e.metadata
+                    .iter()
+                    .map(|(k, v)| O + s(k) + s(v))
+                    .sum::<usize>()
+                + s(&src.platform)
+                + s(&src.chat_id)
+                + [
+                    &src.chat_name,
+                    &src.user_id,
+                    &src.user_name,
+                    &src.thread_id,
+                    &src.chat_topic,
+                    &src.user_id_alt,
+                    &src.chat_id_alt,
+                    &src.scope_id,
+                    &src.parent_chat_id,
+                    &src.message_id,
+                    &src.profile,
+                ]
+                .into_iter()
+                .map(opt)
+                .sum::<usize>()
+                + e.prompt_response.as_ref().map_or(0, |p| {
+                    s(&p.prompt_id) + s(&p.option_id) + opt(&p.label) + opt(&p.prompt_message_id)
+                })
+                + opt(&e.message_id)
+                + opt(&e.reply_to_message_id)
+                + match &e.reply_route {
+                    ReplyRoute::Send => 0,
+                    ReplyRoute::FollowUp(k) => s(k),
+                }
+        })
+        .sum()
+}
+
+/// `outcome`, or a typed [`ErrorKind::InvalidField`] rejection when its
+/// events exceed the host's output caps. Large but valid input (a 1 MiB SMS
+/// body) can legitimately produce more text than the host accepts; as a
+/// rejection it is bad input, whereas over-cap output reaching the host is a
+/// plugin fault that counts toward quarantine. The SDK's export glue applies
+/// this to every conversion (see [`Converter::CHECK_OUTPUT_CAPS`]).
+pub fn check_output_caps(outcome: Outcome) -> Outcome {
+    let Outcome::Events(events) = &outcome else {
+        return outcome;
+    };
+    let reject = |message: String| Outcome::error(ErrorKind::InvalidField, message);
+    if events.len() > MAX_EVENTS {
+        return reject(format!(
+            "{} events exceed the limit of {MAX_EVENTS}",
+            events.len()
+        ));
+    }
+    for e in events {
+        if e.text.len() > MAX_EVENT_TEXT_BYTES {
+            return reject(format!(
+                "text exceeds {MAX_EVENT_TEXT_BYTES} bytes ({} bytes)",
+                e.text.len()
+            ));
+        }
+        if e.media_urls.len() > MAX_MEDIA_URLS {
+            return reject(format!(
+                "{} media urls exceed the limit of {MAX_MEDIA_URLS}",
+                e.media_urls.len()
+            ));
+        }
+        if e.metadata.len() > MAX_METADATA_PAIRS {
+            return reject(format!(
+                "{} metadata pairs exceed the limit of {MAX_METADATA_PAIRS}",
+                e.metadata.len()
+            ));
+        }
+    }
+    let size = output_size(events);
+    if size > MAX_OUTPUT_BYTES {
+        return reject(format!(
+            "the events exceed {MAX_OUTPUT_BYTES} bytes ({size} bytes)"
+        ));
+    }
+    outcome
+}
+
 /// One raw webhook request, as the connector forwarded it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
@@ -207,7 +322,11 @@ pub struct Source {
 
 impl Source {
     /// A source with the three keys every source has; everything else unset.
-    pub fn new(platform: impl Into<String>, chat_id: impl Into<String>, chat_type: ChatType) -> Self {
+    pub fn new(
+        platform: impl Into<String>,
+        chat_id: impl Into<String>,
+        chat_type: ChatType,
+    ) -> Self {
         Self {
             platform: platform.into(),
             chat_id: chat_id.into(),
@@ -438,7 +557,9 @@ impl Config for std::collections::HashMap<String, String> {
 /// A slice of pairs, for native tests.
 impl Config for [(&str, &str)] {
     fn get(&self, key: &str) -> Option<String> {
-        self.iter().find(|(k, _)| *k == key).map(|(_, v)| (*v).to_owned())
+        self.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| (*v).to_owned())
     }
 }
 
@@ -451,6 +572,11 @@ pub trait Converter {
     fn tenant_of(req: &Request) -> Option<String>;
     /// Convert one request.
     fn convert(req: &Request, config: &dyn Config) -> Outcome;
+    /// Whether the export glue turns over-cap output into an
+    /// `invalid_field` rejection ([`check_output_caps`]). Leave it on: only
+    /// the sandbox tests' hostile guest turns it off, to reach the host's
+    /// own checks (where over-cap output is a fault).
+    const CHECK_OUTPUT_CAPS: bool = true;
 }
 
 /// Log a line into the host's tracing (a no-op natively).
@@ -498,4 +624,80 @@ macro_rules! export_converter {
             $crate::guest::__export_converter_plugin!(__HermesConverterExport with_types_in $crate::guest);
         };
     };
+}
+
+#[cfg(test)]
+mod output_cap_tests {
+    use super::*;
+
+    fn event(text: &str) -> MessageEvent {
+        MessageEvent::new(text, Source::new("p", "c", ChatType::Dm), ReplyRoute::Send)
+    }
+
+    fn kind(outcome: &Outcome) -> Option<ErrorKind> {
+        match outcome {
+            Outcome::Error(e) => Some(e.kind),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn text_over_the_cap_is_an_invalid_field_rejection() {
+        let at_cap = Outcome::event(event(&"x".repeat(MAX_EVENT_TEXT_BYTES)));
+        assert_eq!(
+            check_output_caps(at_cap.clone()),
+            at_cap,
+            "exactly at the cap passes"
+        );
+        let over = check_output_caps(Outcome::event(event(&"x".repeat(MAX_EVENT_TEXT_BYTES + 1))));
+        assert_eq!(kind(&over), Some(ErrorKind::InvalidField));
+        let Outcome::Error(e) = over else {
+            unreachable!()
+        };
+        assert!(e.message.starts_with("text exceeds"), "{}", e.message);
+    }
+
+    #[test]
+    fn counts_and_total_size_are_capped() {
+        let many = Outcome::Events((0..=MAX_EVENTS).map(|_| event("a")).collect());
+        assert_eq!(
+            kind(&check_output_caps(many)),
+            Some(ErrorKind::InvalidField)
+        );
+        let mut media = event("m");
+        media.media_urls = vec!["u".to_owned(); MAX_MEDIA_URLS + 1];
+        assert_eq!(
+            kind(&check_output_caps(Outcome::event(media))),
+            Some(ErrorKind::InvalidField)
+        );
+        let mut meta = event("m");
+        meta.metadata = vec![("k".to_owned(), "v".to_owned()); MAX_METADATA_PAIRS + 1];
+        assert_eq!(
+            kind(&check_output_caps(Outcome::event(meta))),
+            Some(ErrorKind::InvalidField)
+        );
+        // Five events each under the text cap but together over the total.
+        let big = Outcome::Events(
+            (0..5)
+                .map(|_| event(&"x".repeat(MAX_EVENT_TEXT_BYTES)))
+                .collect(),
+        );
+        assert_eq!(kind(&check_output_caps(big)), Some(ErrorKind::InvalidField));
+        let fine = Outcome::Events((0..MAX_EVENTS).map(|_| event("a")).collect());
+        assert_eq!(check_output_caps(fine.clone()), fine);
+    }
+
+    #[test]
+    fn output_size_charges_overhead_per_item() {
+        let e = event("abc");
+        // event + text + platform + chat_id
+        let base = 4 * OUTPUT_ELEMENT_OVERHEAD + 3 + 1 + 1;
+        assert_eq!(output_size(std::slice::from_ref(&e)), base);
+        let mut with_url = e;
+        with_url.media_urls.push("uu".to_owned());
+        assert_eq!(
+            output_size(&[with_url]),
+            base + 2 * OUTPUT_ELEMENT_OVERHEAD + 2
+        );
+    }
 }

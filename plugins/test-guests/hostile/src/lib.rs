@@ -20,7 +20,13 @@
 //! | `ignore` | ignored `ping` |
 //! | `log-flood` | 10 000 log lines, then `ok` |
 //! | `stderr-flood` | 1 MiB to stderr, then `ok` |
+//! | `sleep` | `std::thread::sleep` for an hour, then `slept` |
+//! | `many-media` | one event with 100 000 media urls (a stand-in for a list whose elements alias one big buffer) |
+//! | `huge-text` | one event with 1 MiB of text (only the SDK's own cap check stands between it and the host) |
 //! | anything else | like `config label` |
+//!
+//! `describe()` writes a line to stderr (harmless: it checks that guest
+//! stdio during loading cannot disturb the host or the CLI).
 //!
 //! It claims the platforms `hostile` and `discord` (the latter so a
 //! directory holding the Discord converter has a conflict for the policy to
@@ -54,10 +60,18 @@ mod hostile {
 
     impl Converter for Hostile {
         fn describe() -> PluginInfo {
+            eprintln!("hostile: describe() writes to stderr");
             // `discord` too, so a directory holding the Discord converter has a
             // platform conflict for the policy to resolve.
-            PluginInfo::new("hostile", env!("CARGO_PKG_VERSION"), &["hostile", "discord"])
+            PluginInfo::new(
+                "hostile",
+                env!("CARGO_PKG_VERSION"),
+                &["hostile", "discord"],
+            )
         }
+
+        // Over-cap output must reach the host, whose checks are under test.
+        const CHECK_OUTPUT_CAPS: bool = false;
 
         fn tenant_of(req: &Request) -> Option<String> {
             req.header("x-tenant").map(str::to_owned)
@@ -118,6 +132,16 @@ mod hostile {
                     }
                     "ok".to_owned()
                 }
+                "sleep" => {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                    "slept".to_owned()
+                }
+                "many-media" => {
+                    let mut e = event(req, "media".to_owned());
+                    e.media_urls = vec!["https://example.invalid/m".to_owned(); 100_000];
+                    return Outcome::event(e);
+                }
+                "huge-text" => "x".repeat(1 << 20),
                 _ => config_text("label", config),
             };
             Outcome::event(event(req, text))

@@ -398,6 +398,172 @@ config = {{ label = "profile-route" }}
         .convert_with_config(&forward("hostile", "config label"), config)
         .await;
     assert_eq!(single_text(&c), "config: label=from-cli");
+
+    // A tenant route exists for discord: its default plugin was asked.
+    assert!(
+        host.counters()["discord-interactions"].tenant_of_calls >= 2,
+        "{:?}",
+        host.counters()
+    );
+}
+
+/// A hostile forward carrying a tenant key in `x-tenant`.
+fn hostile_with_tenant(body: &str, tenant: &str) -> PassthroughForward {
+    let mut f = forward("hostile", body);
+    f.headers.push(("x-tenant".to_owned(), tenant.to_owned()));
+    f
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenant_of_is_called_only_when_a_tenant_route_could_use_it() {
+    let (host, dir) = hostile_host();
+    for _ in 0..3 {
+        let c = host
+            .convert(&hostile_with_tenant("config label", "t1"))
+            .await;
+        assert_eq!(single_text(&c), "config: label=<none>");
+        assert_eq!(c.tenant, None, "no tenant route: no tenant key");
+    }
+    assert_eq!(host.counters()["hostile"].tenant_of_calls, 0);
+
+    // A tenant route for another platform changes nothing for this one.
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[[route]]\nplatform = \"discord\"\ntenant = \"t1\"\nplugin = \"hostile\"\n",
+    )
+    .expect("policy");
+    let report = host.reload().await;
+    assert!(report.is_clean(), "{:?}", report.errors);
+    let c = host
+        .convert(&hostile_with_tenant("config label", "t1"))
+        .await;
+    assert_eq!(
+        (c.tenant, host.counters()["hostile"].tenant_of_calls),
+        (None, 0)
+    );
+
+    // With a tenant route for the platform, the key is asked for and routes.
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[[route]]\nplatform = \"hostile\"\ntenant = \"t1\"\nplugin = \"hostile\"\nconfig = { label = \"tenant\" }\n",
+    )
+    .expect("policy");
+    let report = host.reload().await;
+    assert!(report.is_clean(), "{:?}", report.errors);
+    let c = host
+        .convert(&hostile_with_tenant("config label", "t1"))
+        .await;
+    assert_eq!(c.tenant.as_deref(), Some("t1"));
+    assert_eq!(single_text(&c), "config: label=tenant");
+    assert_eq!(host.counters()["hostile"].tenant_of_calls, 1);
+}
+
+/// Load the hostile and Discord plugins under `policy`; the policy errors.
+fn load_policy(policy: &str) -> (PluginHost, Vec<String>, tempfile::TempDir) {
+    let dir = plugins_dir(&[
+        ("discord.wasm", hermes_plugin_artifacts::DISCORD),
+        ("hostile.wasm", hermes_plugin_artifacts::HOSTILE),
+    ]);
+    std::fs::write(dir.path().join("policy.toml"), policy).expect("policy");
+    let (host, report) = load_with(dir.path(), limits());
+    let errors = report
+        .errors
+        .iter()
+        .inspect(|e| assert!(matches!(e, LoadError::Policy { .. }), "{e:?}"))
+        .map(ToString::to_string)
+        .collect();
+    (host, errors, dir)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pin_to_a_plugin_that_does_not_list_the_platform_is_a_load_error() {
+    let (host, errors, _dir) = load_policy(
+        "[platform.discord]\nplugin = \"hostile\"\n\n[platform.hostile]\nplugin = \"discord-interactions\"\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("[platform.hostile]") && errors[0].contains("discord-interactions"),
+        "names both: {}",
+        errors[0]
+    );
+    // The platform keeps its sole claimant.
+    assert_eq!(host.routing_table().defaults["hostile"], "hostile");
+    assert_eq!(
+        host.convert(&forward("hostile", "ok"))
+            .await
+            .plugin
+            .as_deref(),
+        Some("hostile")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_for_a_platform_its_plugin_does_not_list_is_a_load_error() {
+    let (host, errors, _dir) = load_policy(
+        "[platform.discord]\nplugin = \"hostile\"\n\n[[route]]\nplatform = \"hostile\"\nprofile = \"coder\"\nplugin = \"discord-interactions\"\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("`hostile`") && errors[0].contains("discord-interactions"),
+        "names both: {}",
+        errors[0]
+    );
+    assert!(host.routing_table().routes.is_empty());
+    let mut coder = forward("hostile", "ok");
+    coder.profile = Some("coder".to_owned());
+    assert_eq!(
+        host.convert(&coder).await.plugin.as_deref(),
+        Some("hostile")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_profile_only_route_applies_only_to_platforms_its_plugin_lists() {
+    let (host, errors, _dir) = load_policy(
+        "[platform.discord]\nplugin = \"hostile\"\n\n[[route]]\nprofile = \"coder\"\nplugin = \"discord-interactions\"\n",
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    // discord-interactions does not list `hostile`: the profile route is
+    // not for it.
+    let mut coder = forward("hostile", "ok");
+    coder.profile = Some("coder".to_owned());
+    let c = host.convert(&coder).await;
+    assert_eq!(
+        (c.plugin.as_deref(), single_text(&c)),
+        (Some("hostile"), "ok".to_owned())
+    );
+    // It does list `discord`: there the route beats the pin.
+    let (mut dm_slash, _) = corpus_case("discord/dm_slash.json");
+    dm_slash.profile = Some("coder".to_owned());
+    let c = host.convert(&dm_slash).await;
+    assert_eq!(c.plugin.as_deref(), Some("discord-interactions"), "{c:?}");
+    assert!(matches!(c.outcome, Outcome::Events(_)), "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_lines_are_capped_per_call_and_rate_limited_per_plugin() {
+    let dir = plugins_dir(&[("hostile.wasm", hermes_plugin_artifacts::HOSTILE)]);
+    // No refill: the bucket holds 40 lines for the plugin's lifetime, the
+    // per-call cap 32, and `log-flood` writes 10 000 lines per call.
+    let (host, report) = load_with(
+        dir.path(),
+        Limits {
+            max_log_lines: 32,
+            log_lines_per_second: 0,
+            log_burst: 40,
+            ..limits()
+        },
+    );
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert_eq!(single_text(&hostile(&host, "log-flood").await), "ok");
+    let per_call_drops = 10_000 - 32;
+    assert_eq!(host.counters()["hostile"].log_lines_dropped, per_call_drops);
+    // Second call: 32 lines pass the per-call cap, only 8 tokens are left.
+    assert_eq!(single_text(&hostile(&host, "log-flood").await), "ok");
+    assert_eq!(
+        host.counters()["hostile"].log_lines_dropped,
+        2 * per_call_drops + (32 - 8)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -113,6 +113,7 @@ impl BenchPlugin {
     fn session(&self) -> Result<Session, String> {
         let cx = CallContext {
             plugin: Arc::clone(&self.name),
+            stats: None,
             tenant: None,
             config: ConfigMap::default(),
         };

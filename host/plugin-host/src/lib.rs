@@ -46,8 +46,9 @@
 //!   handed on (the SDK turns over-cap output into an `invalid_field`
 //!   rejection first, so a valid but huge request is not a plugin fault);
 //! - `log` routed into `tracing` (target `hermes_plugin`, fields `plugin` and
-//!   `tenant`), capped per call in lines and bytes; `config` answering from
-//!   the tenant's policy map.
+//!   `tenant`), capped per call in lines and bytes and per plugin over time
+//!   (a token bucket, 100 lines/s with a burst of 200 by default); `config`
+//!   answering from the tenant's policy map.
 //!
 //! The wasmtime calls are synchronous and run on a fixed pool of worker
 //! threads fed by a bounded queue; a semaphore sized to the pool gives
@@ -158,6 +159,13 @@ pub struct Limits {
     pub max_log_lines: u32,
     /// Bytes per `log` line (longer lines are truncated).
     pub max_log_line_bytes: usize,
+    /// `log` lines per second per plugin, across all its calls (a token
+    /// bucket; lines over it are counted in
+    /// [`PluginCounters::log_lines_dropped`] and dropped).
+    pub log_lines_per_second: u32,
+    /// The bucket's size: lines a plugin may log at once after a quiet
+    /// period.
+    pub log_burst: u32,
     /// Worker threads running conversions.
     pub workers: usize,
     /// Quarantine after repeated faults.
@@ -182,6 +190,8 @@ impl Default for Limits {
             max_guest_output_bytes: 16 << 10,
             max_log_lines: 32,
             max_log_line_bytes: 1024,
+            log_lines_per_second: 100,
+            log_burst: 200,
             workers: std::thread::available_parallelism().map_or(2, usize::from),
             quarantine: QuarantinePolicy::default(),
             reload_debounce: Duration::from_millis(200),
@@ -301,7 +311,10 @@ pub enum Outcome {
 pub struct Conversion {
     /// The plugin that converted (or was chosen to convert) the forward.
     pub plugin: Option<String>,
-    /// The tenant key the routing used, when the plugin gave one.
+    /// The tenant key the routing used, when the plugin gave one. It is
+    /// only computed when a tenant route could use it: for a platform with
+    /// no `[[route]]` naming a tenant, `tenant-of` is not called and this is
+    /// `None`.
     pub tenant: Option<String>,
     /// The outcome.
     pub outcome: Outcome,
@@ -568,7 +581,7 @@ impl PluginHost {
     ) -> Conversion {
         let limits = &self.inner.config.limits;
         let table = self.table();
-        let Some((first, _)) = table.tenant_plugin(&forward.platform, forward.profile.as_deref())
+        let Some((first, _)) = table.entry_plugin(&forward.platform, forward.profile.as_deref())
         else {
             return Conversion::new(
                 None,
@@ -664,8 +677,10 @@ impl Inner {
     /// One conversion on a worker thread: tenant key from the platform's
     /// default plugin, final route, then convert in a fresh instance (the
     /// same one only when the route stays on that plugin with the same
-    /// configuration). `running` names the plugin being called, so that an
-    /// outer timeout is charged to the right one.
+    /// configuration). When no `[[route]]` names a tenant for the platform,
+    /// the tenant key could not change the route, so `tenant-of` is skipped:
+    /// one instance, one call into the guest. `running` names the plugin
+    /// being called, so that an outer timeout is charged to the right one.
     fn run(
         &self,
         table: &Table,
@@ -687,32 +702,38 @@ impl Inner {
         let set_running = |p: &Arc<LoadedPlugin>| {
             *running.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(p));
         };
-        let Some((first, first_config)) = table.tenant_plugin(&req.platform, profile) else {
-            return no_route(None);
-        };
         // The tenant key comes from the platform's default plugin. While it
         // is quarantined, tenants routed elsewhere must not suffer: route by
         // platform and profile alone.
-        let mut session = None;
-        let tenant = if first.stats.check(Instant::now()).is_err() {
-            None
+        let mut tenant_session = None;
+        let tenant = if table.routes_by_tenant(&req.platform) {
+            let Some((first, first_config)) = table.tenant_plugin(&req.platform, profile) else {
+                return no_route(None);
+            };
+            if first.stats.check(Instant::now()).is_err() {
+                None
+            } else {
+                set_running(&first);
+                let cx = CallContext {
+                    plugin: Arc::clone(&first.name),
+                    stats: Some(Arc::clone(&first.stats)),
+                    tenant: None,
+                    config: Arc::clone(&first_config),
+                };
+                let mut s = match Session::new(&self.engine, &first.pre, limits, cx) {
+                    Ok(s) => s,
+                    Err(e) => return self.failed(&first.stats, &first.name, None, e),
+                };
+                first.stats.record_tenant_of();
+                let tenant = match s.tenant_of(req) {
+                    Ok(t) => t,
+                    Err(e) => return self.failed(&first.stats, &first.name, None, e),
+                };
+                tenant_session = Some((s, first, first_config));
+                tenant
+            }
         } else {
-            set_running(&first);
-            let cx = CallContext {
-                plugin: Arc::clone(&first.name),
-                tenant: None,
-                config: Arc::clone(&first_config),
-            };
-            let mut s = match Session::new(&self.engine, &first.pre, limits, cx) {
-                Ok(s) => s,
-                Err(e) => return self.failed(&first.stats, &first.name, None, e),
-            };
-            let tenant = match s.tenant_of(req) {
-                Ok(t) => t,
-                Err(e) => return self.failed(&first.stats, &first.name, None, e),
-            };
-            session = Some(s);
-            tenant
+            None
         };
         let Some((plugin, config)) = table.resolve(&req.platform, profile, tenant.as_deref())
         else {
@@ -729,8 +750,10 @@ impl Inner {
         }
         // Reuse the tenant-of instance only when nothing differs: a guest
         // may have cached what `config` answered during tenant-of.
-        let reuse = Arc::ptr_eq(&plugin, &first) && *config == *first_config;
-        let mut session = match session.filter(|_| reuse) {
+        let reused = tenant_session.and_then(|(s, first, first_config)| {
+            (Arc::ptr_eq(&plugin, &first) && *config == *first_config).then_some(s)
+        });
+        let mut session = match reused {
             Some(mut s) => {
                 s.set_tenant(tenant.clone(), config);
                 s
@@ -739,6 +762,7 @@ impl Inner {
                 set_running(&plugin);
                 let cx = CallContext {
                     plugin: Arc::clone(&plugin.name),
+                    stats: Some(Arc::clone(&plugin.stats)),
                     tenant: tenant.clone(),
                     config,
                 };

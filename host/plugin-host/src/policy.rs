@@ -23,8 +23,12 @@
 //! A forward goes to the most specific matching `[[route]]` (a tenant match
 //! beats a profile match, which beats a platform-only match; equal
 //! specificity: first in the file), else to the platform's pinned plugin,
-//! else to the one loaded plugin that lists the platform. The tenant key is
-//! asked of the platform's default plugin. The configuration a plugin sees
+//! else to the one loaded plugin that lists the platform. A route or pin only
+//! ever sends a platform to a plugin that lists it: a profile-only route
+//! applies to its plugin's platforms, and a pin or platform route naming a
+//! plugin that does not list the platform is a load error. The tenant key is
+//! asked of the platform's default plugin, and only when a `[[route]]` names
+//! a tenant for that platform. The configuration a plugin sees
 //! through `config(key)` is the matched route's `config`, or the platform's
 //! `config` when no route matched — never a merge, so what a tenant gets is
 //! written in one place.

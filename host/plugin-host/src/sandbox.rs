@@ -7,7 +7,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime::{Engine, Store, StoreContextMut, Trap};
@@ -18,6 +18,7 @@ use wasmtime_wasi::{
 };
 
 use crate::bindings::{self, ConverterPlugin, ConverterPluginPre, Outcome, PluginInfo, Request};
+use crate::stats::PluginStats;
 use crate::{HostError, Limits, PluginError};
 
 /// The prefix the SDK's panic hook writes through `log` before the guest
@@ -35,10 +36,15 @@ pub(crate) struct StoreState {
     plugin: Arc<str>,
     pub(crate) tenant: Option<String>,
     pub(crate) config: ConfigMap,
+    /// The plugin's counters and log-rate bucket (`None` while loading,
+    /// before the plugin has a name).
+    stats: Option<Arc<PluginStats>>,
     log_lines: u32,
     log_dropped: u32,
     max_log_lines: u32,
     max_log_line_bytes: usize,
+    log_lines_per_second: u32,
+    log_burst: u32,
     panic_message: Option<String>,
     output: CappedPipe,
 }
@@ -64,6 +70,14 @@ impl bindings::hermes::converter::host::Host for StoreState {
         }
         if self.log_lines >= self.max_log_lines {
             self.log_dropped = self.log_dropped.saturating_add(1);
+            return;
+        }
+        // Over time too: the per-call cap alone lets a plugin log that many
+        // lines on every request. Rate drops are only counted, since a warning
+        // per call would be the flood again.
+        if let Some(stats) = &self.stats
+            && !stats.allow_log_line(Instant::now(), self.log_lines_per_second, self.log_burst)
+        {
             return;
         }
         self.log_lines += 1;
@@ -356,6 +370,8 @@ fn empty_wasi(output: &CappedPipe) -> WasiCtx {
 /// Identity of the call, for logs and config.
 pub(crate) struct CallContext {
     pub(crate) plugin: Arc<str>,
+    /// The plugin's counters (`None` for `describe()` while loading).
+    pub(crate) stats: Option<Arc<PluginStats>>,
     pub(crate) tenant: Option<String>,
     pub(crate) config: ConfigMap,
 }
@@ -385,10 +401,13 @@ impl Session {
             plugin: cx.plugin,
             tenant: cx.tenant,
             config: cx.config,
+            stats: cx.stats,
             log_lines: 0,
             log_dropped: 0,
             max_log_lines: limits.max_log_lines,
             max_log_line_bytes: limits.max_log_line_bytes,
+            log_lines_per_second: limits.log_lines_per_second,
+            log_burst: limits.log_burst,
             panic_message: None,
             output,
         };
@@ -465,6 +484,9 @@ impl Session {
                 "plugin log lines dropped (more than {} in one call)",
                 data.max_log_lines
             );
+            if let Some(stats) = &data.stats {
+                stats.record_log_dropped(u64::from(data.log_dropped));
+            }
             data.log_dropped = 0;
         }
         r.map_err(|e| {

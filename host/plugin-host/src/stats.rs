@@ -32,6 +32,36 @@ impl Default for QuarantinePolicy {
     }
 }
 
+/// The per-plugin budget of `log` lines over time: a token bucket refilled
+/// at `per_second` up to `burst`. The per-call cap bounds one conversion; this
+/// bounds a plugin that logs its full per-call allowance on every one of
+/// thousands of requests a second.
+#[derive(Debug)]
+struct LogBucket {
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl LogBucket {
+    /// Take one token at `now`; false when the bucket is empty.
+    fn take(&mut self, now: Instant, per_second: u32, burst: u32) -> bool {
+        let burst = f64::from(burst);
+        let refill = self.last.map_or(burst, |last| {
+            // A clock that went backwards (`Instant`s from different
+            // threads are not ordered) refills nothing.
+            now.saturating_duration_since(last).as_secs_f64() * f64::from(per_second)
+        });
+        self.tokens = (self.tokens + refill).min(burst);
+        self.last = Some(self.last.map_or(now, |last| last.max(now)));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct QuarantineState {
     consecutive_faults: u32,
@@ -40,7 +70,7 @@ struct QuarantineState {
 }
 
 /// Live counters of one plugin (by name; they survive reloads).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct PluginStats {
     conversions: AtomicU64,
     events: AtomicU64,
@@ -49,6 +79,30 @@ pub(crate) struct PluginStats {
     failures: [AtomicU64; FailureKind::ALL.len()],
     quarantines: AtomicU64,
     quarantine: Mutex<QuarantineState>,
+    tenant_of_calls: AtomicU64,
+    log_lines_dropped: AtomicU64,
+    log_bucket: Mutex<LogBucket>,
+}
+
+impl Default for PluginStats {
+    fn default() -> Self {
+        Self {
+            conversions: AtomicU64::default(),
+            events: AtomicU64::default(),
+            ignored: AtomicU64::default(),
+            rejected: AtomicU64::default(),
+            failures: Default::default(),
+            quarantines: AtomicU64::default(),
+            quarantine: Mutex::default(),
+            tenant_of_calls: AtomicU64::default(),
+            log_lines_dropped: AtomicU64::default(),
+            // Starts full (`last` unset): a fresh plugin may use its burst.
+            log_bucket: Mutex::new(LogBucket {
+                tokens: 0.0,
+                last: None,
+            }),
+        }
+    }
 }
 
 /// A snapshot of one plugin's counters, for metrics and `GET /plugins`.
@@ -68,6 +122,13 @@ pub struct PluginCounters {
     pub quarantines: u64,
     /// Time left in the current quarantine, if any.
     pub quarantined_for: Option<Duration>,
+    /// `tenant-of` calls made. The host asks for the tenant key only when a
+    /// `[[route]]` with a `tenant` exists for the forward's platform.
+    pub tenant_of_calls: u64,
+    /// `log` lines dropped, over the per-call cap
+    /// ([`Limits::max_log_lines`](crate::Limits::max_log_lines)) or the
+    /// per-plugin rate ([`Limits::log_lines_per_second`](crate::Limits::log_lines_per_second)).
+    pub log_lines_dropped: u64,
 }
 
 impl PluginStats {
@@ -83,6 +144,29 @@ impl PluginStats {
             Some(until) if until > now => Err(until - now),
             _ => Ok(()),
         }
+    }
+
+    pub(crate) fn record_tenant_of(&self) {
+        self.tenant_of_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether one more `log` line fits the plugin's rate at `now`; a line
+    /// that does not is counted as dropped.
+    pub(crate) fn allow_log_line(&self, now: Instant, per_second: u32, burst: u32) -> bool {
+        let allowed = self
+            .log_bucket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(now, per_second, burst);
+        if !allowed {
+            self.record_log_dropped(1);
+        }
+        allowed
+    }
+
+    /// Count `log` lines dropped for any reason.
+    pub(crate) fn record_log_dropped(&self, n: u64) {
+        self.log_lines_dropped.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn record_events(&self, n: usize) {
@@ -165,6 +249,8 @@ impl PluginStats {
             failures,
             quarantines: self.quarantines.load(Ordering::Relaxed),
             quarantined_for: self.check(now).err(),
+            tenant_of_calls: self.tenant_of_calls.load(Ordering::Relaxed),
+            log_lines_dropped: self.log_lines_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -242,5 +328,25 @@ mod tests {
             Some(Duration::from_secs(10)),
             "three faults with rejections between them still quarantine"
         );
+    }
+
+    #[test]
+    fn log_lines_are_rate_limited_per_plugin_over_time() {
+        let s = PluginStats::default();
+        let (rate, burst) = (100, 200);
+        let t0 = Instant::now();
+        let allowed =
+            |at: Instant, n: u32| (0..n).filter(|_| s.allow_log_line(at, rate, burst)).count();
+        assert_eq!(allowed(t0, 250), 200, "a fresh plugin gets its burst");
+        assert_eq!(s.snapshot(t0).log_lines_dropped, 50);
+        // Half a second refills half the rate, not more.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(allowed(t1, 100), 50);
+        // A long quiet period refills to the burst, never beyond.
+        let t2 = t1 + Duration::from_secs(60);
+        assert_eq!(allowed(t2, 300), 200);
+        // An earlier instant (another thread's clock read) refills nothing.
+        assert_eq!(allowed(t1, 10), 0);
+        assert_eq!(s.snapshot(t2).log_lines_dropped, 50 + 50 + 100 + 10);
     }
 }

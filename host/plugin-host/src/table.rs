@@ -2,7 +2,7 @@
 //! load from the artifact cache), check the WIT version, type-check against
 //! the world, `describe()`, then resolve platform defaults and policy routes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -43,11 +43,27 @@ pub(crate) struct LoadedPlugin {
     pub(crate) stats: Arc<PluginStats>,
 }
 
+impl LoadedPlugin {
+    /// Whether `describe()` listed this platform.
+    pub(crate) fn converts(&self, platform: &str) -> bool {
+        self.description.platforms.iter().any(|p| p == platform)
+    }
+}
+
 /// A route as the table resolved it.
 pub(crate) struct Route {
     pub(crate) rule: RouteRule,
     pub(crate) plugin: Arc<LoadedPlugin>,
     pub(crate) config: ConfigMap,
+}
+
+impl Route {
+    /// The rule matches, and its plugin converts the platform: a
+    /// profile-only rule never sends a platform to a plugin that does not
+    /// list it.
+    fn applies(&self, platform: &str, profile: Option<&str>, tenant: Option<&str>) -> bool {
+        self.rule.matches(platform, profile, tenant) && self.plugin.converts(platform)
+    }
 }
 
 /// A platform's default plugin.
@@ -64,6 +80,9 @@ pub(crate) struct Table {
     pub(crate) by_name: BTreeMap<String, Arc<LoadedPlugin>>,
     pub(crate) defaults: BTreeMap<String, Default>,
     pub(crate) routes: Vec<Route>,
+    /// Platforms with at least one `[[route]]` naming a tenant: only for
+    /// these is the tenant key worth a `tenant-of` call.
+    pub(crate) tenant_routed: BTreeSet<String>,
     pub(crate) policy: Policy,
 }
 
@@ -304,6 +323,7 @@ impl Loader<'_> {
         };
         let cx = CallContext {
             plugin: Arc::from(file.display().to_string()),
+            stats: None,
             tenant: None,
             config: ConfigMap::default(),
         };
@@ -362,6 +382,15 @@ impl Table {
             let config: ConfigMap = Arc::new(pin.config.clone());
             match &pin.plugin {
                 Some(name) => match self.by_name.get(name) {
+                    Some(p) if !p.converts(platform) => {
+                        report.errors.push(LoadError::Policy {
+                            file: policy_file.to_owned(),
+                            message: format!(
+                                "[platform.{platform}] pins plugin `{name}`, which does not convert `{platform}` (it lists {:?})",
+                                p.description.platforms
+                            ),
+                        });
+                    }
                     Some(p) => {
                         defaults.insert(
                             platform.clone(),
@@ -436,6 +465,17 @@ impl Table {
         self.defaults = defaults;
         for rule in &self.policy.route {
             match self.by_name.get(&rule.plugin) {
+                Some(p) if rule.platform.as_deref().is_some_and(|pl| !p.converts(pl)) => {
+                    report.errors.push(LoadError::Policy {
+                        file: policy_file.to_owned(),
+                        message: format!(
+                            "a [[route]] for platform `{}` names plugin `{}`, which does not convert it (it lists {:?})",
+                            rule.platform.as_deref().unwrap_or_default(),
+                            rule.plugin,
+                            p.description.platforms
+                        ),
+                    });
+                }
                 Some(p) => self.routes.push(Route {
                     rule: rule.clone(),
                     plugin: Arc::clone(p),
@@ -449,6 +489,33 @@ impl Table {
                     ),
                 }),
             }
+        }
+        self.tenant_routed = self
+            .routes
+            .iter()
+            .filter(|r| r.rule.tenant.is_some())
+            .filter_map(|r| r.rule.platform.clone())
+            .collect();
+    }
+
+    /// Whether a tenant route could apply to `platform`, i.e. whether its
+    /// forwards need a `tenant-of` call before routing.
+    pub(crate) fn routes_by_tenant(&self, platform: &str) -> bool {
+        self.tenant_routed.contains(platform)
+    }
+
+    /// The plugin a forward is charged to before any guest runs (input-cap
+    /// rejections, an outer timeout before routing): the tenant-of plugin
+    /// when tenant routes exist for the platform, else the final route.
+    pub(crate) fn entry_plugin(
+        &self,
+        platform: &str,
+        profile: Option<&str>,
+    ) -> Option<(Arc<LoadedPlugin>, ConfigMap)> {
+        if self.routes_by_tenant(platform) {
+            self.tenant_plugin(platform, profile)
+        } else {
+            self.resolve(platform, profile, None)
         }
     }
 
@@ -474,7 +541,7 @@ impl Table {
     ) -> Option<&Route> {
         let mut best: Option<&Route> = None;
         for r in &self.routes {
-            if r.rule.matches(platform, profile, tenant)
+            if r.applies(platform, profile, tenant)
                 && best.is_none_or(|b| r.rule.rank() > b.rule.rank())
             {
                 best = Some(r);

@@ -51,9 +51,12 @@ pub fn convert(req: &Request, named: bool) -> Result<Outcome, ConvertError> {
         ));
     }
     // `type` and `id` are required for every interaction type, PINGs included.
-    let (kind, id) = match (root.int_field("type"), root.str_field("id")) {
+    let (kind, id) = match (type_field(&root, "type"), root.str_field("id")) {
         (Ok(kind), Ok(id)) => (kind, id),
         (kind, id) => return Err(earliest([kind.err(), id.err()])),
+    };
+    let Some(kind) = kind else {
+        return Err(missing_type("type"));
     };
     match kind {
         PING => Ok(Outcome::ignored("ping")),
@@ -65,6 +68,27 @@ pub fn convert(req: &Request, named: bool) -> Result<Outcome, ConvertError> {
             format!("interaction type {other} is not converted"),
         )),
     }
+}
+
+/// An optional type-code member. An integer too large for `i64` is still
+/// an integer, so a well-formed type no one converts (`unsupported_type`,
+/// reported by the caller) rather than a value of the wrong type: it comes
+/// back as `Err` of kind `UnsupportedType`, which every other fault outranks.
+pub(crate) fn type_field(value: &Value<'_>, key: &str) -> Result<Option<i64>, ConvertError> {
+    if let Some(n) = value.get_present(key).and_then(Value::as_number)
+        && n.is_integer_literal()
+        && n.as_i64().is_none()
+    {
+        return Err(ConvertError::new(
+            ErrorKind::UnsupportedType,
+            format!("`{key}` {} is not converted", n.as_str()),
+        ));
+    }
+    value.opt_int_field(key)
+}
+
+fn missing_type(key: &str) -> ConvertError {
+    ConvertError::new(ErrorKind::MissingField, format!("missing field `{key}`"))
 }
 
 /// The tenant key: the guild id, else (DMs) the channel id.
@@ -306,6 +330,33 @@ mod tests {
             Some(ErrorKind::InvalidField)
         );
         assert_eq!(error_kind("[]"), Some(ErrorKind::InvalidField));
+    }
+
+    #[test]
+    fn a_type_beyond_i64_is_unsupported_not_invalid() {
+        let huge = "99999999999999999999999";
+        assert_eq!(
+            error_kind(&format!(r#"{{"type":{huge},"id":"1"}}"#)),
+            Some(ErrorKind::UnsupportedType)
+        );
+        assert_eq!(
+            error_kind(&format!(r#"{{"type":-{huge},"id":"1"}}"#)),
+            Some(ErrorKind::UnsupportedType)
+        );
+        // Still outranked by a missing field, and a fraction is invalid.
+        assert_eq!(
+            error_kind(&format!(r#"{{"type":{huge}}}"#)),
+            Some(ErrorKind::MissingField)
+        );
+        assert_eq!(
+            error_kind(r#"{"type":2.5,"id":"1"}"#),
+            Some(ErrorKind::InvalidField)
+        );
+        // A command `data.type` beyond i64 too.
+        let body = format!(
+            r#"{{"type":2,"id":"1",{USER},"channel_id":"9","data":{{"name":"c","type":{huge}}}}}"#
+        );
+        assert_eq!(error_kind(&body), Some(ErrorKind::UnsupportedType));
     }
 
     #[test]

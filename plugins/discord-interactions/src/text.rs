@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use hermes_converter_sdk::json::Value;
 use hermes_converter_sdk::{ConvertError, ErrorKind, MessageType, PromptResponse};
 
-use crate::interaction::{Content, earliest};
+use crate::interaction::{Content, earliest, type_field};
 
 /// The longest STRING option accepted, in Unicode scalar values.
 pub const MAX_STRING_OPTION_CHARS: usize = 6000;
@@ -66,15 +66,38 @@ impl Faults {
 /// APPLICATION_COMMAND data.
 pub fn command(data: &Value<'_>, named: bool) -> Result<Content, ConvertError> {
     let name = data.str_field("name");
-    let kind = data.opt_int_field("type").map(|t| t.unwrap_or(CHAT_INPUT));
-    let (name, kind) = match (name, kind) {
-        (Ok(n), Ok(k)) => (n, k),
-        (n, k) => return Err(earliest([n.err(), k.err()])),
+    let kind = type_field(data, "type").map(|t| t.unwrap_or(CHAT_INPUT));
+    // What follows the name is evaluated even when the name is faulty, so
+    // that a missing field there outranks an invalid name (spec order).
+    let rest = kind
+        .as_ref()
+        .ok()
+        .map(|&kind| command_rest(data, kind, named));
+    let (name, (rest, reply_to_message_id)) = match (name, kind, rest) {
+        (Ok(n), Ok(_), Some(Ok(r))) => (n, r),
+        (n, k, r) => return Err(earliest([n.err(), k.err(), r.and_then(Result::err)])),
     };
-    let mut text = String::with_capacity(64);
+    let mut text = String::with_capacity(1 + name.len() + rest.len());
     text.push('/');
     text.push_str(name);
-    let mut reply_to_message_id = None;
+    text.push_str(&rest);
+    Ok(Content {
+        text,
+        message_type: MessageType::Command,
+        reply_to_message_id,
+        prompt_response: None,
+        metadata: Vec::new(),
+    })
+}
+
+/// The text after `/name` (each part after one space), and the message a
+/// MESSAGE command targets.
+fn command_rest(
+    data: &Value<'_>,
+    kind: i64,
+    named: bool,
+) -> Result<(String, Option<String>), ConvertError> {
+    let mut text = String::with_capacity(64);
     match kind {
         CHAT_INPUT => {
             let mut walk = OptionWalk {
@@ -84,7 +107,7 @@ pub fn command(data: &Value<'_>, named: bool) -> Result<Content, ConvertError> {
                 faults: Faults::default(),
             };
             walk.options(data.get_present("options"), Level::Root);
-            text = walk.faults.into_result(walk.text)?;
+            Ok((walk.faults.into_result(walk.text)?, None))
         }
         USER_COMMAND => {
             let target = data.str_field("target_id")?;
@@ -93,6 +116,7 @@ pub fn command(data: &Value<'_>, named: bool) -> Result<Content, ConvertError> {
                 text.push_str("target:");
             }
             push_mention(&mut text, "<@", target);
+            Ok((text, None))
         }
         MESSAGE_COMMAND => {
             let target = data.str_field("target_id")?;
@@ -112,22 +136,13 @@ pub fn command(data: &Value<'_>, named: bool) -> Result<Content, ConvertError> {
                 text.push('\n');
                 text.push_str(content);
             }
-            reply_to_message_id = Some(target.to_owned());
+            Ok((text, Some(target.to_owned())))
         }
-        other => {
-            return Err(ConvertError::new(
-                ErrorKind::UnsupportedType,
-                format!("application command type {other} is not converted"),
-            ));
-        }
+        other => Err(ConvertError::new(
+            ErrorKind::UnsupportedType,
+            format!("application command type {other} is not converted"),
+        )),
     }
-    Ok(Content {
-        text,
-        message_type: MessageType::Command,
-        reply_to_message_id,
-        prompt_response: None,
-        metadata: Vec::new(),
-    })
 }
 
 /// Where an option list sits: only group › sub-command › options is legal.
@@ -241,9 +256,16 @@ impl<'v, 'a> OptionWalk<'v, 'a> {
             }
             NUMBER => {
                 let n = value.as_number().ok_or_else(|| wrong("NUMBER", value))?;
+                // An integer literal beyond f64 (over 309 digits) would
+                // render `inf`: not a number anyone sent. (A fraction or
+                // exponent beyond f64 is already invalid JSON.)
+                let f = n.as_f64();
+                if !f.is_finite() {
+                    return Err(invalid("NUMBER option out of range"));
+                }
                 // Display of f64 is the shortest decimal that round-trips,
                 // never in exponent form (1e21 → 1000000000000000000000).
-                let _ = write!(text, "{}", n.as_f64());
+                let _ = write!(text, "{f}");
             }
             USER | CHANNEL | ROLE | MENTIONABLE | ATTACHMENT => {
                 let id = value.as_str().ok_or_else(|| wrong("id", value))?;
@@ -511,6 +533,63 @@ mod tests {
             .unwrap();
             assert_eq!(got, format!("/c {want}"), "NUMBER {literal}");
         }
+    }
+
+    #[test]
+    fn numbers_beyond_f64_are_invalid_not_inf() {
+        let number = |literal: &str| {
+            render(
+                &format!(r#"[{{"name":"n","type":10,"value":{literal}}}]"#),
+                false,
+            )
+        };
+        // f64::MAX is about 1.8e308: 309 nines are past it.
+        for digits in [309, 310, 400] {
+            let nines = "9".repeat(digits);
+            assert_eq!(
+                number(&nines),
+                Err(ErrorKind::InvalidField),
+                "{digits} digits"
+            );
+            assert_eq!(
+                number(&format!("-{nines}")),
+                Err(ErrorKind::InvalidField),
+                "-{digits} digits"
+            );
+        }
+        let fits = number(&"9".repeat(308)).unwrap();
+        assert!(fits.starts_with("/c 1") && !fits.contains("inf"), "{fits}");
+    }
+
+    #[test]
+    fn a_missing_target_outranks_an_invalid_name() {
+        let kind = |data: &str| {
+            command(&json::parse(data).unwrap(), false)
+                .err()
+                .map(|e| e.kind)
+        };
+        assert_eq!(
+            kind(r#"{"name":5,"type":2}"#),
+            Some(ErrorKind::MissingField)
+        );
+        assert_eq!(
+            kind(r#"{"name":5,"type":3}"#),
+            Some(ErrorKind::MissingField)
+        );
+        assert_eq!(
+            kind(r#"{"name":5,"type":2,"target_id":"1"}"#),
+            Some(ErrorKind::InvalidField)
+        );
+        // Chat input: an option without a value, behind an invalid name.
+        assert_eq!(
+            kind(r#"{"name":5,"options":[{"name":"x","type":3}]}"#),
+            Some(ErrorKind::MissingField)
+        );
+        // An invalid name outranks an unsupported command type.
+        assert_eq!(
+            kind(r#"{"name":5,"type":4}"#),
+            Some(ErrorKind::InvalidField)
+        );
     }
 
     #[test]

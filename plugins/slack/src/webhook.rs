@@ -145,14 +145,31 @@ fn interactivity(payload: &str) -> Result<Outcome, ConvertError> {
             "payload is not a JSON object",
         ));
     }
-    let (kind, user, team, trigger) = match (
-        root.str_field("type"),
+    let kind = root.str_field("type");
+    // The type's own part is evaluated even when a common field is faulty,
+    // so that a missing field there is not hidden behind an invalid one
+    // here (the spec's order: missing_field before invalid_field).
+    let part = match kind.as_deref() {
+        Ok("block_actions") => block_actions(&root),
+        Ok("view_submission") => view_submission(&root),
+        Ok(other) => Err(ConvertError::new(
+            ErrorKind::UnsupportedType,
+            format!("interactivity type {other:?} is not converted"),
+        )),
+        // Reported through `kind` below.
+        Err(_) => Err(ConvertError::new(ErrorKind::UnsupportedType, "no type")),
+    };
+    let (user, team, trigger, part) = match (
+        kind,
         user_of(&root),
         team_of(&root),
         root.opt_str_field("trigger_id"),
+        part,
     ) {
-        (Ok(k), Ok(u), Ok(t), Ok(tr)) => (k, u, t, tr),
-        (k, u, t, tr) => return Err(earliest([k.err(), u.err(), t.err(), tr.err()])),
+        (Ok(_), Ok(u), Ok(t), Ok(tr), Ok(p)) => (u, t, tr, p),
+        (k, u, t, tr, p) => {
+            return Err(earliest([k.err(), u.err(), t.err(), tr.err(), p.err()]));
+        }
     };
     let (user_id, user_name) = user;
     let mut source = Source {
@@ -163,38 +180,75 @@ fn interactivity(payload: &str) -> Result<Outcome, ConvertError> {
         message_id: trigger.map(str::to_owned),
         ..Source::default()
     };
-    // `response_url` is a capability the connector vaults (reply route
-    // `slack.response_url`); it is deliberately not copied into metadata.
-    let mut metadata = Vec::new();
-    let text = match kind {
-        "block_actions" => block_actions(&root, &mut source, &mut metadata)?,
-        "view_submission" => {
-            // A modal has no channel: the conversation is with the user.
+    match part.chat {
+        Some(chat) => {
+            source.chat_id = chat.id.to_owned();
+            source.chat_type = chat.chat_type;
+            source.thread_id = chat.thread_ts.map(str::to_owned);
+        }
+        // A modal (and an action inside one) has no channel: the
+        // conversation is with the user.
+        None => {
             source.chat_id = user_id.to_owned();
             source.chat_type = ChatType::Dm;
-            view_submission(&root, &mut metadata)?
         }
-        other => {
-            return Err(ConvertError::new(
-                ErrorKind::UnsupportedType,
-                format!("interactivity type {other:?} is not converted"),
-            ));
-        }
-    };
-    Ok(event(text, MessageType::Text, source, metadata))
+    }
+    // `response_url` is a capability the connector vaults (reply route
+    // `slack.response_url`); it is deliberately not copied into metadata.
+    Ok(event(part.text, MessageType::Text, source, part.metadata))
 }
 
-fn block_actions(
-    root: &Value<'_>,
-    source: &mut Source,
-    metadata: &mut Vec<(String, String)>,
-) -> Result<String, ConvertError> {
+/// What an interactivity type renders to, before the user is attached.
+struct Part<'v> {
+    text: String,
+    /// The channel, when the payload has one.
+    chat: Option<Chat<'v>>,
+    metadata: Vec<(String, String)>,
+}
+
+struct Chat<'v> {
+    id: &'v str,
+    chat_type: ChatType,
+    thread_ts: Option<&'v str>,
+}
+
+fn block_actions<'v>(root: &'v Value<'_>) -> Result<Part<'v>, ConvertError> {
+    // Independent parts, all evaluated; the earliest fault wins.
     let action = root
-        .opt_array_field("actions")?
-        .and_then(<[_]>::first)
-        .ok_or_else(|| missing("actions"))?;
-    let action_id = action.str_field("action_id")?;
-    let channel = match root
+        .opt_array_field("actions")
+        .and_then(|a| a.and_then(<[_]>::first).ok_or_else(|| missing("actions")))
+        .and_then(action_text);
+    let channel = channel_of(root);
+    let thread_ts = root
+        .opt_object_field("message")
+        .and_then(|m| m.map(|m| m.opt_str_field("thread_ts")).transpose())
+        .map(Option::flatten);
+    let ((text, metadata), channel, thread_ts) = match (action, channel, thread_ts) {
+        (Ok(a), Ok(c), Ok(t)) => (a, c, t),
+        (a, c, t) => return Err(earliest([a.err(), c.err(), t.err()])),
+    };
+    let chat = channel.map(|(id, chat_type)| match thread_ts {
+        Some(ts) => Chat {
+            id,
+            chat_type: ChatType::Thread,
+            thread_ts: Some(ts),
+        },
+        None => Chat {
+            id,
+            chat_type,
+            thread_ts: None,
+        },
+    });
+    Ok(Part {
+        text,
+        chat,
+        metadata,
+    })
+}
+
+/// `channel.id`, else `container.channel_id`, with its chat type.
+fn channel_of<'v>(root: &'v Value<'_>) -> Result<Option<(&'v str, ChatType)>, ConvertError> {
+    let id = match root
         .opt_object_field("channel")?
         .map(|c| c.opt_str_field("id"))
         .transpose()?
@@ -207,57 +261,51 @@ fn block_actions(
             .transpose()?
             .flatten(),
     };
-    let thread_ts = root
-        .opt_object_field("message")?
-        .map(|m| m.opt_str_field("thread_ts"))
-        .transpose()?
-        .flatten();
-    match channel {
-        Some(channel_id) => {
-            source.chat_type = chat_type_of(channel_id)?;
-            source.chat_id = channel_id.to_owned();
-            if let Some(ts) = thread_ts {
-                source.chat_type = ChatType::Thread;
-                source.thread_id = Some(ts.to_owned());
-            }
-        }
-        // An action inside a modal has no channel either.
-        None => {
-            source.chat_id = source.user_id.clone().unwrap_or_default();
-            source.chat_type = ChatType::Dm;
-        }
-    }
-    metadata.push(("action_id".to_owned(), action_id.to_owned()));
-    if let Some(block_id) = action.opt_str_field("block_id")? {
+    id.map(|id| chat_type_of(id).map(|t| (id, t))).transpose()
+}
+
+/// The first action's text and metadata.
+fn action_text(action: &Value<'_>) -> Result<(String, Vec<(String, String)>), ConvertError> {
+    let (action_id, block_id, kind) = match (
+        action.str_field("action_id"),
+        action.opt_str_field("block_id"),
+        action.opt_str_field("type"),
+    ) {
+        (Ok(a), Ok(b), Ok(k)) => (a, b, k),
+        (a, b, k) => return Err(earliest([a.err(), b.err(), k.err()])),
+    };
+    let mut metadata = vec![("action_id".to_owned(), action_id.to_owned())];
+    if let Some(block_id) = block_id {
         metadata.push(("block_id".to_owned(), block_id.to_owned()));
     }
     let mut text = String::with_capacity(action_id.len() + 32);
     text.push_str(action_id);
-    if action.opt_str_field("type")? == Some("button") {
+    if kind == Some("button") {
         text.push_str(" value:");
         text.push_str(action.opt_str_field("value")?.unwrap_or(""));
     } else {
         text.push_str(" values:");
         push_selection(&mut text, action)?;
     }
-    Ok(text)
+    Ok((text, metadata))
 }
 
-fn view_submission(
-    root: &Value<'_>,
-    metadata: &mut Vec<(String, String)>,
-) -> Result<String, ConvertError> {
+fn view_submission<'v>(root: &'v Value<'_>) -> Result<Part<'v>, ConvertError> {
     let view = root.object_field("view")?;
-    let callback_id = view.str_field("callback_id")?;
-    metadata.push(("callback_id".to_owned(), callback_id.to_owned()));
-    if let Some(view_id) = view.opt_str_field("id")? {
+    let (callback_id, view_id, values) = match (
+        view.str_field("callback_id"),
+        view.opt_str_field("id"),
+        view.opt_object_field("state")
+            .and_then(|s| s.map(|s| s.opt_object_field("values")).transpose())
+            .map(Option::flatten),
+    ) {
+        (Ok(c), Ok(i), Ok(v)) => (c, i, v),
+        (c, i, v) => return Err(earliest([c.err(), i.err(), v.err()])),
+    };
+    let mut metadata = vec![("callback_id".to_owned(), callback_id.to_owned())];
+    if let Some(view_id) = view_id {
         metadata.push(("view_id".to_owned(), view_id.to_owned()));
     }
-    let values = view
-        .opt_object_field("state")?
-        .map(|s| s.opt_object_field("values"))
-        .transpose()?
-        .flatten();
     // JSON object order means nothing: sort by (block_id, action_id).
     let mut entries: Vec<(&str, &str, &Value<'_>)> = Vec::new();
     for (block_id, block) in values
@@ -286,7 +334,11 @@ fn view_submission(
         text.push(':');
         push_selection(&mut text, state)?;
     }
-    Ok(text)
+    Ok(Part {
+        text,
+        chat: None,
+        metadata,
+    })
 }
 
 /// An option object's `value`.
@@ -453,6 +505,48 @@ mod tests {
         assert_eq!(
             kind(r#"{"type":"x","type":"y"}"#),
             Some(ErrorKind::InvalidJson)
+        );
+    }
+
+    #[test]
+    fn a_missing_field_is_not_hidden_behind_an_earlier_invalid_one() {
+        let kind = |payload: &str| interactive(payload).err().map(|e| e.kind);
+        // A common field of the wrong type, and the type's own part missing.
+        assert_eq!(
+            kind(r#"{"type":"block_actions","user":{"id":"U1"},"team_id":5}"#),
+            Some(ErrorKind::MissingField),
+            "no actions"
+        );
+        assert_eq!(
+            kind(r#"{"type":"view_submission","user":{"id":"U1"},"trigger_id":5}"#),
+            Some(ErrorKind::MissingField),
+            "no view"
+        );
+        // Within block_actions: a bad channel and an action without its id.
+        assert_eq!(
+            kind(
+                r#"{"type":"block_actions","user":{"id":"U1"},"channel":{"id":"X1"},"actions":[{"type":"button"}]}"#
+            ),
+            Some(ErrorKind::MissingField)
+        );
+        assert_eq!(
+            kind(
+                r#"{"type":"block_actions","user":{"id":"U1"},"actions":[{"block_id":5,"type":"button"}]}"#
+            ),
+            Some(ErrorKind::MissingField),
+            "block_id invalid, action_id missing"
+        );
+        // Within view_submission: a bad view id and no callback id.
+        assert_eq!(
+            kind(r#"{"type":"view_submission","user":{"id":"U1"},"view":{"id":5}}"#),
+            Some(ErrorKind::MissingField)
+        );
+        // Only invalid fields: invalid.
+        assert_eq!(
+            kind(
+                r#"{"type":"block_actions","user":{"id":"U1"},"team_id":5,"actions":[{"action_id":"a"}]}"#
+            ),
+            Some(ErrorKind::InvalidField)
         );
     }
 

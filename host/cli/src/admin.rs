@@ -215,7 +215,7 @@ fn render_plugin_metrics(host: &PluginHost, out: &mut String) {
     let _ = writeln!(out, "# TYPE hermes_plugins_loaded gauge");
     let _ = writeln!(out, "hermes_plugins_loaded {}", host.plugins().len());
     type Pick = fn(&hermes_plugin_host::PluginCounters) -> u64;
-    let simple: [(&str, &str, Pick); 5] = [
+    let simple: [(&str, &str, Pick); 7] = [
         (
             "hermes_plugin_conversions_total",
             "Conversions attempted per plugin.",
@@ -240,6 +240,16 @@ fn render_plugin_metrics(host: &PluginHost, out: &mut String) {
             "hermes_plugin_quarantines_total",
             "Times a plugin entered quarantine.",
             |c| c.quarantines,
+        ),
+        (
+            "hermes_plugin_tenant_of_calls_total",
+            "tenant-of calls (made only when a tenant route could use the key).",
+            |c| c.tenant_of_calls,
+        ),
+        (
+            "hermes_plugin_log_lines_dropped_total",
+            "Plugin log lines dropped by the per-call cap or the per-plugin rate.",
+            |c| c.log_lines_dropped,
         ),
     ];
     for (name, help, pick) in simple {

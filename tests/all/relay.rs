@@ -923,3 +923,180 @@ async fn keepalive_pings_and_a_silent_peer_is_declared_dead() {
     connected(&relay).await;
     relay.close().await;
 }
+
+#[tokio::test]
+async fn a_connector_that_stops_reading_while_we_write_is_declared_dead() {
+    let stub = stub().await;
+    stub.set_default_answer(Answer::Never);
+    let mut config = config(&stub);
+    config.keepalive.ping_interval = Duration::from_millis(50);
+    config.keepalive.dead_after = Duration::from_millis(300);
+    let (relay, _inbound) = spawn_connected(config).await; // outbound timeout: 30 s
+    let mut events = stub.cursor();
+    stub.stall().await.expect("connected");
+    // Far more than the loopback socket buffers hold: the writer blocks in a
+    // write, where only the write bound can notice the connector is wedged.
+    let chunk = "x".repeat(512 * 1024);
+    let calls: Vec<_> = (0..64)
+        .map(|i| {
+            let relay = relay.clone();
+            let chunk = chunk.clone();
+            tokio::spawn(async move {
+                relay
+                    .send(format!("c{i}"), chunk, None, Default::default())
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        let result = within("connection-lost result", call).await.expect("task");
+        assert_eq!(result, ActionResult::connection_lost());
+    }
+    within(
+        "re-dial",
+        events.next_matching(|e| matches!(e, StubEvent::Upgraded { conn: 2, .. })),
+    )
+    .await;
+    connected(&relay).await;
+    assert_eq!(relay.pending_len(), 0);
+    relay.close().await;
+}
+
+#[tokio::test]
+async fn a_reader_paused_by_backpressure_does_not_make_the_link_look_dead() {
+    let stub = stub().await;
+    let mut config = config(&stub);
+    config.inbound_capacity = 1;
+    config.keepalive.ping_interval = Duration::from_millis(20);
+    config.keepalive.dead_after = Duration::from_millis(100);
+    let (relay, mut inbound) = spawn_connected(config).await;
+    let mut events = stub.cursor_at_end();
+    // Nobody reads `inbound`: the first item fills it, the second pauses the
+    // reader, and the pongs to our pings pile up unread behind it.
+    for i in 0..3 {
+        stub.push_text(interrupt_line(&format!("s{i}")))
+            .await
+            .expect("connected");
+    }
+    // Well past `dead_after` of pings while the reader is paused.
+    for _ in 0..15 {
+        let ping = within(
+            "ping",
+            events.next_matching(|e| matches!(e, StubEvent::Ping { .. })),
+        )
+        .await;
+        assert_eq!(ping.conn(), Some(1), "the paused link is not re-dialled");
+    }
+    assert!(relay.state().borrow().is_connected());
+    for i in 0..3 {
+        expect_interrupt(&mut inbound, &format!("s{i}")).await;
+    }
+    assert_eq!(relay.counters().dials, 1);
+    relay.close().await;
+}
+
+#[tokio::test]
+async fn a_later_descriptor_for_the_default_platform_never_replaces_it() {
+    let stub = stub().await;
+    let mut first = Descriptor::placeholder("relay");
+    first.max_message_length = 1000;
+    let mut later = Descriptor::placeholder("relay");
+    later.max_message_length = 5;
+    let mut other = Descriptor::placeholder("slack");
+    other.max_message_length = 40_000;
+    stub.set_descriptors(vec![
+        descriptor_value(&first),
+        descriptor_value(&later),
+        descriptor_value(&other),
+    ]);
+    let (relay, _inbound) = spawn_connected(config(&stub)).await;
+    // The slack descriptor is the last one sent: once it is in, so is `later`.
+    let slack = within("slack descriptor", async {
+        loop {
+            if let Some(d) = relay.descriptor_for("slack") {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert_eq!(slack.max_message_length, 40_000);
+    let relay_platform = relay
+        .descriptor_for("relay")
+        .expect("the default's platform");
+    assert_eq!(relay_platform.max_message_length, 1000, "the default wins");
+    assert_eq!(relay.descriptor().max_message_length, 1000);
+    relay.close().await;
+}
+
+#[tokio::test]
+async fn a_4401_right_after_the_descriptor_counts_as_after_the_handshake() {
+    let stub = stub().await;
+    stub.set_descriptors(Vec::new());
+    let mut config = config(&stub);
+    slow_ladder(&mut config);
+    let (relay, _inbound) = RelayLink::spawn(config);
+    let mut events = stub.cursor();
+    let descriptor = format!(
+        "{}\n",
+        json!({"type": "descriptor", "descriptor": descriptor_value(&Descriptor::placeholder("relay"))})
+    );
+    for conn in 1..=2 {
+        within(
+            "hello",
+            events.next_frame(|f| matches!(f, GatewayFrame::Hello { .. })),
+        )
+        .await;
+        assert_eq!(stub.current_connection(), Some(conn));
+        // Back to back, so both may be read in one poll of the reader.
+        stub.push_text(descriptor.clone()).await.expect("connected");
+        stub.close(4401, "revoked").await.expect("connected");
+    }
+    // Two post-handshake 4401s in a row: revoked, not a cold-start retry
+    // (which would wait out the 60 s ladder and time this test out).
+    assert_eq!(
+        until_state(&relay, "Revoked", LinkState::is_final).await,
+        LinkState::Revoked
+    );
+    relay.close().await;
+}
+
+#[tokio::test]
+async fn the_stub_can_answer_follow_up_like_a_connector_without_a_capability() {
+    let stub = stub().await;
+    stub.set_answer_for(
+        "follow_up",
+        Some(Answer::Failure("no capability vaulted".to_owned())),
+    );
+    let (relay, _inbound) = spawn_connected(config(&stub)).await;
+    let result = relay
+        .follow_up(
+            "agent:main:relay:dm:c",
+            "discord.interaction_token",
+            "hi",
+            Default::default(),
+        )
+        .await;
+    assert!(!result.success, "{result:?}");
+    assert_eq!(result.error.as_deref(), Some("no capability vaulted"));
+    assert!(
+        relay
+            .send("c", "hi", None, Default::default())
+            .await
+            .success,
+        "other ops keep the default answer"
+    );
+    stub.set_answer_for("follow_up", None);
+    assert!(
+        relay
+            .follow_up(
+                "agent:main:relay:dm:c",
+                "discord.interaction_token",
+                "hi",
+                Default::default()
+            )
+            .await
+            .success
+    );
+    relay.close().await;
+}

@@ -290,8 +290,8 @@ pub struct NewPluginArgs {
     pub name: String,
 }
 
-/// Flags of `enroll`.
-#[derive(Debug, Args)]
+/// Flags of `enroll`. `Debug` never prints the tokens.
+#[derive(Args)]
 pub struct EnrollArgs {
     /// One-time enrollment token from the connector's operator.
     #[arg(
@@ -323,6 +323,22 @@ pub struct EnrollArgs {
         hide_env_values = true
     )]
     pub identity_token: Option<String>,
+}
+
+impl std::fmt::Debug for EnrollArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollArgs")
+            .field("token", &"<hidden>")
+            .field("connector_url", &self.connector_url)
+            .field("gateway_id", &self.gateway_id)
+            .field("env_file", &self.env_file)
+            .field("wake_url", &self.wake_url)
+            .field(
+                "identity_token",
+                &self.identity_token.as_ref().map(|_| "<hidden>"),
+            )
+            .finish()
+    }
 }
 
 /// Trailing help of `dev`.
@@ -394,6 +410,23 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn enroll_debug_never_prints_the_tokens() {
+        let cli = Cli::try_parse_from([
+            "hermes-gateway",
+            "enroll",
+            "--token",
+            "enroll-secret",
+            "--identity-token",
+            "identity-secret",
+        ])
+        .expect("parses");
+        let shown = format!("{cli:?}");
+        assert!(shown.contains("EnrollArgs"), "{shown}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("<hidden>"), "{shown}");
     }
 
     #[test]

@@ -11,6 +11,10 @@ use crate::settings::Secret;
 /// Timeout of each call (§7.4: 15 s).
 pub const TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The most of a response body that is read. Credentials and error texts are
+/// tiny; a connector (or something posing as one) cannot make us buffer more.
+pub const MAX_BODY: usize = 64 * 1024;
+
 /// Credentials the connector issued.
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -33,8 +37,14 @@ pub enum ApiError {
     )]
     Unauthorized,
     /// HTTP 403, with the server's reason or the usual causes.
-    #[error("the connector refused the enrollment token (HTTP 403): {0}")]
-    Forbidden(String),
+    #[error("the connector refused the {credential} (HTTP 403): {reason}")]
+    Forbidden {
+        /// What was refused: the enrollment token (`enroll`) or the identity
+        /// token (provisioning).
+        credential: &'static str,
+        /// The server's reason, or the usual causes for this call.
+        reason: String,
+    },
     /// No connection, DNS failure, TLS failure, timeout.
     #[error("could not reach the connector at {endpoint}: {reason}")]
     Unreachable {
@@ -79,17 +89,19 @@ pub async fn request_credentials(
         .await
         .map_err(|e| unreachable(describe_reqwest_error(&e)))?;
     let status = response.status().as_u16();
-    let text = response
-        .text()
+    let text = read_bounded(response)
         .await
         .map_err(|e| unreachable(describe_reqwest_error(&e)))?;
     match status {
         200..=299 => parse_credentials(&text, requested_id),
         401 => Err(ApiError::Unauthorized),
-        403 => Err(ApiError::Forbidden(
-            server_error_text(&text)
-                .unwrap_or_else(|| "invalid, expired, already used, or tenant mismatch".to_owned()),
-        )),
+        403 => {
+            let (credential, usual) = forbidden_wording(endpoint);
+            Err(ApiError::Forbidden {
+                credential,
+                reason: server_error_text(&text).unwrap_or_else(|| usual.to_owned()),
+            })
+        }
         _ => Err(ApiError::Status {
             status,
             body: server_error_text(&text).unwrap_or_default(),
@@ -136,6 +148,35 @@ pub fn provision_body(
     body
 }
 
+/// What a 403 refused and its usual causes, by call: `enroll` presents an
+/// enrollment token, provisioning the identity token.
+fn forbidden_wording(endpoint: &str) -> (&'static str, &'static str) {
+    if endpoint.trim_end_matches('/').ends_with("/provision") {
+        (
+            "identity token",
+            "this identity may not provision a gateway here (tenant mismatch or not allowed)",
+        )
+    } else {
+        (
+            "enrollment token",
+            "invalid, expired, already used, or tenant mismatch",
+        )
+    }
+}
+
+/// The body as text, reading at most [`MAX_BODY`] bytes of it.
+async fn read_bounded(mut response: reqwest::Response) -> Result<String, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = MAX_BODY.saturating_sub(body.len());
+        body.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
+        if body.len() >= MAX_BODY {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
 fn parse_credentials(text: &str, requested_id: &str) -> Result<Credentials, ApiError> {
     let value: Value = serde_json::from_str(text).map_err(|_| ApiError::NoSecret)?;
     let field = |k: &str| {
@@ -146,11 +187,20 @@ fn parse_credentials(text: &str, requested_id: &str) -> Result<Credentials, ApiE
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
     };
-    let secret = field("secret").ok_or(ApiError::NoSecret)?;
+    // Secrets are used exactly as issued: a blank one is refused, but one
+    // with surrounding whitespace is not altered (it would no longer verify).
+    let secret_field = |k: &str| {
+        value
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.trim().is_empty())
+            .map(Secret::new)
+    };
+    let secret = secret_field("secret").ok_or(ApiError::NoSecret)?;
     Ok(Credentials {
         gateway_id: field("gatewayId").unwrap_or_else(|| requested_id.to_owned()),
-        secret: Secret::new(secret),
-        delivery_key: field("deliveryKey").map(Secret::new),
+        secret,
+        delivery_key: secret_field("deliveryKey"),
         tenant: field("tenant"),
     })
 }
@@ -209,6 +259,20 @@ mod tests {
         assert_eq!(c.secret.expose(), "s");
         assert_eq!(c.delivery_key.as_ref().map(Secret::expose), Some("d"));
         assert_eq!(c.tenant.as_deref(), Some("t"));
+        let c = parse_credentials(r#"{"secret":" s p "}"#, "gw").expect("parses");
+        assert_eq!(c.secret.expose(), " s p ", "a secret is never altered");
+    }
+
+    #[test]
+    fn a_403_names_the_credential_of_the_call() {
+        assert_eq!(
+            forbidden_wording("https://c.example/relay/enroll").0,
+            "enrollment token"
+        );
+        assert_eq!(
+            forbidden_wording("https://c.example/relay/provision").0,
+            "identity token"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// The default env file, `~/.hermes/.env`, when `HOME` is known.
@@ -180,19 +180,14 @@ pub fn update_file(path: &Path, updates: &[(&str, &str)]) -> io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| ".env".to_owned());
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let (tmp, mut f) = create_temp(&dir, &file_name)?;
     let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // A pre-existing temp file keeps its old mode: force 0600.
-        f.set_permissions(fs::Permissions::from_mode(0o600))?;
         f.write_all(new.as_bytes())?;
         f.sync_all()?;
-        fs::rename(&tmp, path)
+        drop(f);
+        fs::rename(&tmp, path)?;
+        // The rename is durable only once the directory entry is.
+        fs::File::open(&dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -200,9 +195,43 @@ pub fn update_file(path: &Path, updates: &[(&str, &str)]) -> io::Result<()> {
     result
 }
 
+/// Creates a fresh temp file beside the target: an unpredictable name,
+/// `O_CREAT|O_EXCL` (so an existing file or a planted symlink is never
+/// opened, let alone followed) and mode 0600 from the moment it exists.
+fn create_temp(dir: &Path, file_name: &str) -> io::Result<(PathBuf, fs::File)> {
+    let mut last = None;
+    for _ in 0..16 {
+        let tmp = dir.join(format!(".{file_name}.tmp-{:016x}", random_suffix()));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free temp file name")))
+}
+
+/// 64 random bits from std's per-process randomly keyed hasher, mixed with
+/// the time and pid: enough that a name cannot be guessed ahead of time.
+fn random_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn parses_comments_quotes_and_export() {
@@ -270,5 +299,21 @@ mod tests {
             .filter(|e| e.file_name() != ".env")
             .collect();
         assert!(leftovers.is_empty(), "temp file left behind: {leftovers:?}");
+    }
+
+    #[test]
+    fn update_file_never_writes_through_a_planted_symlink() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join(".env");
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, "untouched\n").expect("victim");
+        // The name an older, predictable scheme would have used.
+        let planted = tmp.path().join(format!(".env.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).expect("symlink");
+        update_file(&path, &[("SECRET", "s3")]).expect("written");
+        assert_eq!(fs::read_to_string(&victim).expect("read"), "untouched\n");
+        assert_eq!(fs::read_to_string(&path).expect("read"), "SECRET=s3\n");
+        let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

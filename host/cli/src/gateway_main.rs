@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use hermes_gateway_core::{Agent, ExitReason, Gateway, GatewayConfig, Metrics};
 use hermes_plugin_host::{LoadReport, PluginHost, PluginHostConfig};
-use hermes_transport::{RelayConfig, RelayLink};
+use hermes_transport::{LinkState, RelayConfig, RelayHandle, RelayLink};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -48,9 +48,28 @@ pub async fn serve_relay<A: Agent>(
     shutdown: CancellationToken,
 ) -> ExitReason {
     let (handle, inbound) = RelayLink::spawn(relay);
+    stop_when_revoked(&handle, &shutdown);
     Gateway::new(config, metrics)
         .run(handle, inbound, plugins, agent, shutdown)
         .await
+}
+
+/// A revoked link latches and keeps its inbound channel open (it only fails
+/// calls fast), so the gateway loop would serve nothing forever. With the
+/// relay disabled the process has nothing else to do: start the drain, after
+/// which [`Gateway::run`] reports `Revoked` (exit code 4, §6.2).
+pub fn stop_when_revoked(handle: &RelayHandle, shutdown: &CancellationToken) {
+    let mut state = handle.state();
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let revoked = tokio::select! {
+            () = shutdown.cancelled() => false,
+            r = state.wait_for(|s| matches!(s, LinkState::Revoked)) => r.is_ok(),
+        };
+        if revoked {
+            shutdown.cancel();
+        }
+    });
 }
 
 /// SIGTERM/SIGINT cancel `shutdown` (a graceful drain); a second one exits

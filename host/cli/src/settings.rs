@@ -158,6 +158,18 @@ impl EnvLayers {
             .map(String::as_str)
     }
 
+    /// The value of `key` from the highest layer where it is set and not
+    /// blank (untrimmed): a blank variable counts as unset and hides nothing
+    /// below it.
+    pub fn get_set(&self, key: &str) -> Option<&str> {
+        let set = |v: &&String| !v.trim().is_empty();
+        self.process
+            .get(key)
+            .filter(set)
+            .or_else(|| self.file.get(key).filter(set))
+            .map(String::as_str)
+    }
+
     /// The value of `key` when set and not blank, trimmed.
     pub fn get_nonblank(&self, key: &str) -> Option<&str> {
         self.get(key).map(str::trim).filter(|v| !v.is_empty())
@@ -369,17 +381,20 @@ fn nonblank(s: Option<&str>) -> Option<String> {
 }
 
 /// Normalizes a configured relay URL (§7.1: trimmed, trailing `/` removed)
-/// and checks its scheme.
+/// and checks its scheme. The scheme is lowercased (schemes are
+/// case-insensitive, but the dial-URL rules match them literally), so
+/// `HTTPS://relay.example` dials `wss://relay.example/relay`.
 pub fn normalize_relay_url(raw: &str) -> Result<String, SettingsError> {
-    let url = raw.trim().trim_end_matches('/').to_owned();
-    let lower = url.to_ascii_lowercase();
-    if ["http://", "https://", "ws://", "wss://"]
-        .iter()
-        .any(|s| lower.starts_with(s))
-    {
-        Ok(url)
-    } else {
-        Err(SettingsError::BadUrl(url))
+    let url = raw.trim().trim_end_matches('/');
+    let scheme = ["http://", "https://", "ws://", "wss://"]
+        .into_iter()
+        .find(|s| {
+            url.get(..s.len())
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(s))
+        });
+    match scheme {
+        Some(scheme) => Ok(format!("{scheme}{}", &url[scheme.len()..])),
+        None => Err(SettingsError::BadUrl(url.to_owned())),
     }
 }
 
@@ -412,9 +427,13 @@ impl Settings {
         default_gateway_id: &str,
     ) -> Result<Self, SettingsError> {
         let g = &config.gateway;
-        // Flag > environment (process, then env file) > config file.
+        // Flag > environment (process, then env file) > config file. A blank
+        // variable (`GATEWAY_RELAY_URL=`) counts as unset, so it cannot hide
+        // the config file's value.
         let pick = |env_key: &str, cfg: &Option<String>| -> Option<String> {
-            env.get(env_key).map(str::to_owned).or_else(|| cfg.clone())
+            env.get_set(env_key)
+                .map(str::to_owned)
+                .or_else(|| cfg.clone())
         };
 
         let url = nonblank(overrides.relay_url.as_deref())
@@ -602,6 +621,37 @@ mod tests {
         .expect("flag");
         assert_eq!(s.relay.url, "http://flag.example");
         assert_eq!(s.agent.spec, "openai:http://x");
+    }
+
+    #[test]
+    fn a_blank_variable_does_not_hide_a_lower_layer() {
+        let config = r#"
+            [gateway]
+            relay_url = "https://config.example"
+        "#;
+        let s = resolve(
+            &[
+                ("GATEWAY_RELAY_URL", ""),
+                ("GATEWAY_RELAY_ID", " "),
+                ("GATEWAY_RELAY_SECRET", "s3cret"),
+            ],
+            &[("GATEWAY_RELAY_ID", "file-id")],
+            config,
+            Overrides::default(),
+        )
+        .expect("resolves");
+        assert_eq!(s.relay.url, "https://config.example");
+        assert!(matches!(&s.relay.auth, RelayAuth::Pinned { id, .. } if id == "file-id"));
+    }
+
+    #[test]
+    fn an_upper_case_scheme_is_lowercased_so_it_dials_the_right_url() {
+        let url = normalize_relay_url(" HTTPS://Relay.Example/ ").expect("valid");
+        assert_eq!(url, "https://Relay.Example");
+        let dial = hermes_transport::RelayConfig::new(&url, Some("gw"), Some("s"), false)
+            .expect("transport accepts it");
+        assert_eq!(dial.dial_url(), "wss://Relay.Example/relay");
+        assert_eq!(normalize_relay_url("Ws://h").expect("valid"), "ws://h");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hermes_plugin_host::{Conversion, Outcome, PluginHost};
+use hermes_plugin_host::{Conversion, Outcome, PluginError, PluginHost};
 use hermes_protocol::action::{Action, ActionResult, Metadata};
 use hermes_protocol::descriptor::Descriptor;
 use hermes_protocol::forward::PassthroughForward;
@@ -23,7 +23,9 @@ impl Egress for RelayHandle {
     }
 
     async fn interrupt(&self, session_key: &str, reason: Option<&str>) {
-        if RelayHandle::interrupt(self, session_key, reason.map(str::to_owned)).await == SendOutcome::NotConnected {
+        if RelayHandle::interrupt(self, session_key, reason.map(str::to_owned)).await
+            == SendOutcome::NotConnected
+        {
             warn!(session_key, "interrupt not egressed: relay not connected");
         }
     }
@@ -38,14 +40,17 @@ impl Egress for RelayHandle {
     }
 
     fn descriptor(&self, platform: &str) -> Arc<Descriptor> {
-        self.descriptor_for(platform).unwrap_or_else(|| RelayHandle::descriptor(self))
+        self.descriptor_for(platform)
+            .unwrap_or_else(|| RelayHandle::descriptor(self))
     }
 }
 
 impl Relay for RelayHandle {
     async fn going_idle(&self, timeout: Duration) {
         match self.drain(timeout).await {
-            DrainReport::Acknowledged { waited } => info!(?waited, "connector acknowledged going_idle"),
+            DrainReport::Acknowledged { waited } => {
+                info!(?waited, "connector acknowledged going_idle")
+            }
             DrainReport::TimedOut => warn!(?timeout, "no going_idle_ack; draining anyway"),
             DrainReport::NotConnected => info!("not connected; nothing to tell the connector"),
         }
@@ -63,7 +68,35 @@ impl Relay for RelayHandle {
 impl Converter for PluginHost {
     async fn convert(&self, forward: &PassthroughForward) -> Converted {
         let conversion = PluginHost::convert(self, forward).await;
-        converted_from(conversion, forward.profile.as_deref())
+        converted_from(
+            conversion,
+            forward.profile.as_deref(),
+            self.limits().outer_timeout,
+        )
+    }
+}
+
+/// Whether a conversion failure is a condition of the host right now rather
+/// than of the forward: shutting down or no worker (`Unavailable`), pool or
+/// resources exhausted (`Instantiate`), the plugin sitting out a quarantine
+/// (`Quarantined`), or the host's outer timeout (`Timeout` after exactly
+/// `outer_timeout`: the job waited behind others, the guest's own epoch
+/// deadline did not fire). Such a forward is left unacked so the connector
+/// redelivers it. Everything else — traps, panics, the memory cap, bad
+/// output, the epoch deadline, no route, an incompatible plugin — fails the
+/// same way every time, so it is acked as a deliberate drop.
+pub fn is_transient(error: &PluginError, outer_timeout: Duration) -> bool {
+    match error {
+        PluginError::Unavailable(_)
+        | PluginError::Instantiate(_)
+        | PluginError::Quarantined { .. } => true,
+        PluginError::Timeout { after } => *after == outer_timeout,
+        PluginError::Trap { .. }
+        | PluginError::MemoryLimit { .. }
+        | PluginError::BadOutput(_)
+        | PluginError::Panic { .. }
+        | PluginError::NoRoute { .. }
+        | PluginError::Incompatible { .. } => false,
     }
 }
 
@@ -73,7 +106,14 @@ impl Converter for PluginHost {
 /// may carry capability material such as Slack's `response_url`, which the
 /// connector vaults itself: they are never copied onto outbound actions.
 /// Replies carry only the re-attached scope (relay-contract §5.6).
-pub fn converted_from(conversion: Conversion, profile: Option<&str>) -> Converted {
+///
+/// `outer_timeout` is the host's [`Limits::outer_timeout`](hermes_plugin_host::Limits),
+/// used to tell a transient failure from a deterministic one ([`is_transient`]).
+pub fn converted_from(
+    conversion: Conversion,
+    profile: Option<&str>,
+    outer_timeout: Duration,
+) -> Converted {
     let plugin = conversion.plugin.as_deref().unwrap_or("<no plugin>");
     match conversion.outcome {
         Outcome::Events(events) if !events.is_empty() => Converted::Events(
@@ -83,25 +123,93 @@ pub fn converted_from(conversion: Conversion, profile: Option<&str>) -> Converte
                     event: e.event,
                     route: match e.reply_route {
                         hermes_plugin_host::ReplyRoute::Send => ReplyRoute::Send,
-                        hermes_plugin_host::ReplyRoute::FollowUp { kind } => ReplyRoute::FollowUp { kind },
+                        hermes_plugin_host::ReplyRoute::FollowUp { kind } => {
+                            ReplyRoute::FollowUp { kind }
+                        }
                     },
                     metadata: Metadata::new(),
                     profile: profile.map(str::to_owned),
                 })
                 .collect(),
         ),
-        Outcome::Events(_) => {
-            Converted::Dropped { reason: ForwardDrop::Ignored, detail: format!("{plugin}: no events") }
-        }
-        Outcome::Ignored(reason) => {
-            Converted::Dropped { reason: ForwardDrop::Ignored, detail: format!("{plugin}: {reason}") }
-        }
+        Outcome::Events(_) => Converted::Dropped {
+            reason: ForwardDrop::Ignored,
+            detail: format!("{plugin}: no events"),
+        },
+        Outcome::Ignored(reason) => Converted::Dropped {
+            reason: ForwardDrop::Ignored,
+            detail: format!("{plugin}: {reason}"),
+        },
         Outcome::Rejected { kind, message } => Converted::Dropped {
             reason: ForwardDrop::Rejected,
             detail: format!("{plugin}: {}: {message}", kind.as_str()),
         },
-        Outcome::Failed(error) => {
-            Converted::Dropped { reason: ForwardDrop::Failed, detail: format!("{plugin}: {error}") }
+        Outcome::Failed(error) => Converted::Dropped {
+            reason: if is_transient(&error, outer_timeout) {
+                ForwardDrop::Deferred
+            } else {
+                ForwardDrop::Failed
+            },
+            detail: format!("{plugin}: {error}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUTER: Duration = Duration::from_secs(10);
+    const EPOCH: Duration = Duration::from_secs(2);
+
+    fn failed(error: PluginError) -> ForwardDrop {
+        let conversion = Conversion {
+            plugin: Some("p".to_owned()),
+            tenant: None,
+            outcome: Outcome::Failed(error),
+        };
+        match converted_from(conversion, None, OUTER) {
+            Converted::Dropped { reason, .. } => reason,
+            other => panic!("a failure converts to nothing, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn host_conditions_are_deferred_and_plugin_faults_are_dropped() {
+        let deferred = [
+            PluginError::Unavailable("shutting down".to_owned()),
+            PluginError::Instantiate("pool exhausted".to_owned()),
+            PluginError::Quarantined {
+                remaining: Duration::from_secs(5),
+            },
+            PluginError::Timeout { after: OUTER },
+        ];
+        for error in deferred {
+            let shown = error.to_string();
+            assert_eq!(failed(error), ForwardDrop::Deferred, "{shown}");
+        }
+        let dropped = [
+            PluginError::Trap {
+                message: "unreachable".to_owned(),
+                guest_output: String::new(),
+            },
+            PluginError::Timeout { after: EPOCH },
+            PluginError::MemoryLimit { limit: 1 },
+            PluginError::BadOutput("too many events".to_owned()),
+            PluginError::Panic {
+                message: "boom".to_owned(),
+            },
+            PluginError::NoRoute {
+                platform: "x".to_owned(),
+            },
+            PluginError::Incompatible {
+                plugin_version: "9.0.0".to_owned(),
+                host_version: "0.1.0".to_owned(),
+            },
+        ];
+        for error in dropped {
+            let shown = error.to_string();
+            assert_eq!(failed(error), ForwardDrop::Failed, "{shown}");
         }
     }
 }

@@ -25,7 +25,8 @@ pub trait Egress: Send + Sync + 'static {
 
     /// Fire-and-forget `interrupt` egress for `session_key` (a local `/stop`).
     /// Completes once the frame is queued (or there is no connection).
-    fn interrupt(&self, session_key: &str, reason: Option<&str>) -> impl Future<Output = ()> + Send;
+    fn interrupt(&self, session_key: &str, reason: Option<&str>)
+    -> impl Future<Output = ()> + Send;
 
     /// `inbound_ack` for a buffered delivery that was queued or deliberately
     /// dropped. Completes once the frame is queued (or there is no connection).
@@ -55,7 +56,9 @@ pub trait Relay: Egress {
 pub enum Converted {
     /// One or more events, each with its reply route and metadata.
     Events(Vec<Incoming>),
-    /// No event: the forward is dropped on purpose (and its `bufferId` acked).
+    /// No event: the forward is dropped on purpose and its `bufferId` acked,
+    /// except for [`ForwardDrop::Deferred`], which is left unacked so the
+    /// connector redelivers it.
     Dropped {
         /// Which counter the drop goes to.
         reason: ForwardDrop,

@@ -1,5 +1,6 @@
 //! The gateway loop: relay items in, turns out, graceful drain at the end.
 
+use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,12 +69,16 @@ impl Gateway {
 
     /// Serves `inbound` until `shutdown` fires or the link ends.
     ///
-    /// Events go straight to their sessions; forwards are converted first
-    /// (up to `conversions_in_flight` at once) and a forward that yields no
-    /// event is counted and its `bufferId` acked as a deliberate drop;
-    /// interrupts cancel their session's turn. On shutdown: `going_idle`
-    /// while inbound keeps being served, then no new turns, then running
-    /// turns get `drain_grace` before they are cancelled, then the link closes.
+    /// Events go straight to their sessions (waiting for queue room when a
+    /// queue is full, which backpressures the link); forwards are converted
+    /// first (up to `conversions_in_flight` at once) and a forward that
+    /// yields no event is counted and its `bufferId` acked as a deliberate
+    /// drop, unless the plugin host could not convert it right now
+    /// ([`ForwardDrop::Deferred`]: left unacked for redelivery); interrupts
+    /// cancel their session's turn. On shutdown (relay-contract §7.3): no new
+    /// turns first, then `going_idle` while interrupts keep being served and
+    /// racing deliveries stay unacked, then queued and running turns get
+    /// `drain_grace` before they are cancelled, then the link closes.
     pub async fn run<R, C, A>(
         self,
         relay: R,
@@ -87,10 +92,16 @@ impl Gateway {
         C: Converter,
         A: Agent,
     {
-        let sessions = Sessions::new(relay.clone(), agent, self.config.sessions.clone(), Arc::clone(&self.metrics));
+        let sessions = Sessions::new(
+            relay.clone(),
+            agent,
+            self.config.sessions.clone(),
+            Arc::clone(&self.metrics),
+        );
         let cap = self.config.conversions_in_flight.max(1);
         let mut conversions = FuturesOrdered::new();
-        let convert = |forward: hermes_protocol::forward::PassthroughForward, buffer_id: Option<String>| {
+        let convert = |forward: hermes_protocol::forward::PassthroughForward,
+                       buffer_id: Option<String>| {
             let converter = &converter;
             async move { (converter.convert(&forward).await, buffer_id) }
         };
@@ -101,32 +112,44 @@ impl Gateway {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break false,
-                Some(done) = conversions.next(), if !conversions.is_empty() => self.hand_off(&sessions, done).await,
+                Some(done) = conversions.next(), if !conversions.is_empty() => {
+                    unless_shutdown(&sessions, &shutdown, self.hand_off(&sessions, done)).await;
+                }
                 item = inbound.recv(), if conversions.len() < cap => match item {
                     Some(InboundItem::Forward { forward, buffer_id }) => {
                         if let Some((forward, buffer_id)) = self.forward_in(&sessions, forward, buffer_id).await {
                             conversions.push_back(convert(forward, buffer_id));
                         }
                     }
-                    Some(item) => self.handle(&sessions, item).await,
+                    Some(item) => unless_shutdown(&sessions, &shutdown, self.handle(&sessions, item)).await,
                     None => break true,
                 },
             }
         };
-        // Whatever was being converted is handed off before we stop.
-        while let Some(done) = conversions.next().await {
-            self.hand_off(&sessions, done).await;
-        }
 
         if link_ended {
+            // Whatever was being converted is handed off before we stop.
+            while let Some(done) = conversions.next().await {
+                self.hand_off(&sessions, done).await;
+            }
             let revoked = relay.is_revoked();
             let outcome = sessions.drain(self.config.drain_grace).await;
             info!(revoked, ?outcome, "relay link ended");
-            return if revoked { ExitReason::Revoked } else { ExitReason::LinkClosed };
+            return if revoked {
+                ExitReason::Revoked
+            } else {
+                ExitReason::LinkClosed
+            };
         }
 
-        // Draining (relay-contract §7.3): keep serving inbound that races
-        // `going_idle` until the connector acknowledges it.
+        // Draining (relay-contract §7.3): stop accepting new turns first, then
+        // `going_idle`. Deliveries racing the flip are left unacked (the
+        // connector redelivers them to whoever serves next); interrupts are
+        // still served; turns already queued were acked and still run.
+        sessions.stop_accepting();
+        // Forwards still converting were not acked: dropping them lets the
+        // connector redeliver them.
+        drop(conversions);
         info!("shutdown: asking the connector to buffer for us");
         {
             let mut idle = pin!(relay.going_idle(self.config.going_idle_timeout));
@@ -136,8 +159,9 @@ impl Gateway {
                     () = &mut idle => break,
                     item = inbound.recv() => match item {
                         Some(InboundItem::Forward { forward, buffer_id }) => {
-                            if let Some((forward, buffer_id)) = self.forward_in(&sessions, forward, buffer_id).await {
-                                self.hand_off(&sessions, convert(forward, buffer_id).await).await;
+                            if self.forward_in(&sessions, forward, buffer_id.clone()).await.is_some() {
+                                self.metrics.event_dropped(EventDrop::Draining);
+                                info!(buffer_id, "draining: forward not converted and not acked; the connector redelivers it");
                             }
                         }
                         Some(item) => self.handle(&sessions, item).await,
@@ -152,7 +176,11 @@ impl Gateway {
         let outcome = sessions.drain(self.config.drain_grace).await;
         info!(?outcome, "turns drained; closing the link");
         relay.close().await;
-        if relay.is_revoked() { ExitReason::Revoked } else { ExitReason::Shutdown(outcome) }
+        if relay.is_revoked() {
+            ExitReason::Revoked
+        } else {
+            ExitReason::Shutdown(outcome)
+        }
     }
 
     /// Counts a forward and filters replays of a delivery already handled
@@ -168,20 +196,32 @@ impl Gateway {
             && sessions.seen_recently(id)
         {
             self.metrics.event_dropped(EventDrop::Duplicate);
-            debug!(buffer_id = id, "replayed forward already handled; acking again");
+            debug!(
+                buffer_id = id,
+                "replayed forward already handled; acking again"
+            );
             sessions.egress().ack(id).await;
             return None;
         }
         Some((forward, buffer_id))
     }
 
-    async fn handle<E: crate::Egress, A: Agent>(&self, sessions: &Sessions<E, A>, item: InboundItem) {
+    async fn handle<E: crate::Egress, A: Agent>(
+        &self,
+        sessions: &Sessions<E, A>,
+        item: InboundItem,
+    ) {
         match item {
             InboundItem::Event { event, buffer_id } => {
                 self.metrics.event_in();
-                sessions.submit(vec![Incoming::inbound(event)], buffer_id.as_deref()).await;
+                sessions
+                    .submit(vec![Incoming::inbound(event)], buffer_id.as_deref())
+                    .await;
             }
-            InboundItem::Interrupt { session_key, chat_id } => sessions.interrupt(&session_key, &chat_id),
+            InboundItem::Interrupt {
+                session_key,
+                chat_id,
+            } => sessions.interrupt(&session_key, &chat_id),
             InboundItem::Forward { .. } => {
                 // Forwards are converted by the caller; reaching here is a bug
                 // in this loop, not in the input. Dropping unacked lets the
@@ -210,15 +250,46 @@ impl Gateway {
             Converted::Dropped { reason, detail } => {
                 self.metrics.forward_dropped(reason);
                 match reason {
-                    ForwardDrop::Ignored => debug!(buffer_id, detail, "forward ignored by its converter"),
+                    ForwardDrop::Ignored => {
+                        debug!(buffer_id, detail, "forward ignored by its converter")
+                    }
                     ForwardDrop::Rejected | ForwardDrop::Failed => {
                         warn!(buffer_id, detail, ?reason, "forward dropped")
+                    }
+                    ForwardDrop::Deferred => {
+                        // A host-side condition, not bad input: not acked (nor
+                        // remembered), so the connector redelivers it.
+                        warn!(
+                            buffer_id,
+                            detail, "forward not converted now; left unacked for redelivery"
+                        );
+                        return;
                     }
                 }
                 if let Some(id) = buffer_id {
                     sessions.egress().ack(id).await;
                 }
             }
+        }
+    }
+}
+
+/// Runs `work`, which may wait for queue room (backpressure). If shutdown
+/// fires meanwhile the sessions stop accepting, which ends the wait with the
+/// delivery unqueued and unacked, so shutdown is never held up by a full
+/// queue.
+async fn unless_shutdown<E: crate::Egress, A: Agent>(
+    sessions: &Sessions<E, A>,
+    shutdown: &CancellationToken,
+    work: impl Future<Output = ()>,
+) {
+    let mut work = pin!(work);
+    tokio::select! {
+        biased;
+        () = &mut work => {}
+        () = shutdown.cancelled() => {
+            sessions.stop_accepting();
+            work.await;
         }
     }
 }

@@ -54,7 +54,10 @@ pub use gateway::{ExitReason, Gateway, GatewayConfig};
 pub use metrics::{EventDrop, ForwardDrop, Metrics, MetricsSnapshot};
 pub use recent::RecentIds;
 pub use scope::{ChatScope, ScopeCache};
-pub use session::{DrainOutcome, Incoming, ReplyRoute, STOP_COMMAND, STOP_REASON, SessionConfig, Sessions, Submitted};
+pub use session::{
+    DrainOutcome, Incoming, ReplyRoute, STOP_COMMAND, STOP_REASON, SessionConfig, Sessions,
+    Submitted,
+};
 
 #[cfg(test)]
 mod tests;

@@ -13,29 +13,37 @@ pub enum ForwardDrop {
     Ignored,
     /// The converter or routing refused the request as invalid input.
     Rejected,
-    /// The converter trapped, timed out or otherwise failed.
+    /// The converter trapped, timed out or otherwise failed deterministically:
+    /// redelivering it would fail the same way, so it is acked.
     Failed,
+    /// The plugin host could not convert it right now (shutting down, pool
+    /// exhausted, plugin quarantined, overloaded): left unacked so the
+    /// connector redelivers it.
+    Deferred,
 }
 
 impl ForwardDrop {
-    const ALL: [ForwardDrop; 3] = [ForwardDrop::Ignored, ForwardDrop::Rejected, ForwardDrop::Failed];
+    const ALL: [ForwardDrop; 4] = [
+        ForwardDrop::Ignored,
+        ForwardDrop::Rejected,
+        ForwardDrop::Failed,
+        ForwardDrop::Deferred,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             ForwardDrop::Ignored => "ignored",
             ForwardDrop::Rejected => "rejected",
             ForwardDrop::Failed => "failed",
+            ForwardDrop::Deferred => "deferred",
         }
     }
 }
 
-/// Why an inbound event was dropped before it became a turn.
+/// Why an inbound event was dropped before it became a turn. A full queue
+/// is not a reason: it holds the delivery back (backpressure) instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventDrop {
-    /// The session's waiting queue was full; the newest event was refused.
-    SessionQueueFull,
-    /// The gateway-wide bound on waiting events was reached.
-    GatewayQueueFull,
     /// The gateway is draining and takes no new turns.
     Draining,
     /// The `bufferId` was seen recently: a replay after a reconnect.
@@ -45,9 +53,7 @@ pub enum EventDrop {
 }
 
 impl EventDrop {
-    const ALL: [EventDrop; 5] = [
-        EventDrop::SessionQueueFull,
-        EventDrop::GatewayQueueFull,
+    const ALL: [EventDrop; 3] = [
         EventDrop::Draining,
         EventDrop::Duplicate,
         EventDrop::Undecodable,
@@ -55,8 +61,6 @@ impl EventDrop {
 
     fn label(self) -> &'static str {
         match self {
-            EventDrop::SessionQueueFull => "session_queue_full",
-            EventDrop::GatewayQueueFull => "gateway_queue_full",
             EventDrop::Draining => "draining",
             EventDrop::Duplicate => "duplicate",
             EventDrop::Undecodable => "undecodable",
@@ -70,8 +74,9 @@ pub struct Metrics {
     events_in: AtomicU64,
     forwards_in: AtomicU64,
     forwards_converted: AtomicU64,
-    forward_drops: [AtomicU64; 3],
-    event_drops: [AtomicU64; 5],
+    forward_drops: [AtomicU64; 4],
+    event_drops: [AtomicU64; 3],
+    queue_full_waits: AtomicU64,
     interrupts_in: AtomicU64,
     stops_local: AtomicU64,
     turns_started: AtomicU64,
@@ -112,6 +117,11 @@ impl Metrics {
     /// An event was dropped before becoming a turn.
     pub fn event_dropped(&self, why: EventDrop) {
         bump(&self.event_drops[why as usize]);
+    }
+    /// A delivery had to wait for room in a full queue (the link is
+    /// backpressured meanwhile).
+    pub fn queue_full_wait(&self) {
+        bump(&self.queue_full_waits);
     }
     /// An `interrupt_inbound` arrived.
     pub fn interrupt_in(&self) {
@@ -160,8 +170,8 @@ impl Metrics {
             forwards_ignored: get(&self.forward_drops[ForwardDrop::Ignored as usize]),
             forwards_rejected: get(&self.forward_drops[ForwardDrop::Rejected as usize]),
             forwards_failed: get(&self.forward_drops[ForwardDrop::Failed as usize]),
-            dropped_session_queue_full: get(&self.event_drops[EventDrop::SessionQueueFull as usize]),
-            dropped_gateway_queue_full: get(&self.event_drops[EventDrop::GatewayQueueFull as usize]),
+            forwards_deferred: get(&self.forward_drops[ForwardDrop::Deferred as usize]),
+            queue_full_waits: get(&self.queue_full_waits),
             dropped_draining: get(&self.event_drops[EventDrop::Draining as usize]),
             dropped_duplicate: get(&self.event_drops[EventDrop::Duplicate as usize]),
             dropped_undecodable: get(&self.event_drops[EventDrop::Undecodable as usize]),
@@ -192,31 +202,64 @@ impl Metrics {
                 }
             }
         };
-        counter("hermes_gateway_events_in_total", "Inbound events received.", &[("", get(&self.events_in))]);
-        counter("hermes_gateway_forwards_in_total", "Passthrough forwards received.", &[("", get(&self.forwards_in))]);
+        counter(
+            "hermes_gateway_events_in_total",
+            "Inbound events received.",
+            &[("", get(&self.events_in))],
+        );
+        counter(
+            "hermes_gateway_forwards_in_total",
+            "Passthrough forwards received.",
+            &[("", get(&self.forwards_in))],
+        );
         counter(
             "hermes_gateway_forwards_converted_total",
             "Forwards converted into events.",
             &[("", get(&self.forwards_converted))],
         );
-        let forward_labels: Vec<String> =
-            ForwardDrop::ALL.iter().map(|d| format!("reason=\"{}\"", d.label())).collect();
+        let forward_labels: Vec<String> = ForwardDrop::ALL
+            .iter()
+            .map(|d| format!("reason=\"{}\"", d.label()))
+            .collect();
         let forward_samples: Vec<(&str, u64)> = ForwardDrop::ALL
             .iter()
             .zip(&forward_labels)
             .map(|(d, l)| (l.as_str(), get(&self.forward_drops[*d as usize])))
             .collect();
-        counter("hermes_gateway_forwards_dropped_total", "Forwards that produced no event.", &forward_samples);
-        let event_labels: Vec<String> =
-            EventDrop::ALL.iter().map(|d| format!("reason=\"{}\"", d.label())).collect();
+        counter(
+            "hermes_gateway_forwards_dropped_total",
+            "Forwards that produced no event.",
+            &forward_samples,
+        );
+        let event_labels: Vec<String> = EventDrop::ALL
+            .iter()
+            .map(|d| format!("reason=\"{}\"", d.label()))
+            .collect();
         let event_samples: Vec<(&str, u64)> = EventDrop::ALL
             .iter()
             .zip(&event_labels)
             .map(|(d, l)| (l.as_str(), get(&self.event_drops[*d as usize])))
             .collect();
-        counter("hermes_gateway_events_dropped_total", "Events dropped before becoming a turn.", &event_samples);
-        counter("hermes_gateway_interrupts_in_total", "Interrupts received from the relay.", &[("", get(&self.interrupts_in))]);
-        counter("hermes_gateway_stops_local_total", "User /stop messages handled locally.", &[("", get(&self.stops_local))]);
+        counter(
+            "hermes_gateway_events_dropped_total",
+            "Events dropped before becoming a turn.",
+            &event_samples,
+        );
+        counter(
+            "hermes_gateway_queue_full_waits_total",
+            "Deliveries that waited for room in a full queue (backpressure).",
+            &[("", get(&self.queue_full_waits))],
+        );
+        counter(
+            "hermes_gateway_interrupts_in_total",
+            "Interrupts received from the relay.",
+            &[("", get(&self.interrupts_in))],
+        );
+        counter(
+            "hermes_gateway_stops_local_total",
+            "User /stop messages handled locally.",
+            &[("", get(&self.stops_local))],
+        );
         counter(
             "hermes_gateway_turns_total",
             "Agent turns by stage.",
@@ -249,8 +292,8 @@ pub struct MetricsSnapshot {
     pub forwards_ignored: u64,
     pub forwards_rejected: u64,
     pub forwards_failed: u64,
-    pub dropped_session_queue_full: u64,
-    pub dropped_gateway_queue_full: u64,
+    pub forwards_deferred: u64,
+    pub queue_full_waits: u64,
     pub dropped_draining: u64,
     pub dropped_duplicate: u64,
     pub dropped_undecodable: u64,
@@ -277,9 +320,21 @@ mod tests {
         m.reply_ambiguous();
         let mut out = String::new();
         m.render_prometheus(&mut out);
-        assert!(out.contains("hermes_gateway_forwards_dropped_total{reason=\"rejected\"} 2\n"), "{out}");
-        assert!(out.contains("hermes_gateway_forwards_dropped_total{reason=\"ignored\"} 0\n"), "{out}");
-        assert!(out.contains("hermes_gateway_replies_total{outcome=\"ambiguous\"} 1\n"), "{out}");
-        assert!(out.contains("# TYPE hermes_gateway_turns_total counter\n"), "{out}");
+        assert!(
+            out.contains("hermes_gateway_forwards_dropped_total{reason=\"rejected\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("hermes_gateway_forwards_dropped_total{reason=\"ignored\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("hermes_gateway_replies_total{outcome=\"ambiguous\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# TYPE hermes_gateway_turns_total counter\n"),
+            "{out}"
+        );
     }
 }

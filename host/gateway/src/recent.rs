@@ -19,7 +19,11 @@ impl RecentIds {
     /// An empty memory holding at most `capacity` ids (at least one).
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
-        Self { capacity, order: VecDeque::with_capacity(capacity), members: HashSet::with_capacity(capacity) }
+        Self {
+            capacity,
+            order: VecDeque::with_capacity(capacity),
+            members: HashSet::with_capacity(capacity),
+        }
     }
 
     /// Whether `id` was inserted and not yet evicted.
@@ -61,7 +65,10 @@ mod tests {
     fn evicts_oldest_beyond_capacity() {
         let mut r = RecentIds::new(2);
         assert!(r.insert("a"));
-        assert!(!r.insert("a"), "second insert of the same id is a duplicate");
+        assert!(
+            !r.insert("a"),
+            "second insert of the same id is a duplicate"
+        );
         assert!(r.insert("b"));
         assert!(r.insert("c"));
         assert!(!r.contains("a"), "oldest id evicted");

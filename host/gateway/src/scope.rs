@@ -32,7 +32,12 @@ pub struct ScopeCache {
 impl ScopeCache {
     /// An empty cache remembering at most `capacity` chats (at least one).
     pub fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), tick: 0, entries: HashMap::new(), by_use: BTreeMap::new() }
+        Self {
+            capacity: capacity.max(1),
+            tick: 0,
+            entries: HashMap::new(),
+            by_use: BTreeMap::new(),
+        }
     }
 
     fn touch(&mut self, chat_id: &str) -> Option<&mut ChatScope> {
@@ -60,7 +65,8 @@ impl ScopeCache {
             {
                 self.entries.remove(&oldest);
             }
-            self.entries.insert(chat_id.to_owned(), (ChatScope::default(), self.tick));
+            self.entries
+                .insert(chat_id.to_owned(), (ChatScope::default(), self.tick));
             self.by_use.insert(self.tick, chat_id.to_owned());
         }
         if let Some((entry, _)) = self.entries.get_mut(chat_id) {
@@ -83,7 +89,9 @@ impl ScopeCache {
     /// when the caller did not set it. Never overwrites a key the caller set
     /// (even to null) and adds nothing for a chat never seen inbound.
     pub fn reattach(&mut self, chat_id: &str, metadata: &mut Map<String, Value>) {
-        let Some(known) = self.get(chat_id) else { return };
+        let Some(known) = self.get(chat_id) else {
+            return;
+        };
         if let Some(scope) = known.scope_id
             && !metadata.contains_key("scope_id")
             && !metadata.contains_key("guild_id")
@@ -127,7 +135,10 @@ mod tests {
         c.capture("c1", Some("g1"), Some("u1"));
         let mut md = Map::new();
         c.reattach("c1", &mut md);
-        assert_eq!(Value::Object(md), json!({"scope_id": "g1", "guild_id": "g1", "user_id": "u1"}));
+        assert_eq!(
+            Value::Object(md),
+            json!({"scope_id": "g1", "guild_id": "g1", "user_id": "u1"})
+        );
     }
 
     #[test]
@@ -136,7 +147,11 @@ mod tests {
         c.capture("c1", Some("g1"), Some("u1"));
         let mut md = map(json!({"guild_id": "mine", "user_id": null}));
         c.reattach("c1", &mut md);
-        assert_eq!(Value::Object(md), json!({"guild_id": "mine", "user_id": null}), "caller keys are left alone");
+        assert_eq!(
+            Value::Object(md),
+            json!({"guild_id": "mine", "user_id": null}),
+            "caller keys are left alone"
+        );
     }
 
     #[test]
@@ -153,7 +168,13 @@ mod tests {
         let mut c = ScopeCache::new(2);
         c.capture("a", Some("g1"), Some("u1"));
         c.capture("a", None, Some("u2"));
-        assert_eq!(c.get("a"), Some(ChatScope { scope_id: Some("g1".into()), user_id: Some("u2".into()) }));
+        assert_eq!(
+            c.get("a"),
+            Some(ChatScope {
+                scope_id: Some("g1".into()),
+                user_id: Some("u2".into())
+            })
+        );
         c.capture("b", Some("g2"), None);
         // `a` was used more recently than `b` (the get above, then b's insert; now touch a).
         assert!(c.get("a").is_some());

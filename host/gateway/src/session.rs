@@ -8,8 +8,11 @@
 //! [`CancellationToken`], so an interrupt stops exactly that turn.
 //!
 //! Buffered deliveries are acked only after every event they carried is in a
-//! queue (or deliberately dropped), and a bounded memory of recent
-//! `bufferId`s keeps a replay after a reconnect from running twice.
+//! queue, and a bounded memory of recent `bufferId`s keeps a replay after a
+//! reconnect from running twice. A full queue never drops anything: the
+//! delivery waits for room, which stops the gateway loop from reading the
+//! link, which stops the link reading the socket (relay-contract §7.2
+//! step 3: backpressure rather than drops).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,7 +22,7 @@ use hermes_protocol::action::{Action, ActionResult, Metadata};
 use hermes_protocol::event::MessageEvent;
 use hermes_protocol::session::{SessionKey, SessionKeySettings, session_key};
 use hermes_protocol::split::split_message;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -99,7 +102,12 @@ pub struct Incoming {
 impl Incoming {
     /// An event from an `inbound` frame: replies are `send`s, profile from its source.
     pub fn inbound(event: MessageEvent) -> Self {
-        Self { event, route: ReplyRoute::Send, metadata: Metadata::new(), profile: None }
+        Self {
+            event,
+            route: ReplyRoute::Send,
+            metadata: Metadata::new(),
+            profile: None,
+        }
     }
 }
 
@@ -108,9 +116,6 @@ impl Incoming {
 pub enum Submitted {
     /// Every event was queued or handled (a `/stop`); a `bufferId` was acked.
     Accepted,
-    /// At least one event was refused because a queue was full; the delivery
-    /// was acked anyway since dropping it was deliberate.
-    Overflowed,
     /// The `bufferId` was seen recently: acked again, nothing queued.
     Duplicate,
     /// The gateway is draining: nothing queued and nothing acked, so the
@@ -123,12 +128,18 @@ pub enum Submitted {
 pub enum DrainOutcome {
     /// Every queued and running turn finished within the grace period.
     Finished,
-    /// The grace period ran out; the remaining turns were cancelled.
+    /// The grace period ran out; the remaining turns (running and still
+    /// queued) were cancelled, and how many is logged.
     Cancelled,
 }
 
 struct Queued {
     incoming: Incoming,
+    /// Cancelled once the delivery's `inbound_ack` is queued on the link: the
+    /// turn waits for it, so the ack always goes out before any reply to the
+    /// delivery (and a connection lost right after a reply cannot have lost
+    /// the ack of the message it answered).
+    acked: Option<CancellationToken>,
 }
 
 #[derive(Default)]
@@ -156,6 +167,9 @@ struct Inner<E, A> {
     /// Parent of every turn token: cancelling it stops everything (drain).
     all_turns: CancellationToken,
     tasks: TaskTracker,
+    /// Woken whenever queue room frees up or accepting stops, for deliveries
+    /// waiting in [`Sessions::submit`].
+    room: Notify,
 }
 
 /// A poisoned lock only means another task panicked mid-update; the data is
@@ -171,7 +185,9 @@ pub struct Sessions<E, A> {
 
 impl<E, A> Clone for Sessions<E, A> {
     fn clone(&self) -> Self {
-        Self { inner: Arc::clone(&self.inner) }
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
     }
 }
 
@@ -194,8 +210,11 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             state: Mutex::new(state),
             all_turns: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            room: Notify::new(),
         };
-        Self { inner: Arc::new(inner) }
+        Self {
+            inner: Arc::new(inner),
+        }
     }
 
     /// The counters this layer updates.
@@ -210,66 +229,130 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
 
     /// The session key of `incoming` under the configured settings.
     pub fn key_of(&self, incoming: &Incoming) -> SessionKey {
-        session_key(&incoming.event.source, incoming.profile.as_deref(), &self.inner.config.session_keys)
+        session_key(
+            &incoming.event.source,
+            incoming.profile.as_deref(),
+            &self.inner.config.session_keys,
+        )
     }
 
     /// Hands the events of one delivery to their sessions, then acks
-    /// `buffer_id` (relay-contract §5.4): after every event is queued, or
-    /// deliberately dropped because a queue was full. A recently seen
-    /// `buffer_id` is acked again without queueing anything. While draining
-    /// nothing is queued and nothing is acked.
+    /// `buffer_id` (relay-contract §5.4) once every event is queued. A
+    /// recently seen `buffer_id` is acked again without queueing anything.
+    /// While draining nothing is queued and nothing is acked.
     ///
-    /// Never waits for a turn (only for the relay's writer queue); must be
-    /// called from within a tokio runtime.
+    /// When a queue the delivery needs is full (its session's, or the
+    /// gateway-wide bound), this waits until the whole delivery fits: nothing
+    /// is dropped and nothing is acked before it is queued. The wait ends
+    /// with [`Submitted::Draining`] if the layer stops accepting meanwhile.
+    /// Must be called from within a tokio runtime.
     pub async fn submit(&self, events: Vec<Incoming>, buffer_id: Option<&str>) -> Submitted {
         let inner = &self.inner;
-        let mut stops = Vec::new();
-        let outcome = {
-            let mut state = lock(&inner.state);
-            if let Some(id) = buffer_id
-                && state.recent.contains(id)
-            {
-                inner.metrics.event_dropped(EventDrop::Duplicate);
-                debug!(buffer_id = id, "replayed delivery already handled; acking again");
-                Submitted::Duplicate
-            } else if !state.accepting {
-                for _ in &events {
-                    inner.metrics.event_dropped(EventDrop::Draining);
-                }
-                info!(buffer_id, "draining: delivery not taken and not acked; the connector redelivers it");
-                return Submitted::Draining;
-            } else {
-                let mut outcome = Submitted::Accepted;
-                for incoming in events {
-                    let key = self.key_of(&incoming);
-                    self.capture_scope(&incoming.event);
-                    if incoming.event.text.trim() == STOP_COMMAND {
-                        self.stop_locally(&state, &key);
-                        stops.push(key);
-                        continue;
+        let keyed: Vec<(SessionKey, Incoming)> = events
+            .into_iter()
+            .map(|incoming| (self.key_of(&incoming), incoming))
+            .collect();
+        let need = room_needed(&keyed);
+        let acked = buffer_id.map(|_| CancellationToken::new());
+        let mut waited = false;
+        let stops = loop {
+            // Registered before looking, so room freed in between still wakes us.
+            let room = inner.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            // The lock is released at the end of this block, before any await.
+            let step = {
+                let mut state = lock(&inner.state);
+                if buffer_id.is_some_and(|id| state.recent.contains(id)) {
+                    Step::Duplicate
+                } else if !state.accepting {
+                    Step::Draining
+                } else if self.fits(&state, &need) {
+                    let mut stops = Vec::new();
+                    for (key, incoming) in keyed {
+                        self.capture_scope(&incoming.event);
+                        if is_stop(&incoming) {
+                            self.stop_locally(&state, &key);
+                            stops.push(key);
+                        } else {
+                            self.enqueue(&mut state, key, incoming, acked.clone());
+                        }
                     }
-                    if !self.enqueue(&mut state, key, incoming) {
-                        outcome = Submitted::Overflowed;
+                    if let Some(id) = buffer_id {
+                        state.recent.insert(id);
                     }
+                    break stops;
+                } else {
+                    Step::Full
                 }
-                if let Some(id) = buffer_id {
-                    state.recent.insert(id);
+            };
+            match step {
+                Step::Duplicate => {
+                    inner.metrics.event_dropped(EventDrop::Duplicate);
+                    debug!(buffer_id, "replayed delivery already handled; acking again");
+                    if let Some(id) = buffer_id {
+                        inner.egress.ack(id).await;
+                    }
+                    return Submitted::Duplicate;
                 }
-                outcome
+                Step::Draining => {
+                    for _ in &keyed {
+                        inner.metrics.event_dropped(EventDrop::Draining);
+                    }
+                    info!(
+                        buffer_id,
+                        "draining: delivery not taken and not acked; the connector redelivers it"
+                    );
+                    return Submitted::Draining;
+                }
+                Step::Full => {}
             }
+            if !waited {
+                waited = true;
+                inner.metrics.queue_full_wait();
+                info!(
+                    buffer_id,
+                    "queue full: holding the delivery (and the link) until there is room"
+                );
+            }
+            room.await;
         };
+        // Releases the queued turns however this function ends.
+        let _release = acked.map(CancellationToken::drop_guard);
         for key in stops {
-            inner.egress.interrupt(key.as_str(), Some(STOP_REASON)).await;
+            inner
+                .egress
+                .interrupt(key.as_str(), Some(STOP_REASON))
+                .await;
         }
         if let Some(id) = buffer_id {
             inner.egress.ack(id).await;
         }
-        outcome
+        Submitted::Accepted
+    }
+
+    /// Whether every session in `need` (and the gateway-wide bound) has room
+    /// for its share of a delivery. An empty queue always takes a delivery,
+    /// so one larger than a bound cannot wait forever.
+    fn fits(&self, state: &State, need: &[(SessionKey, usize)]) -> bool {
+        let config = &self.inner.config;
+        let total: usize = need.iter().map(|(_, n)| n).sum();
+        let total_fits = state.queued_total == 0
+            || state.queued_total.saturating_add(total) <= config.max_queued_total;
+        total_fits
+            && need.iter().all(|(key, n)| {
+                let waiting = state.sessions.get(key).map_or(0, |s| s.waiting.len());
+                waiting == 0 || waiting.saturating_add(*n) <= config.queue_per_session
+            })
     }
 
     fn capture_scope(&self, event: &MessageEvent) {
         let source = &event.source;
-        lock(&self.inner.scopes).capture(&source.chat_id, source.scope_id.as_deref(), source.user_id.as_deref());
+        lock(&self.inner.scopes).capture(
+            &source.chat_id,
+            source.scope_id.as_deref(),
+            source.user_id.as_deref(),
+        );
     }
 
     /// `/stop`: cancel the running turn here; the caller then egresses
@@ -280,32 +363,30 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
         if let Some(token) = running {
             token.cancel();
         }
-        info!(session_key = key.as_str(), cancelled = running.is_some(), "user /stop");
+        info!(
+            session_key = key.as_str(),
+            cancelled = running.is_some(),
+            "user /stop"
+        );
     }
 
-    /// Queues `incoming`, spawning the session's worker if it has none.
-    /// Returns false when a bound refused it (the newest message is dropped).
-    fn enqueue(&self, state: &mut State, key: SessionKey, incoming: Incoming) -> bool {
-        let config = &self.inner.config;
-        if state.queued_total >= config.max_queued_total {
-            self.inner.metrics.event_dropped(EventDrop::GatewayQueueFull);
-            warn!(session_key = key.as_str(), limit = config.max_queued_total, "gateway queue full: message dropped");
-            return false;
-        }
+    /// Queues `incoming`, spawning the session's worker if it has none. The
+    /// caller checked the bounds with [`fits`](Self::fits).
+    fn enqueue(
+        &self,
+        state: &mut State,
+        key: SessionKey,
+        incoming: Incoming,
+        acked: Option<CancellationToken>,
+    ) {
         let spawn_worker = !state.sessions.contains_key(&key);
         let session = state.sessions.entry(key.clone()).or_default();
-        if session.waiting.len() >= config.queue_per_session {
-            self.inner.metrics.event_dropped(EventDrop::SessionQueueFull);
-            warn!(session_key = key.as_str(), limit = config.queue_per_session, "session queue full: newest message dropped");
-            return false;
-        }
-        session.waiting.push_back(Queued { incoming });
+        session.waiting.push_back(Queued { incoming, acked });
         state.queued_total += 1;
         if spawn_worker {
             let this = self.clone();
             self.inner.tasks.spawn(async move { this.work(key).await });
         }
-        true
     }
 
     /// The worker of one session: runs its turns in order until the queue is empty.
@@ -326,7 +407,9 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             };
             let (queued, cancel) = {
                 let mut state = lock(&inner.state);
-                let Some(session) = state.sessions.get_mut(&key) else { return };
+                let Some(session) = state.sessions.get_mut(&key) else {
+                    return;
+                };
                 let Some(queued) = session.waiting.pop_front() else {
                     // Empty: the session goes idle and this worker ends. A
                     // later event finds no entry and spawns a fresh worker.
@@ -338,6 +421,10 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
                 state.queued_total = state.queued_total.saturating_sub(1);
                 (queued, cancel)
             };
+            inner.room.notify_waiters();
+            if let Some(acked) = &queued.acked {
+                acked.cancelled().await;
+            }
             self.run_turn(&key, queued.incoming, cancel).await;
             if let Some(session) = lock(&inner.state).sessions.get_mut(&key) {
                 session.running = None;
@@ -345,7 +432,8 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
         }
     }
 
-    /// Drops whatever still waits in `key`'s queue (drain cancelled it).
+    /// Drops whatever still waits in `key`'s queue: only when the drain's
+    /// grace period ran out (the count is logged by [`drain`](Self::drain)).
     fn abandon(&self, key: &SessionKey) {
         let mut state = lock(&self.inner.state);
         if let Some(session) = state.sessions.remove(key) {
@@ -354,6 +442,8 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
                 self.inner.metrics.turn_cancelled();
             }
         }
+        drop(state);
+        self.inner.room.notify_waiters();
     }
 
     async fn run_turn(&self, key: &SessionKey, incoming: Incoming, cancel: CancellationToken) {
@@ -361,17 +451,29 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
         inner.metrics.turn_started();
         let chat_id = incoming.event.source.chat_id.clone();
         let descriptor = inner.egress.descriptor(&incoming.event.source.platform);
-        let turn = TurnInput { session_key: key.clone(), event: incoming.event };
+        let turn = TurnInput {
+            session_key: key.clone(),
+            event: incoming.event,
+        };
 
         // Typing runs alongside the agent but never delays the reply: once the
         // agent answers, an unfinished typing request is simply dropped.
         let typing = async {
             if descriptor.supports_op("typing") && !chat_id.is_empty() {
                 let metadata = self.metadata_for(&chat_id, &incoming.metadata);
-                let result =
-                    inner.egress.request(Action::Typing { chat_id: chat_id.clone(), content: None, metadata }).await;
+                let result = inner
+                    .egress
+                    .request(Action::Typing {
+                        chat_id: chat_id.clone(),
+                        content: None,
+                        metadata,
+                    })
+                    .await;
                 if !result.success {
-                    debug!(error = result.error.as_deref().unwrap_or(""), "typing indicator failed");
+                    debug!(
+                        error = result.error.as_deref().unwrap_or(""),
+                        "typing indicator failed"
+                    );
                 }
             }
             std::future::pending::<()>().await;
@@ -414,11 +516,19 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             }
         };
         if text.is_empty() {
-            debug!(session_key = key.as_str(), "agent answered nothing; no reply sent");
+            debug!(
+                session_key = key.as_str(),
+                "agent answered nothing; no reply sent"
+            );
             return;
         }
 
-        let chunks = split_message(&text, descriptor.max_message_length, descriptor.len_unit, descriptor.code_blocks());
+        let chunks = split_message(
+            &text,
+            descriptor.max_message_length,
+            descriptor.len_unit,
+            descriptor.code_blocks(),
+        );
         for chunk in chunks {
             if cancel.is_cancelled() {
                 inner.metrics.turn_cancelled();
@@ -458,7 +568,10 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             true
         } else if result.ambiguous {
             metrics.reply_ambiguous();
-            warn!(session_key = key.as_str(), op, error, "reply outcome unknown; not retried (it may have been delivered)");
+            warn!(
+                session_key = key.as_str(),
+                op, error, "reply outcome unknown; not retried (it may have been delivered)"
+            );
             false
         } else {
             metrics.reply_failed();
@@ -480,14 +593,17 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
         let inner = &self.inner;
         inner.metrics.interrupt_in();
         let key = SessionKey::from_wire(session_key.to_owned());
+        // Only a turn not yet cancelled is cancelled (and its typing cleared):
+        // a flood of interrupts for one session spawns one clearing task, not
+        // one per frame.
         let cancelled = {
             let state = lock(&inner.state);
             match state.sessions.get(&key).and_then(|s| s.running.as_ref()) {
-                Some(token) => {
+                Some(token) if !token.is_cancelled() => {
                     token.cancel();
                     true
                 }
-                None => false,
+                _ => false,
             }
         };
         info!(session_key, cancelled, "interrupt from the relay");
@@ -502,20 +618,29 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
                     let _ = this
                         .inner
                         .egress
-                        .request(Action::Typing { chat_id, content: Some(String::new()), metadata })
+                        .request(Action::Typing {
+                            chat_id,
+                            content: Some(String::new()),
+                            metadata,
+                        })
                         .await;
                 });
             }
         }
     }
 
-    /// Stops taking new turns: later deliveries are neither queued nor acked.
+    /// Stops taking new turns: later deliveries are neither queued nor acked,
+    /// and a delivery waiting for queue room gives up unacked. Turns already
+    /// queued (and acked) still run.
     pub fn stop_accepting(&self) {
         lock(&self.inner.state).accepting = false;
+        self.inner.room.notify_waiters();
     }
 
     /// Stops taking new turns, lets queued and running turns finish for up to
-    /// `grace`, then cancels whatever is left and waits for it to wind down.
+    /// `grace` (queued turns were acked, so they are run, not discarded), then
+    /// cancels whatever is left, logs how much that was, and waits for it to
+    /// wind down.
     pub async fn drain(&self, grace: Duration) -> DrainOutcome {
         self.stop_accepting();
         let tasks = &self.inner.tasks;
@@ -523,7 +648,21 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
         if tokio::time::timeout(grace, tasks.wait()).await.is_ok() {
             return DrainOutcome::Finished;
         }
-        warn!(?grace, "drain grace period over; cancelling the remaining turns");
+        let (running, queued) = {
+            let state = lock(&self.inner.state);
+            let running = state
+                .sessions
+                .values()
+                .filter(|s| s.running.is_some())
+                .count();
+            (running, state.queued_total)
+        };
+        warn!(
+            ?grace,
+            running,
+            queued,
+            "drain grace period over; cancelling the remaining turns, including acked ones still queued"
+        );
         self.inner.all_turns.cancel();
         tasks.wait().await;
         DrainOutcome::Cancelled
@@ -543,6 +682,34 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
     pub fn queued(&self) -> usize {
         lock(&self.inner.state).queued_total
     }
+}
+
+/// What [`Sessions::submit`] found when it looked at the state.
+enum Step {
+    Duplicate,
+    Draining,
+    Full,
+}
+
+/// Whether `incoming` is a user's `/stop` (handled at once, never queued).
+fn is_stop(incoming: &Incoming) -> bool {
+    incoming.event.text.trim() == STOP_COMMAND
+}
+
+/// How many queue places each session needs for a delivery (`/stop`s take
+/// none).
+fn room_needed(keyed: &[(SessionKey, Incoming)]) -> Vec<(SessionKey, usize)> {
+    let mut need: Vec<(SessionKey, usize)> = Vec::new();
+    for (key, incoming) in keyed {
+        if is_stop(incoming) {
+            continue;
+        }
+        match need.iter_mut().find(|(k, _)| k == key) {
+            Some((_, n)) => *n += 1,
+            None => need.push((key.clone(), 1)),
+        }
+    }
+    need
 }
 
 /// The platform part of a session key (`agent:<ns>:<platform>:…`), used to

@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{Agent, AgentError, TurnInput};
 use crate::egress::{Converted, Converter, Egress, Relay};
 use crate::metrics::{ForwardDrop, Metrics};
-use crate::session::{DrainOutcome, Incoming, ReplyRoute, STOP_REASON, SessionConfig, Sessions, Submitted};
+use crate::session::{
+    DrainOutcome, Incoming, ReplyRoute, STOP_REASON, SessionConfig, Sessions, Submitted,
+};
 use crate::{ExitReason, Gateway, GatewayConfig};
 
 const SAFETY: Duration = Duration::from_secs(10);
@@ -39,6 +41,10 @@ struct FakeRelayInner {
     descriptor: Mutex<Arc<Descriptor>>,
     /// Scripted results for requests, in order; `ok` when empty.
     results: Mutex<Vec<ActionResult>>,
+    /// When set, `going_idle` waits for a permit (the connector is slow to ack).
+    idle_gate: Mutex<Option<Arc<Semaphore>>>,
+    /// Scheduler yields before an ack is recorded (a busy writer queue).
+    slow_acks: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -51,6 +57,8 @@ impl FakeRelay {
             out,
             descriptor: Mutex::new(Arc::new(Descriptor::placeholder("relay"))),
             results: Mutex::new(Vec::new()),
+            idle_gate: Mutex::new(None),
+            slow_acks: std::sync::atomic::AtomicBool::new(false),
         };
         (Self(Arc::new(inner)), rx)
     }
@@ -72,12 +80,24 @@ impl Egress for FakeRelay {
     async fn request(&self, action: Action) -> ActionResult {
         self.record(Out::Request(action));
         let mut results = self.0.results.lock().expect("lock");
-        if results.is_empty() { ActionResult::ok(Some("m1".into())) } else { results.remove(0) }
+        if results.is_empty() {
+            ActionResult::ok(Some("m1".into()))
+        } else {
+            results.remove(0)
+        }
     }
     async fn interrupt(&self, session_key: &str, reason: Option<&str>) {
-        self.record(Out::Interrupt(session_key.to_owned(), reason.map(str::to_owned)));
+        self.record(Out::Interrupt(
+            session_key.to_owned(),
+            reason.map(str::to_owned),
+        ));
     }
     async fn ack(&self, buffer_id: &str) {
+        if self.0.slow_acks.load(std::sync::atomic::Ordering::Relaxed) {
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+        }
         self.record(Out::Ack(buffer_id.to_owned()));
     }
     fn descriptor(&self, _platform: &str) -> Arc<Descriptor> {
@@ -88,6 +108,10 @@ impl Egress for FakeRelay {
 impl Relay for FakeRelay {
     async fn going_idle(&self, _timeout: Duration) {
         self.record(Out::GoingIdle);
+        let gate = self.0.idle_gate.lock().expect("lock").clone();
+        if let Some(gate) = gate {
+            let _ = gate.acquire().await;
+        }
     }
     async fn close(&self) {
         self.record(Out::Closed);
@@ -126,11 +150,23 @@ fn gate_agent() -> (GateAgent, GateProbe) {
         running: Arc::default(),
         max_per_session: Arc::clone(&max),
     };
-    (agent, GateProbe { started: s_rx, cancelled: c_rx, release, max_per_session: max })
+    (
+        agent,
+        GateProbe {
+            started: s_rx,
+            cancelled: c_rx,
+            release,
+            max_per_session: max,
+        },
+    )
 }
 
 impl Agent for GateAgent {
-    async fn respond(&self, turn: &TurnInput, cancel: CancellationToken) -> Result<String, AgentError> {
+    async fn respond(
+        &self,
+        turn: &TurnInput,
+        cancel: CancellationToken,
+    ) -> Result<String, AgentError> {
         let key = turn.session_key.as_str().to_owned();
         {
             let mut running = self.running.lock().expect("lock");
@@ -178,7 +214,10 @@ impl Drop for Unfinished {
 }
 
 async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
-    tokio::time::timeout(SAFETY, rx.recv()).await.expect("timed out waiting").expect("channel open")
+    tokio::time::timeout(SAFETY, rx.recv())
+        .await
+        .expect("timed out waiting")
+        .expect("channel open")
 }
 
 /// The next observed request, skipping typing indicators.
@@ -193,7 +232,10 @@ async fn next_reply(rx: &mut mpsc::UnboundedReceiver<Out>) -> Action {
 }
 
 fn event(chat: &str, user: &str, text: &str) -> MessageEvent {
-    let mut e = MessageEvent { text: text.to_owned(), ..MessageEvent::default() };
+    let mut e = MessageEvent {
+        text: text.to_owned(),
+        ..MessageEvent::default()
+    };
     e.source.platform = "discord".to_owned();
     e.source.chat_type = "dm".to_owned();
     e.source.chat_id = chat.to_owned();
@@ -205,7 +247,11 @@ fn event(chat: &str, user: &str, text: &str) -> MessageEvent {
 fn sessions_with(
     agent: GateAgent,
     config: SessionConfig,
-) -> (Sessions<FakeRelay, GateAgent>, FakeRelay, mpsc::UnboundedReceiver<Out>) {
+) -> (
+    Sessions<FakeRelay, GateAgent>,
+    FakeRelay,
+    mpsc::UnboundedReceiver<Out>,
+) {
     let (relay, rx) = FakeRelay::new();
     let sessions = Sessions::new(relay.clone(), agent, config, Arc::new(Metrics::new()));
     (sessions, relay, rx)
@@ -223,7 +269,12 @@ async fn one_turn_per_session_in_fifo_order() {
     let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
     no_typing(&relay);
     for text in ["a", "b", "c"] {
-        assert_eq!(sessions.submit(vec![Incoming::inbound(event("c1", "u1", text))], None).await, Submitted::Accepted);
+        assert_eq!(
+            sessions
+                .submit(vec![Incoming::inbound(event("c1", "u1", text))], None)
+                .await,
+            Submitted::Accepted
+        );
     }
     let mut order = Vec::new();
     for _ in 0..3 {
@@ -233,7 +284,11 @@ async fn one_turn_per_session_in_fifo_order() {
         assert!(matches!(reply, Action::Send { .. }), "{reply:?}");
     }
     assert_eq!(order, ["a", "b", "c"], "turns run in arrival order");
-    assert_eq!(*probe.max_per_session.lock().expect("lock"), 1, "never two turns of one session at once");
+    assert_eq!(
+        *probe.max_per_session.lock().expect("lock"),
+        1,
+        "never two turns of one session at once"
+    );
     assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
     assert_eq!(sessions.active_sessions(), 0, "idle sessions are forgotten");
 }
@@ -242,10 +297,17 @@ async fn one_turn_per_session_in_fifo_order() {
 async fn different_sessions_run_in_parallel() {
     let (agent, mut probe) = gate_agent();
     let (sessions, _relay, _out) = sessions_with(agent, SessionConfig::default());
-    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "x"))], None).await;
-    sessions.submit(vec![Incoming::inbound(event("c2", "u2", "y"))], None).await;
+    sessions
+        .submit(vec![Incoming::inbound(event("c1", "u1", "x"))], None)
+        .await;
+    sessions
+        .submit(vec![Incoming::inbound(event("c2", "u2", "y"))], None)
+        .await;
     // Both start while nothing was released: they run at the same time.
-    let mut started = [next(&mut probe.started).await.1, next(&mut probe.started).await.1];
+    let mut started = [
+        next(&mut probe.started).await.1,
+        next(&mut probe.started).await.1,
+    ];
     started.sort();
     assert_eq!(started, ["x", "y"]);
 }
@@ -253,12 +315,22 @@ async fn different_sessions_run_in_parallel() {
 #[tokio::test]
 async fn concurrent_turns_are_bounded_overall() {
     let (agent, mut probe) = gate_agent();
-    let config = SessionConfig { max_concurrent_turns: 1, ..SessionConfig::default() };
+    let config = SessionConfig {
+        max_concurrent_turns: 1,
+        ..SessionConfig::default()
+    };
     let (sessions, _relay, _out) = sessions_with(agent, config);
-    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "x"))], None).await;
-    sessions.submit(vec![Incoming::inbound(event("c2", "u2", "y"))], None).await;
+    sessions
+        .submit(vec![Incoming::inbound(event("c1", "u1", "x"))], None)
+        .await;
+    sessions
+        .submit(vec![Incoming::inbound(event("c2", "u2", "y"))], None)
+        .await;
     let first = next(&mut probe.started).await.1;
-    assert!(probe.started.try_recv().is_err(), "second session waits for a slot");
+    assert!(
+        probe.started.try_recv().is_err(),
+        "second session waits for a slot"
+    );
     probe.release.add_permits(1);
     let second = next(&mut probe.started).await.1;
     assert_ne!(first, second);
@@ -269,16 +341,35 @@ async fn ack_follows_queueing_and_replays_are_acked_not_rerun() {
     let (agent, mut probe) = gate_agent();
     let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
     no_typing(&relay);
-    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "first"))], Some("b0")).await;
+    sessions
+        .submit(
+            vec![Incoming::inbound(event("c1", "u1", "first"))],
+            Some("b0"),
+        )
+        .await;
     assert_eq!(next(&mut out).await, Out::Ack("b0".into()));
     next(&mut probe.started).await;
     // The session is busy: the next delivery is queued, and acked only then.
-    let submitted = sessions.submit(vec![Incoming::inbound(event("c1", "u1", "second"))], Some("b1")).await;
+    let submitted = sessions
+        .submit(
+            vec![Incoming::inbound(event("c1", "u1", "second"))],
+            Some("b1"),
+        )
+        .await;
     assert_eq!(submitted, Submitted::Accepted);
     assert_eq!(next(&mut out).await, Out::Ack("b1".into()));
-    assert_eq!(sessions.queued(), 1, "acked delivery is waiting in its session queue");
+    assert_eq!(
+        sessions.queued(),
+        1,
+        "acked delivery is waiting in its session queue"
+    );
     // A replay after a reconnect: acked again, not queued again.
-    let replay = sessions.submit(vec![Incoming::inbound(event("c1", "u1", "second"))], Some("b1")).await;
+    let replay = sessions
+        .submit(
+            vec![Incoming::inbound(event("c1", "u1", "second"))],
+            Some("b1"),
+        )
+        .await;
     assert_eq!(replay, Submitted::Duplicate);
     assert_eq!(next(&mut out).await, Out::Ack("b1".into()));
     assert_eq!(sessions.queued(), 1);
@@ -288,26 +379,178 @@ async fn ack_follows_queueing_and_replays_are_acked_not_rerun() {
     assert_eq!((m.turns_started, m.dropped_duplicate), (2, 1));
 }
 
-#[tokio::test]
-async fn overflow_drops_newest_but_still_acks() {
+/// Waits (bounded) until `cond` holds; for states with no event to await.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let polled = async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(SAFETY, polled)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+fn acks(out: &mut mpsc::UnboundedReceiver<Out>) -> Vec<String> {
+    let mut acks = Vec::new();
+    while let Ok(o) = out.try_recv() {
+        if let Out::Ack(id) = o {
+            acks.push(id);
+        }
+    }
+    acks
+}
+
+/// A full queue holds the delivery back (and with it the link) instead of
+/// dropping it: it is neither acked nor remembered until it is queued, then
+/// it runs.
+async fn full_queue_waits(config: SessionConfig, chats: [&str; 3]) {
     let (agent, mut probe) = gate_agent();
-    let config = SessionConfig { queue_per_session: 1, ..SessionConfig::default() };
     let (sessions, relay, mut out) = sessions_with(agent, config);
     no_typing(&relay);
-    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "run"))], None).await;
+    sessions
+        .submit(vec![Incoming::inbound(event(chats[0], "u1", "run"))], None)
+        .await;
     next(&mut probe.started).await;
-    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "wait"))], None).await;
-    let over = sessions.submit(vec![Incoming::inbound(event("c1", "u1", "over"))], Some("b9")).await;
-    assert_eq!(over, Submitted::Overflowed);
-    assert_eq!(next(&mut out).await, Out::Ack("b9".into()), "a deliberate drop is acked");
+    sessions
+        .submit(vec![Incoming::inbound(event(chats[1], "u1", "wait"))], None)
+        .await;
+    let waiting = {
+        let sessions = sessions.clone();
+        let chat = chats[2].to_owned();
+        tokio::spawn(async move {
+            sessions
+                .submit(
+                    vec![Incoming::inbound(event(&chat, "u1", "over"))],
+                    Some("b9"),
+                )
+                .await
+        })
+    };
+    until("the delivery to wait for room", || {
+        sessions.metrics().snapshot().queue_full_waits == 1
+    })
+    .await;
+    assert!(
+        !waiting.is_finished(),
+        "the delivery waits while the queue is full"
+    );
+    assert_eq!(
+        acks(&mut out),
+        Vec::<String>::new(),
+        "nothing acked before it is queued"
+    );
+    assert!(
+        !sessions.seen_recently("b9"),
+        "not remembered before it is queued"
+    );
+
+    // The running turn ends, the queued one starts: room for the waiting one.
+    probe.release.add_permits(1);
+    let submitted = tokio::time::timeout(SAFETY, waiting)
+        .await
+        .expect("the delivery is taken once there is room")
+        .expect("no panic");
+    assert_eq!(submitted, Submitted::Accepted);
+    assert!(sessions.seen_recently("b9"));
     probe.release.add_permits(2);
-    let mut texts = vec![next(&mut probe.started).await.1];
     assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
+    let mut texts = vec!["run".to_owned()];
     while let Ok((_, t)) = probe.started.try_recv() {
         texts.push(t);
     }
-    assert_eq!(texts, ["wait"], "the newest message was the one dropped");
-    assert_eq!(sessions.metrics().snapshot().dropped_session_queue_full, 1);
+    assert_eq!(texts, ["run", "wait", "over"], "nothing was dropped");
+    assert_eq!(acks(&mut out), ["b9"]);
+}
+
+#[tokio::test]
+async fn a_full_session_queue_holds_the_delivery_unacked_until_there_is_room() {
+    let config = SessionConfig {
+        queue_per_session: 1,
+        ..SessionConfig::default()
+    };
+    full_queue_waits(config, ["c1", "c1", "c1"]).await;
+}
+
+#[tokio::test]
+async fn a_full_gateway_queue_holds_the_delivery_unacked_until_there_is_room() {
+    let config = SessionConfig {
+        max_queued_total: 1,
+        max_concurrent_turns: 1,
+        ..SessionConfig::default()
+    };
+    full_queue_waits(config, ["c1", "c2", "c3"]).await;
+}
+
+#[tokio::test]
+async fn a_delivery_waiting_for_room_gives_up_unacked_when_accepting_stops() {
+    let (agent, mut probe) = gate_agent();
+    let config = SessionConfig {
+        queue_per_session: 1,
+        ..SessionConfig::default()
+    };
+    let (sessions, relay, mut out) = sessions_with(agent, config);
+    no_typing(&relay);
+    for text in ["run", "wait"] {
+        sessions
+            .submit(vec![Incoming::inbound(event("c1", "u1", text))], None)
+            .await;
+    }
+    next(&mut probe.started).await;
+    let waiting = {
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            sessions
+                .submit(
+                    vec![Incoming::inbound(event("c1", "u1", "over"))],
+                    Some("b9"),
+                )
+                .await
+        })
+    };
+    until("the delivery to wait for room", || {
+        sessions.metrics().snapshot().queue_full_waits == 1
+    })
+    .await;
+    sessions.stop_accepting();
+    let submitted = tokio::time::timeout(SAFETY, waiting)
+        .await
+        .expect("stopping ends the wait")
+        .expect("no panic");
+    assert_eq!(submitted, Submitted::Draining);
+    // The acked queued turn still runs during the drain.
+    probe.release.add_permits(2);
+    assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
+    assert_eq!(next(&mut probe.started).await.1, "wait");
+    assert_eq!(acks(&mut out), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn an_interrupt_flood_clears_typing_once() {
+    let (agent, mut probe) = gate_agent();
+    // The placeholder descriptor lists `typing`.
+    let (sessions, _relay, mut out) = sessions_with(agent, SessionConfig::default());
+    let first = Incoming::inbound(event("c1", "u1", "long"));
+    let key = sessions.key_of(&first);
+    sessions.submit(vec![first], None).await;
+    next(&mut probe.started).await;
+    for _ in 0..50 {
+        sessions.interrupt(key.as_str(), "c1");
+    }
+    assert_eq!(next(&mut probe.cancelled).await, "long");
+    assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
+    let mut clears = 0;
+    while let Ok(o) = out.try_recv() {
+        if let Out::Request(Action::Typing {
+            content: Some(c), ..
+        }) = &o
+        {
+            assert!(c.is_empty(), "{o:?}");
+            clears += 1;
+        }
+    }
+    assert_eq!(clears, 1, "one typing clear for one cancelled turn");
+    assert_eq!(sessions.metrics().snapshot().interrupts_in, 50);
 }
 
 #[tokio::test]
@@ -318,21 +561,31 @@ async fn interrupt_cancels_only_its_session() {
     let a = Incoming::inbound(event("ca", "u1", "a"));
     let key_a = sessions.key_of(&a);
     sessions.submit(vec![a], None).await;
-    sessions.submit(vec![Incoming::inbound(event("cb", "u2", "b"))], None).await;
+    sessions
+        .submit(vec![Incoming::inbound(event("cb", "u2", "b"))], None)
+        .await;
     next(&mut probe.started).await;
     next(&mut probe.started).await;
     sessions.interrupt("agent:main:discord:dm:unknown", "unknown");
-    assert!(probe.cancelled.try_recv().is_err(), "unknown key is a no-op");
+    assert!(
+        probe.cancelled.try_recv().is_err(),
+        "unknown key is a no-op"
+    );
     sessions.interrupt(key_a.as_str(), "ca");
     assert_eq!(next(&mut probe.cancelled).await, "a");
     probe.release.add_permits(1);
     match next_reply(&mut out).await {
-        Action::Send { chat_id, content, .. } => assert_eq!((chat_id.as_str(), content.as_str()), ("cb", "re: b")),
+        Action::Send {
+            chat_id, content, ..
+        } => assert_eq!((chat_id.as_str(), content.as_str()), ("cb", "re: b")),
         other => panic!("expected b's reply, got {other:?}"),
     }
     assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
     let m = sessions.metrics().snapshot();
-    assert_eq!((m.turns_cancelled, m.turns_completed, m.replies_ok), (1, 1, 1));
+    assert_eq!(
+        (m.turns_cancelled, m.turns_completed, m.replies_ok),
+        (1, 1, 1)
+    );
 }
 
 #[tokio::test]
@@ -344,20 +597,32 @@ async fn user_stop_cancels_locally_and_egresses_interrupt() {
     let key = sessions.key_of(&first);
     sessions.submit(vec![first], None).await;
     next(&mut probe.started).await;
-    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "/stop"))], Some("b1")).await;
+    sessions
+        .submit(
+            vec![Incoming::inbound(event("c1", "u1", "/stop"))],
+            Some("b1"),
+        )
+        .await;
     assert_eq!(next(&mut probe.cancelled).await, "long job");
-    assert_eq!(next(&mut out).await, Out::Interrupt(key.into_string(), Some(STOP_REASON.into())));
+    assert_eq!(
+        next(&mut out).await,
+        Out::Interrupt(key.into_string(), Some(STOP_REASON.into()))
+    );
     assert_eq!(next(&mut out).await, Out::Ack("b1".into()));
     assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
     let m = sessions.metrics().snapshot();
-    assert_eq!((m.turns_started, m.stops_local, m.replies_ok), (1, 1, 0), "/stop is not a turn; no reply");
+    assert_eq!(
+        (m.turns_started, m.stops_local, m.replies_ok),
+        (1, 1, 0),
+        "/stop is not a turn; no reply"
+    );
 }
 
 fn metadata_of(action: &Action) -> Value {
     match action {
-        Action::Send { metadata, .. } | Action::FollowUp { metadata, .. } | Action::Typing { metadata, .. } => {
-            Value::Object(metadata.clone())
-        }
+        Action::Send { metadata, .. }
+        | Action::FollowUp { metadata, .. }
+        | Action::Typing { metadata, .. } => Value::Object(metadata.clone()),
         other => panic!("no metadata on {other:?}"),
     }
 }
@@ -372,12 +637,18 @@ async fn scope_is_reattached_without_overwriting_or_inventing() {
     let mut scoped = event("c1", "u1", "hi");
     scoped.source.scope_id = Some("g1".into());
     sessions.submit(vec![Incoming::inbound(scoped)], None).await;
-    assert_eq!(metadata_of(&next_reply(&mut out).await), json!({"scope_id": "g1", "guild_id": "g1", "user_id": "u1"}));
+    assert_eq!(
+        metadata_of(&next_reply(&mut out).await),
+        json!({"scope_id": "g1", "guild_id": "g1", "user_id": "u1"})
+    );
     // The caller's own keys win.
     let mut mine = Incoming::inbound(event("c1", "u2", "again"));
     mine.metadata = Metadata::from_iter([("guild_id".to_owned(), json!("caller"))]);
     sessions.submit(vec![mine], None).await;
-    assert_eq!(metadata_of(&next_reply(&mut out).await), json!({"guild_id": "caller", "user_id": "u2"}));
+    assert_eq!(
+        metadata_of(&next_reply(&mut out).await),
+        json!({"guild_id": "caller", "user_id": "u2"})
+    );
     // A chat never seen with a scope gets none invented.
     let mut bare = event("c2", "u3", "x");
     bare.source.user_id = None;
@@ -395,7 +666,9 @@ async fn follow_up_has_exactly_the_contract_keys() {
     e.source.scope_id = Some("g7".into());
     let incoming = Incoming {
         event: e,
-        route: ReplyRoute::FollowUp { kind: "discord.interaction_token".into() },
+        route: ReplyRoute::FollowUp {
+            kind: "discord.interaction_token".into(),
+        },
         metadata: Metadata::new(),
         profile: None,
     };
@@ -427,13 +700,23 @@ async fn long_reply_is_split_in_utf16_units_with_reply_to() {
     relay.set_descriptor(d);
     // Astral characters count 2 in UTF-16 but 1 in chars.
     let text = "😀😀😀😀😀😀😀😀 tail";
-    sessions.submit(vec![Incoming::inbound(event("c1", "u1", text))], None).await;
+    sessions
+        .submit(vec![Incoming::inbound(event("c1", "u1", text))], None)
+        .await;
     assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
     let mut joined = String::new();
     let mut pieces = 0;
     while let Ok(o) = out.try_recv() {
-        let Out::Request(Action::Send { content, reply_to, .. }) = o else { panic!("unexpected {o:?}") };
-        assert!(content.encode_utf16().count() <= 10, "piece {content:?} over 10 UTF-16 units");
+        let Out::Request(Action::Send {
+            content, reply_to, ..
+        }) = o
+        else {
+            panic!("unexpected {o:?}")
+        };
+        assert!(
+            content.encode_utf16().count() <= 10,
+            "piece {content:?} over 10 UTF-16 units"
+        );
         assert_eq!(reply_to.as_deref(), Some(format!("msg-{text}").as_str()));
         joined.push_str(&content);
         pieces += 1;
@@ -448,12 +731,24 @@ async fn typing_only_when_the_descriptor_lists_it() {
     probe.release.add_permits(2);
     let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
     // The placeholder has the legacy op set, which includes typing.
-    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "one"))], None).await;
-    assert!(matches!(next(&mut out).await, Out::Request(Action::Typing { chat_id, .. }) if chat_id == "c1"));
-    assert!(matches!(next(&mut out).await, Out::Request(Action::Send { .. })));
+    sessions
+        .submit(vec![Incoming::inbound(event("c1", "u1", "one"))], None)
+        .await;
+    assert!(
+        matches!(next(&mut out).await, Out::Request(Action::Typing { chat_id, .. }) if chat_id == "c1")
+    );
+    assert!(matches!(
+        next(&mut out).await,
+        Out::Request(Action::Send { .. })
+    ));
     no_typing(&relay);
-    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "two"))], None).await;
-    assert!(matches!(next(&mut out).await, Out::Request(Action::Send { .. })), "no typing without the op");
+    sessions
+        .submit(vec![Incoming::inbound(event("c1", "u1", "two"))], None)
+        .await;
+    assert!(
+        matches!(next(&mut out).await, Out::Request(Action::Send { .. })),
+        "no typing without the op"
+    );
 }
 
 #[tokio::test]
@@ -466,7 +761,12 @@ async fn ambiguous_failure_is_counted_and_not_retried() {
     d.supported_ops = vec!["send".into()];
     relay.set_descriptor(d);
     relay.script(vec![ActionResult::timed_out()]);
-    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "a long answer"))], None).await;
+    sessions
+        .submit(
+            vec![Incoming::inbound(event("c1", "u1", "a long answer"))],
+            None,
+        )
+        .await;
     assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
     let mut sends = 0;
     while let Ok(o) = out.try_recv() {
@@ -474,7 +774,10 @@ async fn ambiguous_failure_is_counted_and_not_retried() {
     }
     assert_eq!(sends, 1, "nothing sent after an ambiguous failure");
     let m = sessions.metrics().snapshot();
-    assert_eq!((m.replies_ambiguous, m.replies_failed, m.replies_ok), (1, 0, 0));
+    assert_eq!(
+        (m.replies_ambiguous, m.replies_failed, m.replies_ok),
+        (1, 0, 0)
+    );
 }
 
 #[tokio::test]
@@ -484,7 +787,9 @@ async fn failed_reply_is_counted() {
     let (sessions, relay, _out) = sessions_with(agent, SessionConfig::default());
     no_typing(&relay);
     relay.script(vec![ActionResult::failure("chat not found")]);
-    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "x"))], None).await;
+    sessions
+        .submit(vec![Incoming::inbound(event("c1", "u1", "x"))], None)
+        .await;
     assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
     assert_eq!(sessions.metrics().snapshot().replies_failed, 1);
 }
@@ -493,14 +798,27 @@ async fn failed_reply_is_counted() {
 async fn drain_cancels_turns_that_outlive_the_grace_and_refuses_new_ones() {
     let (agent, mut probe) = gate_agent();
     let (sessions, _relay, mut out) = sessions_with(agent, SessionConfig::default());
-    sessions.submit(vec![Incoming::inbound(event("c1", "u1", "stuck"))], None).await;
+    sessions
+        .submit(vec![Incoming::inbound(event("c1", "u1", "stuck"))], None)
+        .await;
     next(&mut probe.started).await;
-    assert_eq!(sessions.drain(Duration::from_millis(50)).await, DrainOutcome::Cancelled);
+    assert_eq!(
+        sessions.drain(Duration::from_millis(50)).await,
+        DrainOutcome::Cancelled
+    );
     assert_eq!(next(&mut probe.cancelled).await, "stuck");
-    let late = sessions.submit(vec![Incoming::inbound(event("c1", "u1", "late"))], Some("b5")).await;
+    let late = sessions
+        .submit(
+            vec![Incoming::inbound(event("c1", "u1", "late"))],
+            Some("b5"),
+        )
+        .await;
     assert_eq!(late, Submitted::Draining);
     while let Ok(o) = out.try_recv() {
-        assert!(!matches!(o, Out::Ack(_)), "nothing is acked while draining: {o:?}");
+        assert!(
+            !matches!(o, Out::Ack(_)),
+            "nothing is acked while draining: {o:?}"
+        );
     }
 }
 
@@ -515,20 +833,33 @@ impl Converter for FakeConverter {
                 e.source.scope_id = Some("g1".into());
                 Converted::Events(vec![Incoming {
                     event: e,
-                    route: ReplyRoute::FollowUp { kind: "discord.interaction_token".into() },
+                    route: ReplyRoute::FollowUp {
+                        kind: "discord.interaction_token".into(),
+                    },
                     metadata: Metadata::new(),
                     profile: forward.profile.clone(),
                 }])
             }
-            "/ping" => Converted::Dropped { reason: ForwardDrop::Ignored, detail: "ping".into() },
-            _ => Converted::Dropped { reason: ForwardDrop::Rejected, detail: "bad".into() },
+            "/ping" => Converted::Dropped {
+                reason: ForwardDrop::Ignored,
+                detail: "ping".into(),
+            },
+            "/busy" => Converted::Dropped {
+                reason: ForwardDrop::Deferred,
+                detail: "pool exhausted".into(),
+            },
+            _ => Converted::Dropped {
+                reason: ForwardDrop::Rejected,
+                detail: "bad".into(),
+            },
         }
     }
 }
 
 fn forward(path: &str) -> PassthroughForward {
-    let mut f = PassthroughForward::from_value(json!({"platform": "discord", "path": path, "bodyB64": ""}))
-        .expect("valid forward");
+    let mut f =
+        PassthroughForward::from_value(json!({"platform": "discord", "path": path, "bodyB64": ""}))
+            .expect("valid forward");
     f.path = path.to_owned();
     f
 }
@@ -545,26 +876,183 @@ async fn gateway_routes_forwards_acks_drops_and_drains() {
     let gateway = Gateway::new(GatewayConfig::default(), Arc::clone(&metrics));
     let run = tokio::spawn(gateway.run(relay.clone(), rx, FakeConverter, agent, shutdown.clone()));
 
-    tx.send(InboundItem::Forward { forward: forward("/ping"), buffer_id: Some("f0".into()) }).await.expect("send");
-    assert_eq!(next(&mut out).await, Out::Ack("f0".into()), "an ignored forward is acked as a deliberate drop");
-    tx.send(InboundItem::Forward { forward: forward("/interaction"), buffer_id: Some("f1".into()) }).await.expect("send");
+    tx.send(InboundItem::Forward {
+        forward: forward("/ping"),
+        buffer_id: Some("f0".into()),
+    })
+    .await
+    .expect("send");
+    assert_eq!(
+        next(&mut out).await,
+        Out::Ack("f0".into()),
+        "an ignored forward is acked as a deliberate drop"
+    );
+    tx.send(InboundItem::Forward {
+        forward: forward("/interaction"),
+        buffer_id: Some("f1".into()),
+    })
+    .await
+    .expect("send");
     assert_eq!(next(&mut out).await, Out::Ack("f1".into()));
     match next_reply(&mut out).await {
-        Action::FollowUp { kind, content, session_key, .. } => {
-            assert_eq!((kind.as_str(), content.as_str()), ("discord.interaction_token", "re: slash"));
-            assert!(session_key.starts_with("agent:main:discord:"), "{session_key}");
+        Action::FollowUp {
+            kind,
+            content,
+            session_key,
+            ..
+        } => {
+            assert_eq!(
+                (kind.as_str(), content.as_str()),
+                ("discord.interaction_token", "re: slash")
+            );
+            assert!(
+                session_key.starts_with("agent:main:discord:"),
+                "{session_key}"
+            );
         }
         other => panic!("expected a follow_up, got {other:?}"),
     }
     // Replay of f1: acked again, not converted or run again.
-    tx.send(InboundItem::Forward { forward: forward("/interaction"), buffer_id: Some("f1".into()) }).await.expect("send");
+    tx.send(InboundItem::Forward {
+        forward: forward("/interaction"),
+        buffer_id: Some("f1".into()),
+    })
+    .await
+    .expect("send");
     assert_eq!(next(&mut out).await, Out::Ack("f1".into()));
 
     shutdown.cancel();
-    let exit = tokio::time::timeout(SAFETY, run).await.expect("run ends").expect("no panic");
+    let exit = tokio::time::timeout(SAFETY, run)
+        .await
+        .expect("run ends")
+        .expect("no panic");
     assert_eq!(exit, ExitReason::Shutdown(DrainOutcome::Finished));
     assert_eq!(next(&mut out).await, Out::GoingIdle);
     assert_eq!(next(&mut out).await, Out::Closed);
     let m = metrics.snapshot();
-    assert_eq!((m.forwards_in, m.forwards_converted, m.forwards_ignored, m.turns_started), (3, 1, 1, 1));
+    assert_eq!(
+        (
+            m.forwards_in,
+            m.forwards_converted,
+            m.forwards_ignored,
+            m.turns_started
+        ),
+        (3, 1, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn a_forward_the_host_cannot_convert_now_is_left_unacked() {
+    let (relay, mut out) = FakeRelay::new();
+    let (agent, _probe) = gate_agent();
+    let (tx, rx) = mpsc::channel(8);
+    let shutdown = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new());
+    let gateway = Gateway::new(GatewayConfig::default(), Arc::clone(&metrics));
+    let run = tokio::spawn(gateway.run(relay, rx, FakeConverter, agent, shutdown.clone()));
+    for (path, id) in [("/busy", "f2"), ("/ping", "f3")] {
+        tx.send(InboundItem::Forward {
+            forward: forward(path),
+            buffer_id: Some(id.into()),
+        })
+        .await
+        .expect("send");
+    }
+    // Conversions hand off in arrival order, so f2 was handled before f3.
+    assert_eq!(
+        next(&mut out).await,
+        Out::Ack("f3".into()),
+        "f2 is not acked"
+    );
+    // Not remembered either: a redelivery is converted again, not acked as a replay.
+    for (path, id) in [("/busy", "f2"), ("/ping", "f4")] {
+        tx.send(InboundItem::Forward {
+            forward: forward(path),
+            buffer_id: Some(id.into()),
+        })
+        .await
+        .expect("send");
+    }
+    assert_eq!(
+        next(&mut out).await,
+        Out::Ack("f4".into()),
+        "f2 is still not acked"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(SAFETY, run)
+        .await
+        .expect("run ends")
+        .expect("no panic");
+    assert_eq!(acks(&mut out), Vec::<String>::new());
+    let m = metrics.snapshot();
+    assert_eq!((m.forwards_deferred, m.forwards_ignored), (2, 2));
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_before_going_idle_and_runs_acked_queued_turns() {
+    let (relay, mut out) = FakeRelay::new();
+    no_typing(&relay);
+    let idle_gate = Arc::new(Semaphore::new(0));
+    *relay.0.idle_gate.lock().expect("lock") = Some(Arc::clone(&idle_gate));
+    let (agent, mut probe) = gate_agent();
+    let (tx, rx) = mpsc::channel(8);
+    let shutdown = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new());
+    let gateway = Gateway::new(GatewayConfig::default(), Arc::clone(&metrics));
+    let run = tokio::spawn(gateway.run(relay.clone(), rx, FakeConverter, agent, shutdown.clone()));
+    let send_event = |text: &str, id: &str| InboundItem::Event {
+        event: event("c1", "u1", text),
+        buffer_id: Some(id.to_owned()),
+    };
+
+    tx.send(send_event("running", "b1")).await.expect("send");
+    assert_eq!(next(&mut out).await, Out::Ack("b1".into()));
+    next(&mut probe.started).await;
+    tx.send(send_event("queued", "b2")).await.expect("send");
+    assert_eq!(next(&mut out).await, Out::Ack("b2".into()));
+
+    shutdown.cancel();
+    assert_eq!(next(&mut out).await, Out::GoingIdle);
+    // Races the flip: must not be queued or acked now that going_idle is out.
+    tx.send(send_event("late", "b3")).await.expect("send");
+    until("the late delivery to be refused", || {
+        metrics.snapshot().dropped_draining == 1
+    })
+    .await;
+    idle_gate.add_permits(1);
+    // The acked turns (running and queued) still run within the grace.
+    probe.release.add_permits(2);
+    let exit = tokio::time::timeout(SAFETY, run)
+        .await
+        .expect("run ends")
+        .expect("no panic");
+    assert_eq!(exit, ExitReason::Shutdown(DrainOutcome::Finished));
+    assert_eq!(next(&mut probe.started).await.1, "queued");
+    assert!(
+        probe.started.try_recv().is_err(),
+        "the late delivery never ran"
+    );
+    assert_eq!(acks(&mut out), Vec::<String>::new(), "b3 is never acked");
+}
+
+#[tokio::test]
+async fn the_ack_goes_out_before_any_reply_to_its_delivery() {
+    let (agent, probe) = gate_agent();
+    probe.release.add_permits(1);
+    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    relay
+        .0
+        .slow_acks
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    sessions
+        .submit(vec![Incoming::inbound(event("c1", "u1", "hi"))], Some("b1"))
+        .await;
+    assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
+    let first = next(&mut out).await;
+    assert_eq!(
+        first,
+        Out::Ack("b1".into()),
+        "not even typing before the ack"
+    );
+    assert!(matches!(next_reply(&mut out).await, Action::Send { .. }));
 }

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::action::{Action, ActionResult, RequestId};
 use crate::decoder::DecodeError;
-use crate::descriptor::Descriptor;
+use crate::descriptor::{Descriptor, DescriptorError};
 use crate::event::MessageEvent;
 use crate::forward::{ForwardError, PassthroughForward};
 use crate::json::{self, WrongType};
@@ -321,11 +321,19 @@ impl WireFrame for ConnectorFrame {
             buffer_id: buffer_id.as_deref(),
         };
         let frame = match frame_type.as_str() {
+            // A missing or non-object descriptor is a bad descriptor, not
+            // just a bad field: a bad first descriptor fails the handshake at
+            // once instead of waiting out its timeout.
             "descriptor" => match m.remove("descriptor") {
                 Some(Value::Object(d)) => ConnectorFrame::Descriptor(
                     Descriptor::from_map(d).map_err(DecodeError::BadDescriptor)?,
                 ),
-                _ => return Err(ctx.bad("descriptor")),
+                None | Some(Value::Null) => {
+                    return Err(DecodeError::BadDescriptor(DescriptorError::MissingKey(
+                        "descriptor",
+                    )));
+                }
+                Some(_) => return Err(DecodeError::BadDescriptor(DescriptorError::NotAnObject)),
             },
             "inbound" => {
                 let event = json::req_object(&mut m, "event").map_err(|e| ctx.wrong(e))?;
@@ -691,6 +699,18 @@ mod tests {
             Err(DecodeError::BadDescriptor(DescriptorError::MissingKey(
                 "contract_version"
             )))
+        );
+        // A missing or non-object descriptor fails the same typed way, so a
+        // bad first descriptor ends the handshake at once.
+        assert_eq!(
+            ConnectorFrame::decode_line(br#"{"type":"descriptor"}"#),
+            Err(DecodeError::BadDescriptor(DescriptorError::MissingKey(
+                "descriptor"
+            )))
+        );
+        assert_eq!(
+            ConnectorFrame::decode_line(br#"{"type":"descriptor","descriptor":[1]}"#),
+            Err(DecodeError::BadDescriptor(DescriptorError::NotAnObject))
         );
     }
 

@@ -2,8 +2,9 @@
 //! the first descriptor, then exactly one reader task and one writer task
 //! until something ends it.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::{SplitSink, SplitStream};
@@ -13,6 +14,7 @@ use hermes_protocol::decoder::{DecodeError, FrameDecoder};
 use hermes_protocol::descriptor::{Descriptor, DescriptorError};
 use hermes_protocol::frame::{ConnectorFrame, GatewayFrame};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -87,8 +89,81 @@ enum ReaderEnd {
 #[derive(Debug)]
 enum WriterEnd {
     Closed,
+    /// Nothing heard from the peer for this long while the reader listened.
     Dead(Duration),
+    /// A write made no progress for this long while the reader listened.
+    Stalled(Duration),
     Error(String),
+}
+
+/// What the writer knows about the peer being alive, kept by the reader.
+///
+/// Any message read from the peer (a pong, a frame, a ping) proves it is
+/// alive. The reader cannot hear anything while it waits for room in the
+/// inbound channel — that pause is our own backpressure, and a connector may
+/// in turn stop reading us while we do not read it — so the clocks the
+/// writer judges by only run while the reader is listening: a pause never
+/// makes a healthy link look dead, and when the reader resumes both clocks
+/// start afresh.
+#[derive(Debug)]
+struct Liveness {
+    opened: Instant,
+    /// Milliseconds from `opened` to the last message read.
+    last_heard: AtomicU64,
+    /// Milliseconds from `opened` to the end of the last pause.
+    resumed: AtomicU64,
+    /// The reader is waiting for room in the inbound channel.
+    paused: AtomicBool,
+}
+
+impl Liveness {
+    fn new(opened: Instant) -> Self {
+        Self {
+            opened,
+            last_heard: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
+        }
+    }
+
+    fn heard(&self) {
+        self.last_heard
+            .store(millis_since(self.opened), Ordering::Relaxed);
+    }
+
+    fn pause(&self) {
+        self.paused.store(true, Ordering::Relaxed);
+    }
+
+    fn resume(&self) {
+        let now = millis_since(self.opened);
+        self.last_heard.store(now, Ordering::Relaxed);
+        self.resumed.store(now, Ordering::Relaxed);
+        self.paused.store(false, Ordering::Relaxed);
+    }
+
+    fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    fn at(&self, millis: &AtomicU64) -> Instant {
+        self.opened + Duration::from_millis(millis.load(Ordering::Relaxed))
+    }
+
+    /// Time since the peer was last heard, counted only while listening;
+    /// zero during a pause.
+    fn silence(&self) -> Duration {
+        if self.is_paused() {
+            return Duration::ZERO;
+        }
+        self.at(&self.last_heard).elapsed()
+    }
+
+    /// When a write that started at `started` began counting as stalled:
+    /// the later of its start and the end of the last pause.
+    fn stall_clock(&self, started: Instant) -> Instant {
+        started.max(self.at(&self.resumed))
+    }
 }
 
 /// Dial, handshake and serve one connection. Returns when it ends; on return
@@ -113,15 +188,14 @@ pub(crate) async fn run(
     let (out_tx, out_rx) = mpsc::channel(shared.config.outbound_queue.max(1));
     let (close_tx, close_rx) = oneshot::channel();
     let (hs_tx, mut hs_rx) = oneshot::channel();
-    let last_pong = Arc::new(AtomicU64::new(0));
+    let liveness = Arc::new(Liveness::new(opened));
 
     let mut writer = tokio::spawn(write_loop(
         sink,
         out_rx,
         close_rx,
         Arc::clone(shared),
-        Arc::clone(&last_pong),
-        opened,
+        Arc::clone(&liveness),
     ));
     let mut reader = tokio::spawn(read_loop(
         stream,
@@ -130,8 +204,7 @@ pub(crate) async fn run(
             inbound: inbound.clone(),
             writer: out_tx.clone(),
             handshake: Some(hs_tx),
-            last_pong,
-            opened,
+            liveness,
         },
     ));
 
@@ -194,6 +267,13 @@ pub(crate) async fn run(
         }
     };
 
+    // The biased select may have seen the reader end in the same poll in
+    // which the first descriptor arrived: a 4401 right after the descriptor
+    // is still a post-handshake 4401 (§6.2).
+    if waiting_handshake && hs_rx.try_recv().is_ok() {
+        handshaken = true;
+    }
+
     // Teardown: no new requests, close politely if we owe a close frame, then
     // settle every waiter at once.
     shared.clear_connection();
@@ -219,6 +299,10 @@ pub(crate) async fn run(
     if !writer_done {
         stop(writer).await;
     }
+    // A first descriptor read while the reader was still running above may
+    // have re-installed this dying connection; clear it again now that the
+    // reader is gone, so no stale slot or descriptor outlives it.
+    shared.clear_connection();
     drop(out_tx);
     shared.settle_all(ActionResult::connection_lost);
 
@@ -281,7 +365,14 @@ fn reader_stop(end: Result<ReaderEnd, tokio::task::JoinError>) -> Stop {
 fn writer_stop(end: Result<WriterEnd, tokio::task::JoinError>) -> Stop {
     let (detail, our_close) = match end {
         Ok(WriterEnd::Closed) => ("writer closed".to_owned(), None),
-        Ok(WriterEnd::Dead(silence)) => (format!("no pong for {silence:?}: connection dead"), None),
+        Ok(WriterEnd::Dead(silence)) => (
+            format!("nothing heard for {silence:?}: connection dead"),
+            None,
+        ),
+        Ok(WriterEnd::Stalled(stalled)) => (
+            format!("a write made no progress for {stalled:?}: connection dead"),
+            None,
+        ),
         Ok(WriterEnd::Error(e)) => (format!("write failed: {e}"), None),
         Err(e) => (format!("writer task failed: {e}"), None),
     };
@@ -359,8 +450,7 @@ struct Reader {
     writer: mpsc::Sender<Outgoing>,
     /// Taken by the first descriptor.
     handshake: Option<oneshot::Sender<()>>,
-    last_pong: Arc<AtomicU64>,
-    opened: Instant,
+    liveness: Arc<Liveness>,
 }
 
 /// The one reader task: decode every message, dispatch every frame, survive
@@ -370,16 +460,15 @@ async fn read_loop(mut stream: WsStream, mut reader: Reader) -> ReaderEnd {
     let mut decoder =
         FrameDecoder::<ConnectorFrame>::with_max_partial(reader.shared.config.max_partial_line);
     while let Some(message) = stream.next().await {
+        if message.is_ok() {
+            // Any message is proof of life, not only a pong.
+            reader.liveness.heard();
+        }
         let pushed = match &message {
             Ok(Message::Text(text)) => decoder.push(text.as_bytes()),
             // A binary message is treated as UTF-8 text (§2).
             Ok(Message::Binary(bytes)) => decoder.push(bytes),
-            Ok(Message::Pong(_)) => {
-                reader
-                    .last_pong
-                    .store(millis_since(reader.opened), Ordering::Relaxed);
-                continue;
-            }
+            Ok(Message::Pong(_)) => continue,
             Ok(Message::Close(frame)) => {
                 let close = frame
                     .as_ref()
@@ -492,9 +581,18 @@ impl Reader {
     }
 
     /// Hand an item to the layer above. Awaiting here is the backpressure:
-    /// while the channel is full this task does not read the socket.
+    /// while the channel is full this task does not read the socket, and the
+    /// keepalive clocks stop (see [`Liveness`]).
     async fn deliver(&self, item: InboundItem) -> Option<ReaderEnd> {
-        match self.inbound.send(item).await {
+        let item = match self.inbound.try_send(item) {
+            Ok(()) => return None,
+            Err(TrySendError::Closed(_)) => return Some(ReaderEnd::ConsumerGone),
+            Err(TrySendError::Full(item)) => item,
+        };
+        self.liveness.pause();
+        let sent = self.inbound.send(item).await;
+        self.liveness.resume();
+        match sent {
             Ok(()) => None,
             Err(_) => Some(ReaderEnd::ConsumerGone),
         }
@@ -507,17 +605,24 @@ fn millis_since(start: Instant) -> u64 {
 
 /// The one writer task: frames from the queue (batched, one frame per
 /// message), keepalive pings, and the close frame at teardown.
+///
+/// Every write is bounded: a peer that stops reading fills the socket and
+/// blocks the write, and a write that makes no progress for `dead_after`
+/// (counted while our reader listens) means the connection is dead, exactly
+/// as silence does. Without the bound a wedged peer would keep the link
+/// "connected" forever, because the ping timer is not looked at while a
+/// write is blocked.
 async fn write_loop(
     mut sink: WsSink,
     mut queue: mpsc::Receiver<Outgoing>,
     mut close: oneshot::Receiver<CloseFrame>,
     shared: Arc<Shared>,
-    last_pong: Arc<AtomicU64>,
-    opened: Instant,
+    liveness: Arc<Liveness>,
 ) -> WriterEnd {
     let keepalive = &shared.config.keepalive;
+    let dead_after = keepalive.dead_after;
     let period = keepalive.ping_interval.max(Duration::from_millis(1));
-    let mut ping = tokio::time::interval_at(opened + period, period);
+    let mut ping = tokio::time::interval_at(liveness.opened + period, period);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -530,20 +635,54 @@ async fn write_loop(
             }
             item = queue.recv() => {
                 let Some(first) = item else { return WriterEnd::Closed };
-                if let Err(e) = write_batch(&mut sink, &mut queue, first, &shared).await {
-                    return WriterEnd::Error(e);
+                let batch = write_batch(&mut sink, &mut queue, first, &shared);
+                if let Err(end) = bounded(batch, &liveness, dead_after).await {
+                    return end;
                 }
             }
             _ = ping.tick() => {
-                let last = Duration::from_millis(last_pong.load(Ordering::Relaxed));
-                let silence = opened.elapsed().saturating_sub(last);
-                if silence >= keepalive.dead_after {
-                    warn!(?silence, "relay keepalive: no pong; treating the connection as dead");
+                let silence = liveness.silence();
+                if silence >= dead_after {
+                    warn!(?silence, "relay keepalive: nothing heard; treating the connection as dead");
                     return WriterEnd::Dead(silence);
                 }
-                if let Err(e) = sink.send(Message::Ping(Bytes::new())).await {
-                    return WriterEnd::Error(e.to_string());
+                let sent = async { sink.send(Message::Ping(Bytes::new())).await.map_err(|e| e.to_string()) };
+                if let Err(end) = bounded(sent, &liveness, dead_after).await {
+                    return end;
                 }
+            }
+        }
+    }
+}
+
+/// Drive one write to completion, unless it makes no progress for
+/// `dead_after` while the reader listens (a pause of our own reader restarts
+/// the clock: the peer may be blocked writing to us).
+async fn bounded(
+    write: impl Future<Output = Result<(), String>>,
+    liveness: &Liveness,
+    dead_after: Duration,
+) -> Result<(), WriterEnd> {
+    tokio::pin!(write);
+    let started = Instant::now();
+    let mut deadline = started + dead_after;
+    loop {
+        tokio::select! {
+            biased;
+            written = &mut write => return written.map_err(WriterEnd::Error),
+            () = tokio::time::sleep_until(deadline) => {
+                if liveness.is_paused() {
+                    // Look again later; resuming restarts the stall clock.
+                    deadline = Instant::now() + dead_after;
+                    continue;
+                }
+                let since = liveness.stall_clock(started);
+                let stalled = since.elapsed();
+                if stalled >= dead_after {
+                    warn!(?stalled, "relay write made no progress; treating the connection as dead");
+                    return Err(WriterEnd::Stalled(stalled));
+                }
+                deadline = since + dead_after;
             }
         }
     }

@@ -234,7 +234,7 @@ impl RelayHandle {
             let Some(slot) = slot.as_mut() else {
                 return AckOutcome::NotConnected;
             };
-            if !slot.acked.insert(buffer_id.clone()) {
+            if !slot.acked.insert(&buffer_id) {
                 return AckOutcome::Duplicate;
             }
             slot.writer.clone()
@@ -302,17 +302,17 @@ impl RelayHandle {
             .unwrap_or_else(|| Arc::clone(&self.shared.placeholder))
     }
 
-    /// The descriptor for `platform` on the current connection: a later
-    /// per-platform descriptor, or the default when it is for that platform.
+    /// The descriptor for `platform` on the current connection: the default
+    /// when it is for that platform (a later descriptor never replaces it,
+    /// §3.2), else a later per-platform descriptor.
     pub fn descriptor_for(&self, platform: &str) -> Option<Arc<Descriptor>> {
         let descriptors = lock(&self.shared.descriptors);
-        descriptors.per_platform.get(platform).cloned().or_else(|| {
-            descriptors
-                .default
-                .as_ref()
-                .filter(|d| d.platform == platform)
-                .cloned()
-        })
+        descriptors
+            .default
+            .as_ref()
+            .filter(|d| d.platform == platform)
+            .or_else(|| descriptors.per_platform.get(platform))
+            .cloned()
     }
 
     /// Counters of skipped frames, late results, timeouts and dials.

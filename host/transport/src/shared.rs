@@ -4,12 +4,13 @@
 //! never across an `.await`, so contention is short and there is no async
 //! lock to reason about.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hermes_protocol::action::{ActionResult, RequestId};
 use hermes_protocol::descriptor::Descriptor;
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::warn;
 
 use crate::config::RelayConfig;
 use crate::state::{Counters, LinkState};
@@ -27,8 +28,48 @@ pub(crate) struct Outgoing {
 pub(crate) struct Slot {
     pub(crate) writer: mpsc::Sender<Outgoing>,
     /// `bufferId`s acked on this connection (at most once each, §5.4). A new
-    /// connection gets a new slot, so the set resets on reconnect.
-    pub(crate) acked: HashSet<String>,
+    /// connection gets a new slot, so the memory resets on reconnect.
+    pub(crate) acked: AckedIds,
+}
+
+/// How many acked `bufferId`s a connection remembers. The peer chooses the
+/// ids, so the memory is a ring: a connection that lives for days cannot
+/// grow it. Forgetting an old id only means a (harmless) second ack if the
+/// connector replays something that old on the same connection.
+pub(crate) const ACKED_MEMORY: usize = 4096;
+
+/// Distinct platforms a connection may describe with later descriptors
+/// (§3.2). The platform string comes from the peer; past this many, further
+/// platforms are ignored rather than growing the map without bound.
+pub(crate) const MAX_PLATFORM_DESCRIPTORS: usize = 64;
+
+/// The last [`ACKED_MEMORY`] distinct acked ids, oldest forgotten first.
+#[derive(Debug, Default)]
+pub(crate) struct AckedIds {
+    order: VecDeque<String>,
+    members: HashSet<String>,
+}
+
+impl AckedIds {
+    /// Remember `id`; `false` when it is already remembered.
+    pub(crate) fn insert(&mut self, id: &str) -> bool {
+        if self.members.contains(id) {
+            return false;
+        }
+        if self.order.len() >= ACKED_MEMORY
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.members.remove(&oldest);
+        }
+        self.order.push_back(id.to_owned());
+        self.members.insert(id.to_owned());
+        true
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.order.len()
+    }
 }
 
 /// Descriptors of the current connection (§3.2): the first is the default;
@@ -111,7 +152,7 @@ impl Shared {
         lock(&self.descriptors).default = Some(descriptor);
         *lock(&self.slot) = Some(Slot {
             writer,
-            acked: HashSet::new(),
+            acked: AckedIds::default(),
         });
     }
 
@@ -123,8 +164,65 @@ impl Shared {
     }
 
     pub(crate) fn add_platform_descriptor(&self, descriptor: Descriptor) {
-        lock(&self.descriptors)
-            .per_platform
+        let mut d = lock(&self.descriptors);
+        if d.per_platform.len() >= MAX_PLATFORM_DESCRIPTORS
+            && !d.per_platform.contains_key(&descriptor.platform)
+        {
+            warn!(
+                limit = MAX_PLATFORM_DESCRIPTORS,
+                "relay sent descriptors for too many platforms; ignoring another"
+            );
+            return;
+        }
+        d.per_platform
             .insert(descriptor.platform.clone(), Arc::new(descriptor));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acked_ids_are_a_bounded_ring() {
+        let mut acked = AckedIds::default();
+        assert!(acked.insert("first"));
+        assert!(
+            !acked.insert("first"),
+            "a second ack of the same id is refused"
+        );
+        for i in 0..ACKED_MEMORY {
+            assert!(acked.insert(&format!("b{i}")));
+        }
+        assert_eq!(
+            acked.len(),
+            ACKED_MEMORY,
+            "memory never grows past its bound"
+        );
+        assert!(acked.insert("first"), "the oldest id was forgotten");
+    }
+
+    #[test]
+    fn per_platform_descriptors_are_capped() {
+        let config = RelayConfig::new("ws://relay.test", None, None, true).expect("config");
+        let shared = Shared::new(config);
+        for i in 0..MAX_PLATFORM_DESCRIPTORS + 10 {
+            shared.add_platform_descriptor(Descriptor::placeholder(&format!("p{i}")));
+        }
+        let d = lock(&shared.descriptors);
+        assert_eq!(d.per_platform.len(), MAX_PLATFORM_DESCRIPTORS);
+        assert!(
+            d.per_platform.contains_key("p0"),
+            "earlier platforms are kept"
+        );
+        drop(d);
+        // A platform already known may still be updated at the cap.
+        let mut updated = Descriptor::placeholder("p0");
+        updated.max_message_length = 7;
+        shared.add_platform_descriptor(updated);
+        assert_eq!(
+            lock(&shared.descriptors).per_platform["p0"].max_message_length,
+            7
+        );
     }
 }

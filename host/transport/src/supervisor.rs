@@ -54,6 +54,17 @@ pub(crate) struct RedialRules {
 const MAX_IMMEDIATE: u32 = 2;
 
 impl RedialRules {
+    /// A connection completed its handshake and then served for a stable
+    /// while (the backoff's `stable_after`). If it was the fresh try after a
+    /// post-handshake 4401, that try succeeded: the suspicion is cleared, so
+    /// a 4401 hours later gets its own fresh retry instead of latching
+    /// revoked. A 4401 soon after the fresh handshake still latches (§6.2).
+    /// A stable connection also ends any streak of immediate re-dials.
+    pub(crate) fn on_stable_connection(&mut self) {
+        self.provisional = false;
+        self.immediate_streak = 0;
+    }
+
     pub(crate) fn on_end(&mut self, end: EndKind) -> Next {
         let next = match end {
             EndKind::Unauthorized { expired: true, .. } => Next::Immediate,
@@ -124,6 +135,7 @@ pub(crate) async fn supervise(
                 warn!(%detail, ?lived, "relay connection ended");
                 if handshaken && lived >= backoff.stable_after() {
                     backoff.reset();
+                    rules.on_stable_connection();
                 }
                 match peer_close {
                     Some((CLOSE_UNAUTHORIZED, reason)) => EndKind::Unauthorized {
@@ -215,6 +227,20 @@ mod tests {
         assert_eq!(rules.on_end(AFTER), Next::Immediate);
         assert_eq!(rules.on_end(EndKind::Other), Next::Backoff);
         assert_eq!(rules.on_end(AFTER), Next::Immediate);
+    }
+
+    #[test]
+    fn a_fresh_connection_that_served_stably_gets_its_own_retry_later() {
+        let mut rules = RedialRules::default();
+        assert_eq!(rules.on_end(AFTER), Next::Immediate);
+        // The fresh connection handshook and ran for hours, then 4401.
+        rules.on_stable_connection();
+        assert_eq!(
+            rules.on_end(AFTER),
+            Next::Immediate,
+            "a 4401 long after the fresh try succeeded is a new first 4401"
+        );
+        assert_eq!(rules.on_end(COLD), Next::Revoked);
     }
 
     #[test]

@@ -10,10 +10,18 @@ use super::{Agent, AgentError, TurnInput};
 pub struct EchoAgent;
 
 impl Agent for EchoAgent {
-    async fn respond(&self, turn: &TurnInput, cancel: CancellationToken) -> Result<String, AgentError> {
+    async fn respond(
+        &self,
+        turn: &TurnInput,
+        cancel: CancellationToken,
+    ) -> Result<String, AgentError> {
         if cancel.is_cancelled() {
             return Err(AgentError::Cancelled);
         }
-        if turn.event.text.is_empty() { Ok("(empty)".to_owned()) } else { Ok(turn.event.text.clone()) }
+        if turn.event.text.is_empty() {
+            Ok("(empty)".to_owned())
+        } else {
+            Ok(turn.event.text.clone())
+        }
     }
 }

@@ -63,7 +63,11 @@ impl Drop for GroupChild {
     }
 }
 
-async fn read_bounded<R: AsyncRead + Unpin>(mut reader: R, limit: usize, keep_tail: bool) -> std::io::Result<Vec<u8>> {
+async fn read_bounded<R: AsyncRead + Unpin>(
+    mut reader: R,
+    limit: usize,
+    keep_tail: bool,
+) -> std::io::Result<Vec<u8>> {
     let mut kept = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -102,7 +106,10 @@ impl ExecAgent {
             .process_group(0)
             .kill_on_drop(true)
             .spawn()?;
-        let pgid = child.id().and_then(|id| i32::try_from(id).ok()).and_then(Pid::from_raw);
+        let pgid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(Pid::from_raw);
         let mut stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
@@ -153,7 +160,11 @@ impl ExecAgent {
 }
 
 impl Agent for ExecAgent {
-    async fn respond(&self, turn: &TurnInput, cancel: CancellationToken) -> Result<String, AgentError> {
+    async fn respond(
+        &self,
+        turn: &TurnInput,
+        cancel: CancellationToken,
+    ) -> Result<String, AgentError> {
         // Dropping `run` drops its `GroupChild`, which kills the group.
         tokio::select! {
             result = self.run(turn) => result,
@@ -171,26 +182,41 @@ mod tests {
     use std::time::Instant;
 
     fn turn(text: &str) -> TurnInput {
-        let mut event = MessageEvent { text: text.to_owned(), ..MessageEvent::default() };
+        let mut event = MessageEvent {
+            text: text.to_owned(),
+            ..MessageEvent::default()
+        };
         event.source.chat_id = "c1".to_owned();
-        TurnInput { session_key: SessionKey::from_wire("agent:main:relay:dm:c1".to_owned()), event }
+        TurnInput {
+            session_key: SessionKey::from_wire("agent:main:relay:dm:c1".to_owned()),
+            event,
+        }
     }
 
     #[tokio::test]
     async fn cat_echoes_the_json_line_minus_its_newline() {
         let agent = ExecAgent::new("cat".into(), Duration::from_secs(10));
         let input = turn("hi there");
-        let reply = agent.respond(&input, CancellationToken::new()).await.expect("cat succeeds");
+        let reply = agent
+            .respond(&input, CancellationToken::new())
+            .await
+            .expect("cat succeeds");
         let v: serde_json::Value = serde_json::from_str(&reply).expect("stdin was one JSON object");
         assert_eq!(v["session_key"], "agent:main:relay:dm:c1");
-        assert_eq!(v["event"], serde_json::to_value(&input.event).expect("event serializes"));
+        assert_eq!(
+            v["event"],
+            serde_json::to_value(&input.event).expect("event serializes")
+        );
         assert!(!reply.ends_with('\n'), "one trailing newline trimmed");
     }
 
     #[tokio::test]
     async fn non_zero_exit_is_an_error_with_stderr() {
         let agent = ExecAgent::new("echo boom >&2; exit 3".into(), Duration::from_secs(10));
-        let err = agent.respond(&turn("x"), CancellationToken::new()).await.expect_err("exit 3 fails");
+        let err = agent
+            .respond(&turn("x"), CancellationToken::new())
+            .await
+            .expect_err("exit 3 fails");
         match err {
             AgentError::Exit { status, stderr } => {
                 assert!(status.contains('3'), "status names the code: {status}");
@@ -204,11 +230,17 @@ mod tests {
     /// /proc rather than probed with signal 0, which also "finds" zombies that
     /// a container's init may never reap.
     fn group_alive(pgid: i32) -> bool {
-        let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return false;
+        };
         entries.flatten().any(|entry| {
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { return false };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                return false;
+            };
             // After the parenthesised command name: state, ppid, pgrp, ...
-            let Some((_, rest)) = stat.rsplit_once(')') else { return false };
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
             let fields: Vec<&str> = rest.split_whitespace().collect();
             let state = fields.first().copied().unwrap_or("Z");
             let pgrp = fields.get(2).and_then(|f| f.parse::<i32>().ok());
@@ -235,7 +267,10 @@ mod tests {
         let pid_file = dir.join("cancel.pid");
         let _ = std::fs::remove_file(&pid_file);
         // `$$` is the shell, which leads the new group; `sleep` is its child.
-        let agent = ExecAgent::new(format!("echo $$ > {}; sleep 30", pid_file.display()), Duration::from_secs(60));
+        let agent = ExecAgent::new(
+            format!("echo $$ > {}; sleep 30", pid_file.display()),
+            Duration::from_secs(60),
+        );
         let cancel = CancellationToken::new();
         let input = turn("x");
         let started = Instant::now();
@@ -247,13 +282,19 @@ mod tests {
         };
         let (result, pgid) = tokio::join!(turn_fut, canceller);
         assert!(matches!(result, Err(AgentError::Cancelled)), "{result:?}");
-        assert!(started.elapsed() < Duration::from_secs(10), "cancel returned promptly");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "cancel returned promptly"
+        );
         // SIGKILL delivery is asynchronous; the group disappears once reaped.
         let deadline = Instant::now() + Duration::from_secs(5);
         while group_alive(pgid) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(!group_alive(pgid), "sleep in group {pgid} still alive after cancel");
+        assert!(
+            !group_alive(pgid),
+            "sleep in group {pgid} still alive after cancel"
+        );
     }
 
     #[tokio::test]

@@ -75,7 +75,11 @@ pub enum AgentError {
 }
 
 fn stderr_suffix(stderr: &str) -> String {
-    if stderr.is_empty() { String::new() } else { format!(": {stderr}") }
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!(": {stderr}")
+    }
 }
 
 /// Something that answers turns.
@@ -132,7 +136,9 @@ impl FromStr for AgentSpec {
         }
         if let Some(url) = spec.strip_prefix("openai:") {
             let url = url.trim();
-            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len() {
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.len() <= "https://".len()
+            {
                 return Err(AgentSpecError::BadBaseUrl(url.to_owned()));
             }
             return Ok(AgentSpec::OpenAi(url.trim_end_matches('/').to_owned()));
@@ -141,8 +147,9 @@ impl FromStr for AgentSpec {
     }
 }
 
-/// Settings shared by the backends built from a spec.
-#[derive(Debug, Clone)]
+/// Settings shared by the backends built from a spec. `Debug` never prints
+/// the API key.
+#[derive(Clone)]
 pub struct AgentOptions {
     /// Upper bound on one `exec` turn; the child is killed after it.
     pub turn_timeout: Duration,
@@ -152,6 +159,17 @@ pub struct AgentOptions {
     pub api_key: Option<String>,
     /// Messages of history kept per session for `openai:`.
     pub history_messages: usize,
+}
+
+impl std::fmt::Debug for AgentOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentOptions")
+            .field("turn_timeout", &self.turn_timeout)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<hidden>"))
+            .field("history_messages", &self.history_messages)
+            .finish()
+    }
 }
 
 impl Default for AgentOptions {
@@ -184,7 +202,9 @@ impl AgentBackend {
     pub fn from_spec(spec: &AgentSpec, options: &AgentOptions) -> Result<Self, AgentError> {
         Ok(match spec {
             AgentSpec::Echo => AgentBackend::Echo(EchoAgent),
-            AgentSpec::Exec(command) => AgentBackend::Exec(ExecAgent::new(command.clone(), options.turn_timeout)),
+            AgentSpec::Exec(command) => {
+                AgentBackend::Exec(ExecAgent::new(command.clone(), options.turn_timeout))
+            }
             AgentSpec::OpenAi(base_url) => AgentBackend::OpenAi(OpenAiAgent::new(OpenAiOptions {
                 base_url: base_url.clone(),
                 model: options.model.clone(),
@@ -197,7 +217,11 @@ impl AgentBackend {
 }
 
 impl Agent for AgentBackend {
-    async fn respond(&self, turn: &TurnInput, cancel: CancellationToken) -> Result<String, AgentError> {
+    async fn respond(
+        &self,
+        turn: &TurnInput,
+        cancel: CancellationToken,
+    ) -> Result<String, AgentError> {
         match self {
             AgentBackend::Echo(a) => a.respond(turn, cancel).await,
             AgentBackend::Exec(a) => a.respond(turn, cancel).await,
@@ -211,12 +235,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn debug_never_prints_the_api_key() {
+        let agent = AgentOptions {
+            api_key: Some("sk-agent-secret".to_owned()),
+            ..AgentOptions::default()
+        };
+        let openai = openai::OpenAiOptions {
+            api_key: Some("sk-openai-secret".to_owned()),
+            ..openai::OpenAiOptions::default()
+        };
+        for shown in [format!("{agent:?}"), format!("{openai:?}")] {
+            assert!(!shown.contains("secret"), "{shown}");
+            assert!(shown.contains("<hidden>"), "{shown}");
+        }
+    }
+
+    #[test]
     fn spec_strings_parse_as_cli_md_says() {
         assert_eq!("echo".parse(), Ok(AgentSpec::Echo));
         assert_eq!("exec:cat -n".parse(), Ok(AgentSpec::Exec("cat -n".into())));
-        assert_eq!("openai:http://127.0.0.1:8080/v1/".parse(), Ok(AgentSpec::OpenAi("http://127.0.0.1:8080/v1".into())));
-        assert_eq!("exec:  ".parse::<AgentSpec>(), Err(AgentSpecError::EmptyCommand));
-        assert!(matches!("openai:ftp://x".parse::<AgentSpec>(), Err(AgentSpecError::BadBaseUrl(_))));
-        assert!(matches!("gpt".parse::<AgentSpec>(), Err(AgentSpecError::Unknown(_))));
+        assert_eq!(
+            "openai:http://127.0.0.1:8080/v1/".parse(),
+            Ok(AgentSpec::OpenAi("http://127.0.0.1:8080/v1".into()))
+        );
+        assert_eq!(
+            "exec:  ".parse::<AgentSpec>(),
+            Err(AgentSpecError::EmptyCommand)
+        );
+        assert!(matches!(
+            "openai:ftp://x".parse::<AgentSpec>(),
+            Err(AgentSpecError::BadBaseUrl(_))
+        ));
+        assert!(matches!(
+            "gpt".parse::<AgentSpec>(),
+            Err(AgentSpecError::Unknown(_))
+        ));
     }
 }

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Agent, AgentError, TurnInput};
 
-/// Settings of the `openai:` backend.
-#[derive(Debug, Clone)]
+/// Settings of the `openai:` backend. `Debug` never prints the API key.
+#[derive(Clone)]
 pub struct OpenAiOptions {
     /// The API base, e.g. `https://api.openai.com/v1` (no trailing `/`).
     pub base_url: String,
@@ -31,6 +31,19 @@ pub struct OpenAiOptions {
     pub history_sessions: usize,
     /// Connect timeout of the HTTP client.
     pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for OpenAiOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiOptions")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<hidden>"))
+            .field("history_messages", &self.history_messages)
+            .field("history_sessions", &self.history_sessions)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 impl Default for OpenAiOptions {
@@ -64,7 +77,10 @@ impl std::fmt::Debug for OpenAiAgent {
         f.debug_struct("OpenAiAgent")
             .field("base_url", &self.options.base_url)
             .field("model", &self.options.model)
-            .field("api_key", &self.options.api_key.as_ref().map(|_| "<hidden>"))
+            .field(
+                "api_key",
+                &self.options.api_key.as_ref().map(|_| "<hidden>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -79,27 +95,47 @@ impl OpenAiAgent {
             .connect_timeout(options.connect_timeout)
             .build()
             .map_err(|e| AgentError::Http(e.to_string()))?;
-        Ok(Self { options, client, histories: Mutex::new((0, HashMap::new())) })
+        Ok(Self {
+            options,
+            client,
+            histories: Mutex::new((0, HashMap::new())),
+        })
     }
 
     fn history_of(&self, session_key: &str) -> Vec<(&'static str, String)> {
-        let guard = self.histories.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        guard.1.get(session_key).map(|h| h.messages.iter().cloned().collect()).unwrap_or_default()
+        let guard = self
+            .histories
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard
+            .1
+            .get(session_key)
+            .map(|h| h.messages.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn remember(&self, session_key: &str, user: String, assistant: String) {
-        let mut guard = self.histories.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self
+            .histories
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (tick, map) = &mut *guard;
         *tick += 1;
         if !map.contains_key(session_key)
             && map.len() >= self.options.history_sessions.max(1)
-            && let Some(oldest) = map.iter().min_by_key(|(_, h)| h.last_used).map(|(k, _)| k.clone())
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, h)| h.last_used)
+                .map(|(k, _)| k.clone())
         {
             map.remove(&oldest);
         }
         let history = map
             .entry(session_key.to_owned())
-            .or_insert_with(|| History { messages: VecDeque::new(), last_used: 0 });
+            .or_insert_with(|| History {
+                messages: VecDeque::new(),
+                last_used: 0,
+            });
         history.last_used = *tick;
         history.messages.push_back(("user", user));
         history.messages.push_back(("assistant", assistant));
@@ -117,16 +153,30 @@ impl OpenAiAgent {
         messages.push(json!({"role": "user", "content": turn.event.text}));
         let body = json!({"model": self.options.model, "stream": true, "messages": messages});
 
-        let mut request = self.client.post(format!("{}/chat/completions", self.options.base_url)).json(&body);
-        if let Some(key) = self.options.api_key.as_deref().filter(|k| !k.trim().is_empty()) {
+        let mut request = self
+            .client
+            .post(format!("{}/chat/completions", self.options.base_url))
+            .json(&body);
+        if let Some(key) = self
+            .options
+            .api_key
+            .as_deref()
+            .filter(|k| !k.trim().is_empty())
+        {
             request = request.bearer_auth(key.trim());
         }
-        let response = request.send().await.map_err(|e| AgentError::Http(e.without_url().to_string()))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| AgentError::Http(e.without_url().to_string()))?;
         let status = response.status();
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();
             let body: String = text.chars().take(MAX_ERROR_BODY).collect();
-            return Err(AgentError::Status { status: status.as_u16(), body });
+            return Err(AgentError::Status {
+                status: status.as_u16(),
+                body,
+            });
         }
 
         let mut reply = String::new();
@@ -143,13 +193,21 @@ impl OpenAiAgent {
                 }
             }
         }
-        self.remember(turn.session_key.as_str(), turn.event.text.clone(), reply.clone());
+        self.remember(
+            turn.session_key.as_str(),
+            turn.event.text.clone(),
+            reply.clone(),
+        );
         Ok(reply)
     }
 }
 
 impl Agent for OpenAiAgent {
-    async fn respond(&self, turn: &TurnInput, cancel: CancellationToken) -> Result<String, AgentError> {
+    async fn respond(
+        &self,
+        turn: &TurnInput,
+        cancel: CancellationToken,
+    ) -> Result<String, AgentError> {
         tokio::select! {
             // Dropping `complete` drops the response and its connection.
             () = cancel.cancelled() => Err(AgentError::Cancelled),
@@ -189,7 +247,9 @@ enum Chunk {
 /// Interprets one SSE line: `data: {json}`, `data: [DONE]`, or anything else
 /// (comments, `event:` lines, blank separators), which carries no content.
 fn parse_data_line(line: &str) -> Result<Chunk, AgentError> {
-    let Some(data) = line.strip_prefix("data:") else { return Ok(Chunk::Nothing) };
+    let Some(data) = line.strip_prefix("data:") else {
+        return Ok(Chunk::Nothing);
+    };
     let data = data.trim();
     if data == "[DONE]" {
         return Ok(Chunk::Done);
@@ -199,7 +259,10 @@ fn parse_data_line(line: &str) -> Result<Chunk, AgentError> {
     }
     let value: Value = serde_json::from_str(data).map_err(|e| AgentError::Stream(e.to_string()))?;
     if let Some(error) = value.get("error") {
-        let message = error.get("message").and_then(Value::as_str).map_or_else(|| error.to_string(), str::to_owned);
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .map_or_else(|| error.to_string(), str::to_owned);
         return Err(AgentError::Stream(message));
     }
     let content = value
@@ -232,13 +295,18 @@ mod tests {
     /// A local chat-completions server speaking SSE over chunked HTTP/1.1.
     /// With `hang`, it sends the first delta and then waits for the client
     /// to go away instead of finishing.
-    async fn sse_server(deltas: Vec<&'static str>, hang: bool) -> (String, mpsc::UnboundedReceiver<Seen>) {
+    async fn sse_server(
+        deltas: Vec<&'static str>,
+        hang: bool,
+    ) -> (String, mpsc::UnboundedReceiver<Seen>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             loop {
-                let Ok((socket, _)) = listener.accept().await else { return };
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
                 let tx = tx.clone();
                 let deltas = deltas.clone();
                 tokio::spawn(async move {
@@ -271,7 +339,12 @@ mod tests {
                     }
                     let mut events: Vec<String> = deltas
                         .iter()
-                        .map(|d| format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": {"content": d}}]})))
+                        .map(|d| {
+                            format!(
+                                "data: {}\n\n",
+                                json!({"choices": [{"index": 0, "delta": {"content": d}}]})
+                            )
+                        })
                         .collect();
                     events.insert(0, ": keep-alive\n\n".to_owned());
                     events.push("data: [DONE]\n\n".to_owned());
@@ -298,8 +371,14 @@ mod tests {
     }
 
     fn turn(key: &str, text: &str) -> TurnInput {
-        let event = MessageEvent { text: text.to_owned(), ..MessageEvent::default() };
-        TurnInput { session_key: SessionKey::from_wire(key.to_owned()), event }
+        let event = MessageEvent {
+            text: text.to_owned(),
+            ..MessageEvent::default()
+        };
+        TurnInput {
+            session_key: SessionKey::from_wire(key.to_owned()),
+            event,
+        }
     }
 
     fn agent(base_url: String, history_messages: usize) -> OpenAiAgent {
@@ -314,25 +393,42 @@ mod tests {
     }
 
     async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
-        tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("server event in time").expect("server alive")
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("server event in time")
+            .expect("server alive")
     }
 
     #[tokio::test]
     async fn streams_deltas_and_keeps_bounded_history() {
         let (base, mut seen) = sse_server(vec!["Hel", "lo ", "wörld"], false).await;
         let agent = agent(base, 2);
-        let reply = agent.respond(&turn("k1", "hi"), CancellationToken::new()).await.expect("stream completes");
+        let reply = agent
+            .respond(&turn("k1", "hi"), CancellationToken::new())
+            .await
+            .expect("stream completes");
         assert_eq!(reply, "Hello wörld");
-        let Seen::Request { head, body } = next_seen(&mut seen).await else { panic!("expected the request") };
+        let Seen::Request { head, body } = next_seen(&mut seen).await else {
+            panic!("expected the request")
+        };
         assert!(head.starts_with("POST /v1/chat/completions "), "{head}");
-        assert!(head.to_ascii_lowercase().contains("authorization: bearer sk-test"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("authorization: bearer sk-test"),
+            "{head}"
+        );
         assert_eq!(body["stream"], true);
         assert_eq!(body["model"], "test-model");
         assert_eq!(body["messages"], json!([{"role": "user", "content": "hi"}]));
 
         // Same session: the previous exchange is sent along (bounded to 2 messages).
-        agent.respond(&turn("k1", "again"), CancellationToken::new()).await.expect("second turn");
-        let Seen::Request { body, .. } = next_seen(&mut seen).await else { panic!("expected the request") };
+        agent
+            .respond(&turn("k1", "again"), CancellationToken::new())
+            .await
+            .expect("second turn");
+        let Seen::Request { body, .. } = next_seen(&mut seen).await else {
+            panic!("expected the request")
+        };
         assert_eq!(
             body["messages"],
             json!([
@@ -341,16 +437,33 @@ mod tests {
                 {"role": "user", "content": "again"},
             ])
         );
-        agent.respond(&turn("k1", "third"), CancellationToken::new()).await.expect("third turn");
-        let Seen::Request { body, .. } = next_seen(&mut seen).await else { panic!("expected the request") };
+        agent
+            .respond(&turn("k1", "third"), CancellationToken::new())
+            .await
+            .expect("third turn");
+        let Seen::Request { body, .. } = next_seen(&mut seen).await else {
+            panic!("expected the request")
+        };
         let messages = body["messages"].as_array().map(Vec::len);
-        assert_eq!(messages, Some(3), "history capped at 2 messages plus the new one: {body}");
+        assert_eq!(
+            messages,
+            Some(3),
+            "history capped at 2 messages plus the new one: {body}"
+        );
         assert_eq!(body["messages"][0]["content"], "again");
 
         // Another session starts fresh.
-        agent.respond(&turn("k2", "new"), CancellationToken::new()).await.expect("other session");
-        let Seen::Request { body, .. } = next_seen(&mut seen).await else { panic!("expected the request") };
-        assert_eq!(body["messages"], json!([{"role": "user", "content": "new"}]));
+        agent
+            .respond(&turn("k2", "new"), CancellationToken::new())
+            .await
+            .expect("other session");
+        let Seen::Request { body, .. } = next_seen(&mut seen).await else {
+            panic!("expected the request")
+        };
+        assert_eq!(
+            body["messages"],
+            json!([{"role": "user", "content": "new"}])
+        );
     }
 
     #[tokio::test]
@@ -367,7 +480,10 @@ mod tests {
         };
         let (result, ()) = tokio::join!(respond, canceller);
         assert!(matches!(result, Err(AgentError::Cancelled)), "{result:?}");
-        assert!(matches!(next_seen(&mut seen).await, Seen::ClientGone), "server saw the stream dropped");
+        assert!(
+            matches!(next_seen(&mut seen).await, Seen::ClientGone),
+            "server saw the stream dropped"
+        );
     }
 
     #[tokio::test]
@@ -379,13 +495,21 @@ mod tests {
                 let mut buf = [0u8; 4096];
                 let _ = socket.read(&mut buf).await;
                 let body = r#"{"error":{"message":"bad key"}}"#;
-                let response = format!("HTTP/1.1 401 Unauthorized\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let response = format!(
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 let _ = socket.write_all(response.as_bytes()).await;
             }
         });
         let agent = agent(format!("http://{addr}/v1"), 20);
-        let result = agent.respond(&turn("k", "x"), CancellationToken::new()).await;
-        assert!(matches!(&result, Err(AgentError::Status { status: 401, body }) if body.contains("bad key")), "{result:?}");
+        let result = agent
+            .respond(&turn("k", "x"), CancellationToken::new())
+            .await;
+        assert!(
+            matches!(&result, Err(AgentError::Status { status: 401, body }) if body.contains("bad key")),
+            "{result:?}"
+        );
     }
 
     #[test]
@@ -406,10 +530,21 @@ mod tests {
             parse_data_line(r#"data: {"choices":[{"delta":{"content":"hé"}}]}"#),
             Ok(Chunk::Content(c)) if c == "hé"
         ));
-        assert!(matches!(parse_data_line(r#"data: {"choices":[{"delta":{"role":"assistant"}}]}"#), Ok(Chunk::Nothing)));
-        assert!(matches!(parse_data_line(": keep-alive"), Ok(Chunk::Nothing)));
+        assert!(matches!(
+            parse_data_line(r#"data: {"choices":[{"delta":{"role":"assistant"}}]}"#),
+            Ok(Chunk::Nothing)
+        ));
+        assert!(matches!(
+            parse_data_line(": keep-alive"),
+            Ok(Chunk::Nothing)
+        ));
         assert!(matches!(parse_data_line("data: [DONE]"), Ok(Chunk::Done)));
-        assert!(matches!(parse_data_line(r#"data: {"error":{"message":"quota"}}"#), Err(AgentError::Stream(m)) if m == "quota"));
-        assert!(matches!(parse_data_line("data: {nope"), Err(AgentError::Stream(_))));
+        assert!(
+            matches!(parse_data_line(r#"data: {"error":{"message":"quota"}}"#), Err(AgentError::Stream(m)) if m == "quota")
+        );
+        assert!(matches!(
+            parse_data_line("data: {nope"),
+            Err(AgentError::Stream(_))
+        ));
     }
 }

@@ -79,7 +79,7 @@ async fn serve(args: DevArgs, agent: AgentBackend) -> anyhow::Result<ExitCode> {
     let mut ingress = IngressConfig::new(args.listen);
     ingress.allow_non_loopback = args.allow_non_loopback;
     let setup = DevSetup::start(&args.plugins, args.policy.clone(), agent, ingress).await?;
-    gateway_main::drain_on_signals(setup.shutdown.clone())?;
+    gateway_main::drain_on_signals(setup.shutdown.clone(), None)?;
 
     let base = setup.ingress.url();
     println!("hermes-gateway dev");

@@ -73,15 +73,41 @@ pub fn stop_when_revoked(handle: &RelayHandle, shutdown: &CancellationToken) {
 }
 
 /// SIGTERM/SIGINT cancel `shutdown` (a graceful drain); a second one exits
-/// at once with status 1.
-pub fn drain_on_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
+/// at once with status 1. With `reload`, SIGHUP reloads its plugins and
+/// policy (`run`); without, SIGHUP keeps its default action.
+pub fn drain_on_signals(
+    shutdown: CancellationToken,
+    reload: Option<PluginHost>,
+) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut hup = match reload {
+        Some(host) => Some((
+            host,
+            signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?,
+        )),
+        None => None,
+    };
     tokio::spawn(async move {
         loop {
+            let hangup = async {
+                match hup.as_mut() {
+                    Some((host, hup)) => {
+                        hup.recv().await;
+                        Some(host.clone())
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let name = tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
+                Some(host) = hangup => {
+                    info!("SIGHUP: reloading plugins and policy");
+                    let report = host.reload().await;
+                    crate::admin::log_report(&report);
+                    continue;
+                }
             };
             if shutdown.is_cancelled() {
                 warn!("{name} again: exiting without finishing the drain");

@@ -9,17 +9,16 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use hermes_gateway_core::agent::{AgentBackend, AgentOptions, AgentSpec};
 use hermes_gateway_core::{ExitReason, Gateway, GatewayConfig, Metrics, SessionConfig};
-use hermes_plugin_host::{PluginHost, PluginHostConfig};
 use hermes_protocol::session::SessionKeySettings;
 use hermes_protocol::url::{Endpoint, http_endpoint};
-use hermes_transport::{Identity, LinkState, RelayConfig, RelayLink};
-use tokio::signal::unix::{SignalKind, signal};
+use hermes_transport::{Identity, RelayConfig, RelayLink};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::args::RunArgs;
 use crate::connector_api;
+use crate::gateway_main;
 use crate::logging;
 use crate::settings::{self, ConfigFile, EnvLayers, Overrides, RelayAuth, Secret, Settings};
 
@@ -79,12 +78,7 @@ async fn serve(
     let shutdown = CancellationToken::new();
 
     // Plugins: compile off the async threads; a bad file is a warning.
-    let mut host_config = PluginHostConfig::new(&plugins_dir);
-    host_config.policy_file = args.policy.clone();
-    host_config.cache_dir = plugin_cache_dir();
-    let (host, report) = tokio::task::spawn_blocking(move || PluginHost::load(host_config))
-        .await
-        .context("plugin loading panicked")??;
+    let (host, report) = gateway_main::load_plugins(&plugins_dir, args.policy.clone()).await?;
     admin::log_report(&report);
     if report.loaded.is_empty() {
         warn!(dir = %plugins_dir.display(), "no plugins loaded: passthrough forwards will be dropped");
@@ -110,7 +104,7 @@ async fn serve(
         tokio::spawn(admin::serve(listener, state, shutdown.clone()));
     }
 
-    spawn_signal_handler(host.clone(), shutdown.clone())?;
+    gateway_main::drain_on_signals(shutdown.clone(), Some(host.clone()))?;
 
     let relay = &settings.relay;
     if relay.delivery_key.is_some() {
@@ -151,7 +145,7 @@ async fn serve(
     );
     let (handle, inbound) = RelayLink::spawn(relay_config);
     let _ = relay_slot.set(handle.clone());
-    stop_when_revoked(&handle, &shutdown);
+    gateway_main::stop_when_revoked(&handle, &shutdown);
 
     let options = AgentOptions {
         model: settings
@@ -198,24 +192,6 @@ async fn serve(
     }
 }
 
-/// A revoked link latches and keeps its inbound channel open (it only fails
-/// calls fast), so the gateway loop would serve nothing forever. With the
-/// relay disabled this process has nothing else to do: start the drain,
-/// after which [`Gateway::run`] reports `Revoked` (exit code 4, §6.2).
-fn stop_when_revoked(handle: &hermes_transport::RelayHandle, shutdown: &CancellationToken) {
-    let mut state = handle.state();
-    let shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        let revoked = tokio::select! {
-            () = shutdown.cancelled() => false,
-            r = state.wait_for(|s| matches!(s, LinkState::Revoked)) => r.is_ok(),
-        };
-        if revoked {
-            shutdown.cancel();
-        }
-    });
-}
-
 /// Where compiled plugin artifacts are cached: `~/.hermes/cache/plugins`
 /// (owned by the user, since the host trusts what it deserializes there).
 /// Shared by `run`, `plugins check` and `convert`.
@@ -227,35 +203,6 @@ pub fn plugin_cache_dir() -> Option<std::path::PathBuf> {
             .join("cache")
             .join("plugins"),
     )
-}
-
-/// SIGTERM/SIGINT: start the drain (a second one exits at once). SIGHUP:
-/// reload plugins and policy.
-fn spawn_signal_handler(host: PluginHost, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
-    tokio::spawn(async move {
-        loop {
-            let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-                _ = hup.recv() => {
-                    info!("SIGHUP: reloading plugins and policy");
-                    let report = host.reload().await;
-                    admin::log_report(&report);
-                    continue;
-                }
-            };
-            if shutdown.is_cancelled() {
-                warn!("{name} again: exiting without finishing the drain");
-                std::process::exit(i32::from(crate::EXIT_FAILURE));
-            }
-            info!("{name}: draining (send it again to exit at once)");
-            shutdown.cancel();
-        }
-    });
-    Ok(())
 }
 
 /// Provisioning at start (§7.4): retried with capped backoff until it works

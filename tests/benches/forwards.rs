@@ -24,10 +24,15 @@
 //! without the `typing` op, `HERMES_GATEWAY_BIN` a prebuilt binary to
 //! run instead of building one.
 
+#[path = "../all/support.rs"]
+#[allow(dead_code)] // the bench uses only the binary locator and ChildGuard
+mod support;
+use support::ChildGuard;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -244,54 +249,13 @@ fn twilio_line(template: &(Value, Vec<u8>), variant: usize, marker: usize) -> St
     encode(forward_from(&template.0, fields.join("&").into_bytes()))
 }
 
-/// The `hermes-gateway` binary of this profile, built the way `tests/all/cli.rs` does.
-/// `HERMES_GATEWAY_BIN` names a prebuilt one instead (handy under a profiler).
+/// The `hermes-gateway` binary of this profile, built as the end-to-end tests
+/// build it; `HERMES_GATEWAY_BIN` names a prebuilt one instead (handy under a
+/// profiler).
 fn gateway_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("HERMES_GATEWAY_BIN") {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().expect("bench executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps")
-        .to_path_buf();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "--quiet",
-        "-p",
-        "hermes-gateway",
-        "--bin",
-        "hermes-gateway",
-        "--manifest-path",
-    ])
-    .arg(&manifest);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    if let Some(target_dir) = profile_dir.parent() {
-        cmd.env("CARGO_TARGET_DIR", target_dir);
-    }
-    let status = cmd.status().expect("run cargo build -p hermes-gateway");
-    assert!(
-        status.success(),
-        "cargo build -p hermes-gateway failed: {status}"
-    );
-    let bin = profile_dir.join("hermes-gateway");
-    assert!(bin.is_file(), "{} was not built", bin.display());
-    bin
-}
-
-/// Kills the gateway when the bench ends, however it ends.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+    match std::env::var_os("HERMES_GATEWAY_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => support::binary().to_path_buf(),
     }
 }
 

@@ -13,6 +13,32 @@
 //! delivery waits for room, which stops the gateway loop from reading the
 //! link, which stops the link reading the socket (relay-contract §7.2
 //! step 3: backpressure rather than drops).
+//!
+//! Replies are delivered off the turn path. A turn ends once its answer is
+//! computed and handed to the session's delivery chain: one task per session
+//! with replies outstanding, which sends them strictly one after another
+//! (every chunk of turn N's reply before any of turn N+1's; after a failed or
+//! ambiguous chunk the rest of that reply is not sent). So a session's next
+//! turn — and the queue room it frees — never waits for a reply's result.
+//! That matters because results arrive on the same link whose reader may be
+//! held by the backpressure above: if a turn waited for its result, the
+//! reader would wait for the turn and the turn for the reader, until the
+//! request's outbound timeout, turn after turn, for every session.
+//!
+//! At most [`MAX_UNCONFIRMED_REPLIES`] replies of one session are handed off
+//! and unfinished at a time; the worker takes a place before it starts a turn
+//! (holding no turn slot while it waits). This is the one remaining wait on
+//! results, and it is bounded: it happens only when that many replies of ONE
+//! session are unconfirmed. Residual case, precisely: while it waits, that
+//! session's queue does not drain; if the queue is also full, the link's
+//! reader is holding a further event for that session, and the result the
+//! chain waits for sits behind that event on the socket, then the link stalls
+//! until that request's outbound timeout. The chain then moves on, a turn
+//! starts, the held event is queued and the reader catches up on the results
+//! behind it. This needs one session to run `queue_per_session` +
+//! [`MAX_UNCONFIRMED_REPLIES`] messages ahead of its replies' results (a
+//! flood to an agent faster than the link's round trip); a slow agent or an
+//! ordinary burst never gets there.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,7 +48,7 @@ use hermes_protocol::action::{Action, ActionResult, Metadata};
 use hermes_protocol::event::MessageEvent;
 use hermes_protocol::session::{SessionKey, SessionKeySettings, session_key};
 use hermes_protocol::split::split_message;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -38,6 +64,10 @@ pub const STOP_COMMAND: &str = "/stop";
 
 /// The `reason` of the `interrupt` frame egressed for a user's `/stop`.
 pub const STOP_REASON: &str = "user_stop";
+
+/// Replies of one session that may be handed to delivery and not yet
+/// finished (sent and answered, failed, or given up).
+pub const MAX_UNCONFIRMED_REPLIES: usize = 8;
 
 /// Limits and settings of the session layer.
 #[derive(Debug, Clone)]
@@ -126,10 +156,12 @@ pub enum Submitted {
 /// How [`Sessions::drain`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrainOutcome {
-    /// Every queued and running turn finished within the grace period.
+    /// Every queued and running turn finished, and every reply handed to
+    /// delivery got its results, within the grace period.
     Finished,
     /// The grace period ran out; the remaining turns (running and still
-    /// queued) were cancelled, and how many is logged.
+    /// queued) were cancelled, replies not yet fully sent send no further
+    /// chunk, and how many of each is logged.
     Cancelled,
 }
 
@@ -142,11 +174,65 @@ struct Queued {
     acked: Option<CancellationToken>,
 }
 
-#[derive(Default)]
+/// A computed answer on its way out, in the session's delivery chain.
+struct Reply {
+    chunks: Vec<String>,
+    chat_id: String,
+    reply_to: Option<String>,
+    route: ReplyRoute,
+    metadata: Metadata,
+    /// The turn's token. Only the drain cancels it once the reply is handed
+    /// off: an interrupt targets the session's *running* turn, and a reply
+    /// already handed to delivery is allowed to finish.
+    cancel: CancellationToken,
+    /// The reply's place among [`MAX_UNCONFIRMED_REPLIES`]; freed when the
+    /// reply is finished.
+    _place: OwnedSemaphorePermit,
+}
+
 struct Session {
     waiting: VecDeque<Queued>,
     /// The running turn's token, if a turn is running.
     running: Option<CancellationToken>,
+    /// Whether a worker task runs this session's turns.
+    worker: bool,
+    /// Replies handed off and not yet picked up by the delivery task.
+    replies: VecDeque<Reply>,
+    /// Whether a delivery task is sending this session's replies.
+    delivering: bool,
+    /// Places for unfinished replies ([`MAX_UNCONFIRMED_REPLIES`]).
+    reply_places: Arc<Semaphore>,
+}
+
+impl Session {
+    fn new() -> Self {
+        Self {
+            waiting: VecDeque::new(),
+            running: None,
+            worker: false,
+            replies: VecDeque::new(),
+            delivering: false,
+            reply_places: Arc::new(Semaphore::new(MAX_UNCONFIRMED_REPLIES)),
+        }
+    }
+
+    /// Replies handed off and not finished (waiting or being sent).
+    fn unfinished_replies(&self) -> usize {
+        self.replies.len() + usize::from(self.delivering)
+    }
+}
+
+/// Forgets `key`'s session once it has neither a worker nor a delivery task
+/// (a later event starts afresh). Keeping it while replies are delivered
+/// keeps a new worker from starting a second, unordered delivery chain.
+fn retire_if_idle(state: &mut State, key: &SessionKey) {
+    if state
+        .sessions
+        .get(key)
+        .is_some_and(|s| !s.worker && !s.delivering)
+    {
+        state.sessions.remove(key);
+    }
 }
 
 struct State {
@@ -379,9 +465,13 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
         incoming: Incoming,
         acked: Option<CancellationToken>,
     ) {
-        let spawn_worker = !state.sessions.contains_key(&key);
-        let session = state.sessions.entry(key.clone()).or_default();
+        let session = state
+            .sessions
+            .entry(key.clone())
+            .or_insert_with(Session::new);
         session.waiting.push_back(Queued { incoming, acked });
+        let spawn_worker = !session.worker;
+        session.worker = true;
         state.queued_total += 1;
         if spawn_worker {
             let this = self.clone();
@@ -389,19 +479,35 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
         }
     }
 
-    /// The worker of one session: runs its turns in order until the queue is empty.
+    /// The worker of one session: runs its turns in order until the queue is
+    /// empty, handing each answer to the session's delivery chain.
     async fn work(self, key: SessionKey) {
         let inner = &self.inner;
         loop {
-            let permit = tokio::select! {
-                permit = Arc::clone(&inner.turn_slots).acquire_owned() => permit,
+            let Some(places) = lock(&inner.state)
+                .sessions
+                .get(&key)
+                .map(|s| Arc::clone(&s.reply_places))
+            else {
+                return;
+            };
+            // A place for the reply first, then a turn slot: a session whose
+            // replies are backed up waits without holding a slot others need.
+            // This is the only wait on reply results (see the module docs).
+            let permits = async {
+                let place = places.acquire_owned().await;
+                let slot = Arc::clone(&inner.turn_slots).acquire_owned().await;
+                (place, slot)
+            };
+            let permits = tokio::select! {
+                permits = permits => permits,
                 () = inner.all_turns.cancelled() => {
                     self.abandon(&key);
                     return;
                 }
             };
-            // The semaphore is never closed, so this only guards against the impossible.
-            let Ok(_permit) = permit else {
+            // The semaphores are never closed, so this only guards against the impossible.
+            let (Ok(place), Ok(_slot)) = permits else {
                 self.abandon(&key);
                 return;
             };
@@ -411,9 +517,10 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
                     return;
                 };
                 let Some(queued) = session.waiting.pop_front() else {
-                    // Empty: the session goes idle and this worker ends. A
-                    // later event finds no entry and spawns a fresh worker.
-                    state.sessions.remove(&key);
+                    // Empty: this worker ends. The session is forgotten once
+                    // its replies are out too; a later event spawns a fresh worker.
+                    session.worker = false;
+                    retire_if_idle(&mut state, &key);
                     return;
                 };
                 let cancel = inner.all_turns.child_token();
@@ -425,28 +532,106 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             if let Some(acked) = &queued.acked {
                 acked.cancelled().await;
             }
-            self.run_turn(&key, queued.incoming, cancel).await;
-            if let Some(session) = lock(&inner.state).sessions.get_mut(&key) {
+            let reply = self.run_turn(&key, queued.incoming, cancel, place).await;
+            let mut state = lock(&inner.state);
+            if let Some(session) = state.sessions.get_mut(&key) {
                 session.running = None;
+                if let Some(reply) = reply {
+                    session.replies.push_back(reply);
+                    if !session.delivering {
+                        session.delivering = true;
+                        let this = self.clone();
+                        let key = key.clone();
+                        inner.tasks.spawn(async move { this.deliver(key).await });
+                    }
+                }
             }
         }
     }
 
-    /// Drops whatever still waits in `key`'s queue: only when the drain's
-    /// grace period ran out (the count is logged by [`drain`](Self::drain)).
+    /// The delivery chain of one session: sends its replies one after
+    /// another until none is left. A reply's chunks go out in order, each
+    /// after the previous one's result, so the first chunk of a reply is
+    /// written as soon as the previous reply is finished.
+    async fn deliver(self, key: SessionKey) {
+        loop {
+            let reply = {
+                let mut state = lock(&self.inner.state);
+                let Some(session) = state.sessions.get_mut(&key) else {
+                    return;
+                };
+                let Some(reply) = session.replies.pop_front() else {
+                    session.delivering = false;
+                    retire_if_idle(&mut state, &key);
+                    return;
+                };
+                reply
+            };
+            self.send_reply(&key, reply).await;
+        }
+    }
+
+    /// Sends one reply's chunks until one fails or the drain cancels it.
+    async fn send_reply(&self, key: &SessionKey, reply: Reply) {
+        let inner = &self.inner;
+        for chunk in reply.chunks {
+            if reply.cancel.is_cancelled() {
+                inner.metrics.turn_cancelled();
+                return;
+            }
+            let metadata = self.metadata_for(&reply.chat_id, &reply.metadata);
+            let action = match &reply.route {
+                ReplyRoute::Send => Action::Send {
+                    chat_id: reply.chat_id.clone(),
+                    content: chunk,
+                    reply_to: reply.reply_to.clone(),
+                    metadata,
+                },
+                ReplyRoute::FollowUp { kind } => Action::FollowUp {
+                    session_key: key.as_str().to_owned(),
+                    kind: kind.clone(),
+                    content: chunk,
+                    metadata,
+                },
+            };
+            let op = action.op();
+            let result = inner.egress.request(action).await;
+            if !self.record_reply(key, op, &result) {
+                // Later pieces without the failed one would read as nonsense,
+                // and an ambiguous failure may have been delivered: stop here.
+                return;
+            }
+        }
+    }
+
+    /// Drops whatever still waits in `key`'s queue and ends its worker: only
+    /// when the drain's grace period ran out (the count is logged by
+    /// [`drain`](Self::drain)). Its delivery chain, if any, winds down on its
+    /// own (every reply's token is cancelled by then).
     fn abandon(&self, key: &SessionKey) {
         let mut state = lock(&self.inner.state);
-        if let Some(session) = state.sessions.remove(key) {
-            state.queued_total = state.queued_total.saturating_sub(session.waiting.len());
-            for _ in &session.waiting {
+        if let Some(session) = state.sessions.get_mut(key) {
+            let dropped = std::mem::take(&mut session.waiting).len();
+            session.worker = false;
+            state.queued_total = state.queued_total.saturating_sub(dropped);
+            for _ in 0..dropped {
                 self.inner.metrics.turn_cancelled();
             }
+            retire_if_idle(&mut state, key);
         }
         drop(state);
         self.inner.room.notify_waiters();
     }
 
-    async fn run_turn(&self, key: &SessionKey, incoming: Incoming, cancel: CancellationToken) {
+    /// Runs one turn up to its computed answer, split into chunks: the reply
+    /// to hand to delivery (with its `place`), or `None` when there is none.
+    async fn run_turn(
+        &self,
+        key: &SessionKey,
+        incoming: Incoming,
+        cancel: CancellationToken,
+        place: OwnedSemaphorePermit,
+    ) -> Option<Reply> {
         let inner = &self.inner;
         inner.metrics.turn_started();
         let chat_id = incoming.event.source.chat_id.clone();
@@ -499,11 +684,11 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             _ if cancel.is_cancelled() => {
                 inner.metrics.turn_cancelled();
                 info!(session_key = key.as_str(), "turn cancelled");
-                return;
+                return None;
             }
             Err(AgentError::Cancelled) => {
                 inner.metrics.turn_cancelled();
-                return;
+                return None;
             }
             Ok(text) => {
                 inner.metrics.turn_completed();
@@ -520,7 +705,7 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
                 session_key = key.as_str(),
                 "agent answered nothing; no reply sent"
             );
-            return;
+            return None;
         }
 
         let chunks = split_message(
@@ -529,34 +714,15 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             descriptor.len_unit,
             descriptor.code_blocks(),
         );
-        for chunk in chunks {
-            if cancel.is_cancelled() {
-                inner.metrics.turn_cancelled();
-                return;
-            }
-            let metadata = self.metadata_for(&chat_id, &incoming.metadata);
-            let action = match &incoming.route {
-                ReplyRoute::Send => Action::Send {
-                    chat_id: chat_id.clone(),
-                    content: chunk,
-                    reply_to: turn.event.message_id.clone(),
-                    metadata,
-                },
-                ReplyRoute::FollowUp { kind } => Action::FollowUp {
-                    session_key: key.as_str().to_owned(),
-                    kind: kind.clone(),
-                    content: chunk,
-                    metadata,
-                },
-            };
-            let op = action.op();
-            let result = inner.egress.request(action).await;
-            if !self.record_reply(key, op, &result) {
-                // Later pieces without the failed one would read as nonsense,
-                // and an ambiguous failure may have been delivered: stop here.
-                return;
-            }
-        }
+        Some(Reply {
+            chunks,
+            chat_id,
+            reply_to: turn.event.message_id,
+            route: incoming.route,
+            metadata: incoming.metadata,
+            cancel,
+            _place: place,
+        })
     }
 
     /// Counts and logs one reply result; true when it succeeded.
@@ -589,6 +755,7 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
 
     /// `interrupt_inbound`: cancels exactly the running turn of `session_key`
     /// (unknown key: no-op) and clears the chat's typing indicator, best effort.
+    /// Replies of earlier turns, already handed to delivery, still go out.
     pub fn interrupt(&self, session_key: &str, chat_id: &str) {
         let inner = &self.inner;
         inner.metrics.interrupt_in();
@@ -637,10 +804,12 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
         self.inner.room.notify_waiters();
     }
 
-    /// Stops taking new turns, lets queued and running turns finish for up to
-    /// `grace` (queued turns were acked, so they are run, not discarded), then
-    /// cancels whatever is left, logs how much that was, and waits for it to
-    /// wind down.
+    /// Stops taking new turns, lets queued and running turns finish and
+    /// handed-off replies get their results for up to `grace` (queued turns
+    /// were acked, so they are run, not discarded), then cancels whatever is
+    /// left (a reply's request already on the link still ends with its
+    /// result or outbound timeout), logs how much that was, and waits for it
+    /// to wind down.
     pub async fn drain(&self, grace: Duration) -> DrainOutcome {
         self.stop_accepting();
         let tasks = &self.inner.tasks;
@@ -648,19 +817,25 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
         if tokio::time::timeout(grace, tasks.wait()).await.is_ok() {
             return DrainOutcome::Finished;
         }
-        let (running, queued) = {
+        let (running, queued, replies) = {
             let state = lock(&self.inner.state);
             let running = state
                 .sessions
                 .values()
                 .filter(|s| s.running.is_some())
                 .count();
-            (running, state.queued_total)
+            let replies: usize = state
+                .sessions
+                .values()
+                .map(Session::unfinished_replies)
+                .sum();
+            (running, state.queued_total, replies)
         };
         warn!(
             ?grace,
             running,
             queued,
+            replies,
             "drain grace period over; cancelling the remaining turns, including acked ones still queued"
         );
         self.inner.all_turns.cancel();

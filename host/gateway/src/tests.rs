@@ -20,7 +20,8 @@ use crate::agent::{Agent, AgentError, TurnInput};
 use crate::egress::{Converted, Converter, Egress, Relay};
 use crate::metrics::{ForwardDrop, Metrics};
 use crate::session::{
-    DrainOutcome, Incoming, ReplyRoute, STOP_REASON, SessionConfig, Sessions, Submitted,
+    DrainOutcome, Incoming, MAX_UNCONFIRMED_REPLIES, ReplyRoute, STOP_REASON, SessionConfig,
+    Sessions, Submitted,
 };
 use crate::{ExitReason, Gateway, GatewayConfig};
 
@@ -45,6 +46,9 @@ struct FakeRelayInner {
     idle_gate: Mutex<Option<Arc<Semaphore>>>,
     /// Scheduler yields before an ack is recorded (a busy writer queue).
     slow_acks: std::sync::atomic::AtomicBool,
+    /// When set, the results of replies to this chat are withheld: each
+    /// waits for a permit (the connector's answers are slow to come back).
+    held: Mutex<Option<(String, Arc<Semaphore>)>>,
 }
 
 #[derive(Clone)]
@@ -59,6 +63,7 @@ impl FakeRelay {
             results: Mutex::new(Vec::new()),
             idle_gate: Mutex::new(None),
             slow_acks: std::sync::atomic::AtomicBool::new(false),
+            held: Mutex::new(None),
         };
         (Self(Arc::new(inner)), rx)
     }
@@ -74,11 +79,38 @@ impl FakeRelay {
     fn record(&self, o: Out) {
         let _ = self.0.out.send(o);
     }
+
+    /// Withholds the results of replies to `chat` until permits are added to
+    /// the returned semaphore (one per result).
+    fn hold_results(&self, chat: &str) -> Arc<Semaphore> {
+        let gate = Arc::new(Semaphore::new(0));
+        *self.0.held.lock().expect("lock") = Some((chat.to_owned(), Arc::clone(&gate)));
+        gate
+    }
+}
+
+/// The chat a reply goes to (`send`), if any.
+fn chat_of(action: &Action) -> Option<&str> {
+    match action {
+        Action::Send { chat_id, .. } => Some(chat_id),
+        _ => None,
+    }
 }
 
 impl Egress for FakeRelay {
     async fn request(&self, action: Action) -> ActionResult {
+        let gate = {
+            let held = self.0.held.lock().expect("lock");
+            held.as_ref()
+                .filter(|(chat, _)| chat_of(&action) == Some(chat.as_str()))
+                .map(|(_, gate)| Arc::clone(gate))
+        };
         self.record(Out::Request(action));
+        if let Some(gate) = gate
+            && let Ok(permit) = gate.acquire().await
+        {
+            permit.forget();
+        }
         let mut results = self.0.results.lock().expect("lock");
         if results.is_empty() {
             ActionResult::ok(Some("m1".into()))
@@ -1055,4 +1087,289 @@ async fn the_ack_goes_out_before_any_reply_to_its_delivery() {
         "not even typing before the ack"
     );
     assert!(matches!(next_reply(&mut out).await, Action::Send { .. }));
+}
+
+/// The replies of a session whose results are withheld do not hold up its
+/// next turns, nor any other session (the link is never stalled on them).
+#[tokio::test]
+async fn withheld_reply_results_stall_neither_the_session_nor_others() {
+    let (agent, mut probe) = gate_agent();
+    probe.release.add_permits(100);
+    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    no_typing(&relay);
+    let results = relay.hold_results("ca");
+    let texts: Vec<String> = (0..5).map(|i| format!("a{i}")).collect();
+    for text in &texts {
+        let submitted = sessions
+            .submit(vec![Incoming::inbound(event("ca", "u1", text))], None)
+            .await;
+        assert_eq!(submitted, Submitted::Accepted);
+    }
+    let mut started = Vec::new();
+    for _ in &texts {
+        started.push(next(&mut probe.started).await.1);
+    }
+    assert_eq!(started, texts, "every turn of the session ran, in order");
+    sessions
+        .submit(vec![Incoming::inbound(event("cb", "u2", "b"))], None)
+        .await;
+    assert_eq!(next(&mut probe.started).await.1, "b");
+    // A's first reply is on the wire, unconfirmed; B's reply still goes out.
+    let mut a_replies = Vec::new();
+    loop {
+        let reply = next_reply(&mut out).await;
+        match chat_of(&reply) {
+            Some("cb") => break,
+            _ => a_replies.push(reply),
+        }
+    }
+    assert_eq!(
+        a_replies.len(),
+        1,
+        "one request of A at a time: {a_replies:?}"
+    );
+    results.add_permits(texts.len());
+    assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
+    while let Ok(Out::Request(reply)) = out.try_recv() {
+        a_replies.push(reply);
+    }
+    let contents: Vec<String> = a_replies
+        .iter()
+        .map(|a| match a {
+            Action::Send { content, .. } => content.clone(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    let expected: Vec<String> = texts.iter().map(|t| format!("re: {t}")).collect();
+    assert_eq!(contents, expected, "A's replies in turn order");
+    assert_eq!(sessions.metrics().snapshot().replies_ok, 6);
+}
+
+/// A descriptor that splits replies into pieces of at most four characters.
+fn short_pieces(relay: &FakeRelay) {
+    let mut d = Descriptor::placeholder("discord");
+    d.max_message_length = 4;
+    d.supported_ops = vec!["send".into()];
+    relay.set_descriptor(d);
+}
+
+/// The `reply_to` and content of a `send`.
+fn piece(action: &Action) -> (String, String) {
+    match action {
+        Action::Send {
+            reply_to, content, ..
+        } => (reply_to.clone().unwrap_or_default(), content.clone()),
+        other => panic!("expected a send, got {other:?}"),
+    }
+}
+
+/// Every recorded `send`, as (`reply_to`, content).
+fn pieces(out: &mut mpsc::UnboundedReceiver<Out>) -> Vec<(String, String)> {
+    let mut sends = Vec::new();
+    while let Ok(o) = out.try_recv() {
+        if let Out::Request(a @ Action::Send { .. }) = o {
+            sends.push(piece(&a));
+        }
+    }
+    sends
+}
+
+#[tokio::test]
+async fn multi_chunk_replies_go_out_in_turn_order_one_request_at_a_time() {
+    let (agent, mut probe) = gate_agent();
+    probe.release.add_permits(2);
+    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    short_pieces(&relay);
+    let results = relay.hold_results("c1");
+    for text in ["first one", "second one"] {
+        sessions
+            .submit(vec![Incoming::inbound(event("c1", "u1", text))], None)
+            .await;
+    }
+    // Both turns ran although no result has come back yet.
+    next(&mut probe.started).await;
+    next(&mut probe.started).await;
+    until("both turns to finish", || {
+        sessions.metrics().snapshot().turns_completed == 2
+    })
+    .await;
+    let mut sent = Vec::new();
+    loop {
+        sent.push(piece(&next_reply(&mut out).await));
+        assert!(
+            out.try_recv().is_err(),
+            "the next piece waits for this one's result"
+        );
+        results.add_permits(1);
+        if sent.iter().map(|(_, c)| c.as_str()).collect::<String>() == "re: first onere: second one"
+        {
+            break;
+        }
+    }
+    let owners: Vec<&str> = sent.iter().map(|(to, _)| to.as_str()).collect();
+    let first = owners.iter().filter(|to| **to == "msg-first one").count();
+    assert!(first >= 3, "the first reply was split: {sent:?}");
+    assert!(
+        owners[..first].iter().all(|to| *to == "msg-first one"),
+        "every piece of turn 1 before any of turn 2: {sent:?}"
+    );
+    assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
+    assert_eq!(pieces(&mut out), Vec::new(), "nothing else was sent");
+    assert_eq!(sessions.metrics().snapshot().replies_ok, sent.len() as u64);
+}
+
+#[tokio::test]
+async fn a_failed_or_ambiguous_piece_ends_its_reply_but_not_the_next() {
+    for (bad, counter) in [
+        (ActionResult::failure("chat not found"), "failed"),
+        (ActionResult::timed_out(), "ambiguous"),
+    ] {
+        let (agent, probe) = gate_agent();
+        probe.release.add_permits(2);
+        let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+        short_pieces(&relay);
+        relay.script(vec![ActionResult::ok(Some("m1".into())), bad]);
+        for text in ["first one", "second"] {
+            sessions
+                .submit(vec![Incoming::inbound(event("c1", "u1", text))], None)
+                .await;
+        }
+        assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
+        let sent = pieces(&mut out);
+        let first: Vec<&str> = sent
+            .iter()
+            .filter(|(to, _)| to == "msg-first one")
+            .map(|(_, c)| c.as_str())
+            .collect();
+        assert_eq!(first.len(), 2, "{counter}: stops after the bad piece");
+        let second: String = sent
+            .iter()
+            .filter(|(to, _)| to == "msg-second")
+            .map(|(_, c)| c.as_str())
+            .collect();
+        assert_eq!(second, "re: second", "{counter}: the next reply is whole");
+        let m = sessions.metrics().snapshot();
+        let bad_count = if counter == "failed" {
+            m.replies_failed
+        } else {
+            m.replies_ambiguous
+        };
+        assert_eq!(bad_count, 1, "{counter}");
+        assert_eq!(m.replies_ok, sent.len() as u64 - 1, "{counter}");
+    }
+}
+
+#[tokio::test]
+async fn drain_waits_for_replies_in_delivery() {
+    let (agent, probe) = gate_agent();
+    probe.release.add_permits(1);
+    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    no_typing(&relay);
+    let results = relay.hold_results("c1");
+    sessions
+        .submit(vec![Incoming::inbound(event("c1", "u1", "x"))], None)
+        .await;
+    next_reply(&mut out).await;
+    until("the turn to finish", || {
+        sessions.metrics().snapshot().turns_completed == 1
+    })
+    .await;
+    let drain = {
+        let sessions = sessions.clone();
+        tokio::spawn(async move { sessions.drain(SAFETY).await })
+    };
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!drain.is_finished(), "drain waits for the reply's result");
+    assert_eq!(
+        sessions.active_sessions(),
+        1,
+        "the session is still delivering"
+    );
+    results.add_permits(1);
+    let outcome = tokio::time::timeout(SAFETY, drain)
+        .await
+        .expect("drain ends")
+        .expect("no panic");
+    assert_eq!(outcome, DrainOutcome::Finished);
+    assert_eq!(sessions.metrics().snapshot().replies_ok, 1);
+    assert_eq!(sessions.active_sessions(), 0);
+}
+
+#[tokio::test]
+async fn drain_past_the_grace_sends_no_further_piece_of_a_reply() {
+    let (agent, mut probe) = gate_agent();
+    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    short_pieces(&relay);
+    let results = relay.hold_results("c1");
+    sessions
+        .submit(
+            vec![Incoming::inbound(event("c1", "u1", "long reply"))],
+            None,
+        )
+        .await;
+    next(&mut probe.started).await;
+    probe.release.add_permits(1);
+    next_reply(&mut out).await;
+    // A turn that never ends, to see when the grace runs out.
+    sessions
+        .submit(vec![Incoming::inbound(event("c2", "u2", "stuck"))], None)
+        .await;
+    next(&mut probe.started).await;
+    let drain = {
+        let sessions = sessions.clone();
+        tokio::spawn(async move { sessions.drain(Duration::from_millis(50)).await })
+    };
+    assert_eq!(next(&mut probe.cancelled).await, "stuck");
+    results.add_permits(1);
+    let outcome = tokio::time::timeout(SAFETY, drain)
+        .await
+        .expect("drain ends")
+        .expect("no panic");
+    assert_eq!(outcome, DrainOutcome::Cancelled);
+    assert_eq!(pieces(&mut out), Vec::new(), "no piece after the first");
+    assert_eq!(sessions.metrics().snapshot().replies_ok, 1);
+}
+
+#[tokio::test]
+async fn unconfirmed_replies_per_session_are_bounded() {
+    let (agent, mut probe) = gate_agent();
+    probe.release.add_permits(100);
+    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    no_typing(&relay);
+    let results = relay.hold_results("ca");
+    for i in 0..=MAX_UNCONFIRMED_REPLIES {
+        sessions
+            .submit(
+                vec![Incoming::inbound(event("ca", "u1", &format!("a{i}")))],
+                None,
+            )
+            .await;
+    }
+    for i in 0..MAX_UNCONFIRMED_REPLIES {
+        assert_eq!(next(&mut probe.started).await.1, format!("a{i}"));
+    }
+    // Another session still runs; A's next turn waits for a reply place.
+    sessions
+        .submit(vec![Incoming::inbound(event("cb", "u2", "b"))], None)
+        .await;
+    assert_eq!(next(&mut probe.started).await.1, "b");
+    loop {
+        if chat_of(&next_reply(&mut out).await) == Some("cb") {
+            break;
+        }
+    }
+    assert!(
+        probe.started.try_recv().is_err(),
+        "no turn past the bound while every reply is unconfirmed"
+    );
+    results.add_permits(1);
+    assert_eq!(
+        next(&mut probe.started).await.1,
+        format!("a{MAX_UNCONFIRMED_REPLIES}"),
+        "one result in, one more turn"
+    );
+    results.add_permits(MAX_UNCONFIRMED_REPLIES);
+    assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
 }

@@ -843,6 +843,139 @@ async fn user_stop_cancels_the_running_turn_and_egresses_interrupt() {
 }
 
 // ---------------------------------------------------------------------------
+// Fairness between sessions
+
+/// Messages one session floods the gateway with: far more than a short
+/// burst (with a per-session queue of 16 the other session waited ~23 s
+/// behind them), within the default queue of 256.
+const FLOOD: usize = 40;
+/// How long each flooded turn takes in the agent.
+const FLOOD_TURN: Duration = Duration::from_secs(1);
+/// The bound on the other session's reply: far below the flooded backlog
+/// (`FLOOD` × `FLOOD_TURN`), and below what the backlog beyond the queue
+/// alone would take.
+const OTHER_SESSION_BOUND: Duration = Duration::from_secs(10);
+/// Replies of the flooded session awaited one by one (a few seconds).
+const FLOOD_AWAITED: usize = 3;
+
+/// An `exec:` agent that answers `FLOOD-<n>` for a text holding `FLOOD-<n>`
+/// after [`FLOOD_TURN`], and anything else with `quick` at once.
+fn flood_agent(dir: &Path) -> String {
+    let script = format!(
+        r#"line=$(cat)
+case "$line" in
+  *FLOOD-*) sleep {}; printf '%s\n' "$line" | grep -o 'FLOOD-[0-9]*' ;;
+  *) echo quick ;;
+esac
+"#,
+        FLOOD_TURN.as_secs()
+    );
+    let path = dir.join("agent.sh");
+    std::fs::write(&path, script).expect("write agent script");
+    format!("exec:sh {}", path.display())
+}
+
+#[tokio::test]
+async fn a_session_flooding_a_slow_agent_does_not_stall_other_sessions() {
+    // Every session shares the link's one ordered socket, and a full queue
+    // holds its reader (backpressure, relay-contract §7.2). A burst to one
+    // session must therefore fit its queue, or everyone behind it waits: this
+    // flood (40 messages to an agent taking 1 s each) has to be absorbed
+    // while another session is answered at once.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = Running::start(Launch {
+        agent: flood_agent(dir.path()),
+        ..Launch::default()
+    })
+    .await;
+    let mut cursor = gw.stub.cursor();
+    gw.hello(&mut cursor).await;
+
+    // One chat and user: one session key for the whole flood.
+    let flooded = "c-flood";
+    for n in 0..FLOOD {
+        let id = format!("buf-flood-{n:02}");
+        gw.push(inbound(
+            &format!("please FLOOD-{n:02}"),
+            &format!("m-{n:02}"),
+            dm(flooded),
+            Some(&id),
+        ))
+        .await;
+    }
+    let other = "c-other";
+    assert_ne!(key_of(&dm(other)), key_of(&dm(flooded)), "two sessions");
+    gw.push(inbound("me too", "m-other", dm(other), Some("buf-other")))
+        .await;
+    let pushed = tokio::time::Instant::now();
+
+    // The reply to that very message (not merely a send to its chat).
+    let answers_other = |f: &GatewayFrame| {
+        matches!(action(f), Some(Action::Send { chat_id, reply_to, .. })
+            if chat_id == other && reply_to.as_deref() == Some("m-other"))
+    };
+    let reply = tokio::time::timeout(OTHER_SESSION_BOUND, cursor.next_frame(answers_other)).await;
+    let Ok((_, frame)) = reply else {
+        panic!(
+            "no reply to the other session within {OTHER_SESSION_BOUND:?} of its message \
+             (the flooded backlog needs {:?}); replies so far: {:?}\n--- gateway log ---\n{}",
+            FLOOD_TURN * u32::try_from(FLOOD).expect("small"),
+            gw.sends(),
+            gw.logs()
+        );
+    };
+    assert!(
+        matches!(action(&frame), Some(Action::Send { content, .. }) if content == "quick"),
+        "{frame:?}"
+    );
+    gw.ack_of("buf-other").await;
+    let waited = pushed.elapsed();
+
+    // The flooded session answers in order, each message once: the first
+    // few awaited one by one, then everything it answered so far. It is
+    // still working, so the other reply did not wait for its backlog.
+    let mut flood_cursor = gw.stub.cursor();
+    for n in 0..FLOOD_AWAITED {
+        let (_, content, reply_to, _) = gw.send_to(&mut flood_cursor, flooded).await;
+        assert_eq!(
+            (content, reply_to),
+            (format!("FLOOD-{n:02}"), Some(format!("m-{n:02}"))),
+            "reply {n} of the flooded session"
+        );
+    }
+    let flooded_replies: Vec<String> = gw
+        .sends()
+        .into_iter()
+        .filter(|(c, _)| c == flooded)
+        .map(|(_, text)| text)
+        .collect();
+    let expected: Vec<String> = (0..flooded_replies.len())
+        .map(|n| format!("FLOOD-{n:02}"))
+        .collect();
+    assert_eq!(
+        flooded_replies, expected,
+        "the flooded session answers in order, each once"
+    );
+    assert!(
+        flooded_replies.len() < FLOOD,
+        "the other session was answered after {waited:?}, with the flood done: {flooded_replies:?}"
+    );
+
+    // Every delivery is acked at most once (the connection never changed).
+    let acks = gw.acks();
+    let ids: BTreeSet<&str> = acks.iter().map(|(_, b)| b.as_str()).collect();
+    assert_eq!(ids.len(), acks.len(), "an ack repeated: {acks:?}");
+    let known: BTreeSet<String> = (0..FLOOD)
+        .map(|n| format!("buf-flood-{n:02}"))
+        .chain(["buf-other".to_owned()])
+        .collect();
+    assert!(
+        ids.iter().all(|id| known.contains(*id)),
+        "an ack for a delivery never sent: {acks:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Robustness of the link
 
 #[tokio::test]

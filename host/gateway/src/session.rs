@@ -74,7 +74,12 @@ pub const MAX_UNCONFIRMED_REPLIES: usize = 8;
 pub struct SessionConfig {
     /// The two session-key settings of relay-contract §5.3.
     pub session_keys: SessionKeySettings,
-    /// Messages that may wait behind a session's running turn.
+    /// Messages that may wait behind a session's running turn. When a
+    /// session's queue is full the delivery waits for room, and so does the
+    /// link's reader: every session shares that one ordered socket, so a full
+    /// queue stalls all of them (the contract asks for backpressure, not
+    /// drops). The default (256) absorbs a real burst to one session while
+    /// keeping any single session to 1/16 of `max_queued_total`.
     pub queue_per_session: usize,
     /// Messages that may wait across all sessions.
     pub max_queued_total: usize,
@@ -92,7 +97,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         Self {
             session_keys: SessionKeySettings::default(),
-            queue_per_session: 16,
+            queue_per_session: 256,
             max_queued_total: 4096,
             max_concurrent_turns: 32,
             recent_buffer_ids: 4096,

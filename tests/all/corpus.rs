@@ -95,8 +95,9 @@ async fn convert(host: &PluginHost, case: &Case, mode: Mode) -> Conversion {
 }
 
 /// A host conversion in the shape [`testing::outcome_to_json`] gives a
-/// native outcome (and [`testing::check_json`] reads): every event field,
-/// unset ones as `null`, every `source` key, metadata as pairs. A contained
+/// native outcome (and [`testing::check_json`] reads). Events are the host's
+/// own JSON form of a converted event, the one `hermes-gateway convert`
+/// prints. A contained
 /// plugin failure has no counterpart in the manifests: it becomes
 /// `{"outcome": "failed", ...}`, which never matches an expectation.
 fn conversion_to_json(conversion: &Conversion) -> Value {
@@ -108,60 +109,7 @@ fn conversion_to_json(conversion: &Conversion) -> Value {
         Outcome::Failed(error) => {
             json!({"outcome": "failed", "failure_kind": error.kind().as_str(), "message": error.to_string()})
         }
-        Outcome::Events(events) => {
-            let events: Vec<Value> = events
-                .iter()
-                .map(|converted| {
-                    let e = &converted.event;
-                    let s = &e.source;
-                    let prompt_response = e.prompt_response.as_ref().map(|p| {
-                        let mut v = json!({
-                            "prompt_id": p.prompt_id,
-                            "option_id": p.option_id,
-                            "prompt_message_id": p.prompt_message_id,
-                        });
-                        if let Some(label) = &p.label {
-                            v["label"] = json!(label);
-                        }
-                        v
-                    });
-                    let reply_route = match &converted.reply_route {
-                        ReplyRoute::Send => json!({"op": "send"}),
-                        ReplyRoute::FollowUp { kind } => json!({"op": "follow_up", "kind": kind}),
-                    };
-                    json!({
-                        "text": e.text,
-                        "message_type": e.message_type.as_str(),
-                        "message_id": e.message_id,
-                        "reply_to_message_id": e.reply_to_message_id,
-                        "media_urls": e.media_urls,
-                        "prompt_response": prompt_response,
-                        "is_bot": s.is_bot,
-                        "reply_route": reply_route,
-                        "source": {
-                            "platform": s.platform,
-                            "chat_id": s.chat_id,
-                            "chat_type": s.chat_type,
-                            "chat_name": s.chat_name,
-                            "user_id": s.user_id,
-                            "user_name": s.user_name,
-                            "thread_id": s.thread_id,
-                            "chat_topic": s.chat_topic,
-                            "user_id_alt": s.user_id_alt,
-                            "chat_id_alt": s.chat_id_alt,
-                            "scope_id": s.scope_id,
-                            "parent_chat_id": s.parent_chat_id,
-                            "message_id": s.message_id,
-                            "profile": s.profile,
-                            "is_bot": s.is_bot,
-                            "message_is_edit": s.message_is_edit,
-                        },
-                        "metadata": converted.metadata.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            json!({"outcome": "event", "events": events})
-        }
+        Outcome::Events(events) => json!({"outcome": "event", "events": events}),
     }
 }
 

@@ -100,6 +100,7 @@ mod sandbox;
 mod stats;
 mod table;
 mod watch;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -244,7 +245,9 @@ pub enum ReplyRoute {
     },
 }
 
-/// One event a plugin produced.
+/// One event a plugin produced. Serializes to the wire MessageEvent with
+/// every optional key written, plus `is_bot`, `reply_route` and `metadata`
+/// (the event form `hermes-gateway convert` prints).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConvertedEvent {
     /// The message for the session layer.

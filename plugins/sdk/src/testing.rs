@@ -243,13 +243,14 @@ pub fn outcome_to_json(outcome: &Outcome) -> Value {
                             "user_id_alt": s.user_id_alt,
                             "chat_id_alt": s.chat_id_alt,
                             "scope_id": s.scope_id,
+                            "guild_id": s.scope_id,
                             "parent_chat_id": s.parent_chat_id,
                             "message_id": s.message_id,
                             "profile": s.profile,
                             "is_bot": s.is_bot,
                             "message_is_edit": s.message_is_edit,
                         },
-                        "metadata": e.metadata.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+                        "metadata": e.metadata.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<String, Value>>(),
                     })
                 })
                 .collect();

@@ -25,6 +25,11 @@ const GUESTS: &[(&str, &str, &str)] = &[
         "hermes_test_guest_hostile",
     ),
     (
+        "SQUATTER",
+        "hermes-test-guest-squatter",
+        "hermes_test_guest_squatter",
+    ),
+    (
         "INCOMPATIBLE",
         "hermes-test-guest-incompatible",
         "hermes_test_guest_incompatible",

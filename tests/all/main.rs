@@ -9,3 +9,4 @@ mod gateway;
 mod plugins;
 mod relay;
 mod support;
+mod trust;

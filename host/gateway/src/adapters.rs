@@ -74,6 +74,10 @@ impl Converter for PluginHost {
             self.limits().outer_timeout,
         )
     }
+
+    fn lane(&self, forward: &PassthroughForward) -> Arc<str> {
+        self.lane_of(forward)
+    }
 }
 
 /// Whether a conversion failure is a condition of the host right now rather
@@ -89,14 +93,16 @@ pub fn is_transient(error: &PluginError, outer_timeout: Duration) -> bool {
     match error {
         PluginError::Unavailable(_)
         | PluginError::Instantiate(_)
-        | PluginError::Quarantined { .. } => true,
+        | PluginError::Quarantined { .. }
+        | PluginError::Overloaded { .. } => true,
         PluginError::Timeout { after } => *after == outer_timeout,
         PluginError::Trap { .. }
         | PluginError::MemoryLimit { .. }
         | PluginError::BadOutput(_)
         | PluginError::Panic { .. }
         | PluginError::NoRoute { .. }
-        | PluginError::Incompatible { .. } => false,
+        | PluginError::Incompatible { .. }
+        | PluginError::Overreach(_) => false,
     }
 }
 

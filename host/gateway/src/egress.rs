@@ -72,10 +72,21 @@ pub trait Converter: Send + Sync + 'static {
     /// Routes and converts one forward. Never panics; every failure is a
     /// [`Converted::Dropped`].
     fn convert(&self, forward: &PassthroughForward) -> impl Future<Output = Converted> + Send;
+
+    /// The lane a forward is converted in (see [`crate::lanes`]): forwards
+    /// of one lane are handed off in arrival order, lanes are independent.
+    /// Computed without running any converter; by default the platform.
+    fn lane(&self, forward: &PassthroughForward) -> Arc<str> {
+        Arc::from(forward.platform.as_str())
+    }
 }
 
 impl<T: Converter> Converter for Arc<T> {
     fn convert(&self, forward: &PassthroughForward) -> impl Future<Output = Converted> + Send {
         T::convert(self, forward)
+    }
+
+    fn lane(&self, forward: &PassthroughForward) -> Arc<str> {
+        T::lane(self, forward)
     }
 }

@@ -5,8 +5,6 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesOrdered;
 use hermes_transport::InboundItem;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::agent::Agent;
 use crate::egress::{Converted, Converter, Relay};
+use crate::lanes::{LaneLimits, Lanes};
 use crate::metrics::{EventDrop, ForwardDrop, Metrics};
 use crate::session::{DrainOutcome, Incoming, SessionConfig, Sessions};
 
@@ -27,9 +26,10 @@ pub struct GatewayConfig {
     /// How long running and queued turns may take to finish on shutdown
     /// before they are cancelled.
     pub drain_grace: Duration,
-    /// Forwards being converted at once. Results are handed to the sessions
-    /// in arrival order whatever order the conversions finish in.
-    pub conversions_in_flight: usize,
+    /// Bounds of the conversion window. Results are handed to the sessions
+    /// in arrival order within a lane (see [`crate::lanes`]) whatever order
+    /// the conversions finish in.
+    pub conversions: LaneLimits,
 }
 
 impl Default for GatewayConfig {
@@ -38,7 +38,7 @@ impl Default for GatewayConfig {
             sessions: SessionConfig::default(),
             going_idle_timeout: Duration::from_secs(10),
             drain_grace: Duration::from_secs(30),
-            conversions_in_flight: 8,
+            conversions: LaneLimits::default(),
         }
     }
 }
@@ -71,7 +71,7 @@ impl Gateway {
     ///
     /// Events go straight to their sessions (waiting for queue room when a
     /// queue is full, which backpressures the link); forwards are converted
-    /// first (up to `conversions_in_flight` at once) and a forward that
+    /// first (concurrently, in lanes: see [`crate::lanes`]) and a forward that
     /// yields no event is counted and its `bufferId` acked as a deliberate
     /// drop, unless the plugin host could not convert it right now
     /// ([`ForwardDrop::Deferred`]: left unacked for redelivery); interrupts
@@ -98,8 +98,7 @@ impl Gateway {
             self.config.sessions.clone(),
             Arc::clone(&self.metrics),
         );
-        let cap = self.config.conversions_in_flight.max(1);
-        let mut conversions = FuturesOrdered::new();
+        let mut conversions = Lanes::new(self.config.conversions);
         let convert = |forward: hermes_protocol::forward::PassthroughForward,
                        buffer_id: Option<String>| {
             let converter = &converter;
@@ -115,10 +114,19 @@ impl Gateway {
                 Some(done) = conversions.next(), if !conversions.is_empty() => {
                     unless_shutdown(&sessions, &shutdown, self.hand_off(&sessions, done)).await;
                 }
-                item = inbound.recv(), if conversions.len() < cap => match item {
+                item = inbound.recv(), if conversions.has_room() => match item {
                     Some(InboundItem::Forward { forward, buffer_id }) => {
                         if let Some((forward, buffer_id)) = self.forward_in(&sessions, forward, buffer_id).await {
-                            conversions.push_back(convert(forward, buffer_id));
+                            let lane = converter.lane(&forward);
+                            let bytes = forward.body.len();
+                            if let Err(full) = conversions.push(lane, bytes, convert(forward, buffer_id.clone())) {
+                                // This lane's own backlog is full: shed it here
+                                // (unacked: the connector redelivers a buffered
+                                // one) rather than stall every other lane.
+                                let detail = format!("lane `{}` full ({} in flight)", full.lane, full.in_flight);
+                                let dropped = Converted::Dropped { reason: ForwardDrop::Deferred, detail };
+                                self.hand_off(&sessions, (dropped, buffer_id)).await;
+                            }
                         }
                     }
                     Some(item) => unless_shutdown(&sessions, &shutdown, self.handle(&sessions, item)).await,

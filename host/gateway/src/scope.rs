@@ -1,32 +1,71 @@
 //! Scope capture and re-attachment (relay-contract §5.6).
 //!
 //! The connector decides which tenant owns a reply from the outbound action's
-//! metadata. The gateway therefore remembers, per `chat_id`, the scope
-//! (`scope_id`, legacy `guild_id`) and the author `user_id` of the latest
-//! inbound event, and puts them back on replies that do not carry them. The
-//! memory is a bounded LRU so a flood of distinct chats cannot grow it.
+//! metadata. A **reply to an event** carries that event's own scope
+//! (`scope_id`, legacy `guild_id`) and author, captured when the event was
+//! accepted ([`ChatScope::of`], [`ChatScope::attach`]): two tenants can share
+//! a `chat_id` (one phone number texting two tenants' numbers), and a
+//! per-chat memory would send one tenant's reply under the other's scope.
+//!
+//! The per-chat memory ([`ScopeCache`]) serves only actions with no
+//! originating event (clearing a typing indicator after an interrupt). It is
+//! keyed by platform **and** `chat_id`, so an event of one platform never
+//! changes what is remembered for another's chat, and it is a bounded LRU so
+//! a flood of distinct chats cannot grow it.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Map, Value};
 
-/// What is known about one chat.
+/// The scope and author of an event (or what is known about a chat).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChatScope {
-    /// The chat's scope (`scope_id`, or `guild_id` when only that was sent).
+    /// The scope (`scope_id`, or `guild_id` when only that was sent).
     pub scope_id: Option<String>,
-    /// The author of the latest event in the chat.
+    /// The author.
     pub user_id: Option<String>,
 }
 
-/// Bounded LRU of [`ChatScope`] by `chat_id`.
+impl ChatScope {
+    /// An event's own scope and author (empty strings count as absent).
+    pub fn of(source: &hermes_protocol::event::SessionSource) -> Self {
+        let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        Self {
+            scope_id: set(&source.scope_id),
+            user_id: set(&source.user_id),
+        }
+    }
+
+    /// Adds this scope and author to `metadata`: both `scope_id` and
+    /// `guild_id` when the caller set neither, `user_id` when the caller did
+    /// not set it. Never overwrites a key the caller set (even to null).
+    pub fn attach(&self, metadata: &mut Map<String, Value>) {
+        if let Some(scope) = &self.scope_id
+            && !metadata.contains_key("scope_id")
+            && !metadata.contains_key("guild_id")
+        {
+            metadata.insert("scope_id".to_owned(), Value::String(scope.clone()));
+            metadata.insert("guild_id".to_owned(), Value::String(scope.clone()));
+        }
+        if let Some(user) = &self.user_id
+            && !metadata.contains_key("user_id")
+        {
+            metadata.insert("user_id".to_owned(), Value::String(user.clone()));
+        }
+    }
+}
+
+/// A chat, as the per-chat memory knows it: platform and `chat_id`.
+type ChatKey = (String, String);
+
+/// Bounded LRU of [`ChatScope`] by platform and `chat_id`.
 #[derive(Debug)]
 pub struct ScopeCache {
     capacity: usize,
     tick: u64,
-    entries: HashMap<String, (ChatScope, u64)>,
-    // Recency index: tick of last use → chat id. The smallest tick is evicted.
-    by_use: BTreeMap<u64, String>,
+    entries: HashMap<ChatKey, (ChatScope, u64)>,
+    // Recency index: tick of last use → chat. The smallest tick is evicted.
+    by_use: BTreeMap<u64, ChatKey>,
 }
 
 impl ScopeCache {
@@ -40,36 +79,44 @@ impl ScopeCache {
         }
     }
 
-    fn touch(&mut self, chat_id: &str) -> Option<&mut ChatScope> {
+    fn touch(&mut self, key: &ChatKey) -> Option<&mut ChatScope> {
         self.tick += 1;
         let tick = self.tick;
-        let (scope, used) = self.entries.get_mut(chat_id)?;
+        let (scope, used) = self.entries.get_mut(key)?;
         self.by_use.remove(used);
         *used = tick;
-        self.by_use.insert(tick, chat_id.to_owned());
+        self.by_use.insert(tick, key.clone());
         Some(scope)
     }
 
-    /// Records what an inbound event says about its chat. The latest value of
-    /// each field wins; a field the event does not carry keeps what was known.
-    /// Events without a chat id, or carrying neither field, record nothing.
-    pub fn capture(&mut self, chat_id: &str, scope_id: Option<&str>, user_id: Option<&str>) {
+    /// Records what an inbound event of `platform` says about its chat. The
+    /// latest value of each field wins; a field the event does not carry
+    /// keeps what was known. Events without a chat id, or carrying neither
+    /// field, record nothing.
+    pub fn capture(
+        &mut self,
+        platform: &str,
+        chat_id: &str,
+        scope_id: Option<&str>,
+        user_id: Option<&str>,
+    ) {
         let scope_id = scope_id.filter(|s| !s.is_empty());
         let user_id = user_id.filter(|s| !s.is_empty());
         if chat_id.is_empty() || (scope_id.is_none() && user_id.is_none()) {
             return;
         }
-        if self.touch(chat_id).is_none() {
+        let key = (platform.to_owned(), chat_id.to_owned());
+        if self.touch(&key).is_none() {
             if self.entries.len() >= self.capacity
                 && let Some((_, oldest)) = self.by_use.pop_first()
             {
                 self.entries.remove(&oldest);
             }
             self.entries
-                .insert(chat_id.to_owned(), (ChatScope::default(), self.tick));
-            self.by_use.insert(self.tick, chat_id.to_owned());
+                .insert(key.clone(), (ChatScope::default(), self.tick));
+            self.by_use.insert(self.tick, key.clone());
         }
-        if let Some((entry, _)) = self.entries.get_mut(chat_id) {
+        if let Some((entry, _)) = self.entries.get_mut(&key) {
             if let Some(s) = scope_id {
                 entry.scope_id = Some(s.to_owned());
             }
@@ -79,30 +126,18 @@ impl ScopeCache {
         }
     }
 
-    /// What is known about `chat_id`, if it was seen inbound.
-    pub fn get(&mut self, chat_id: &str) -> Option<ChatScope> {
-        self.touch(chat_id).cloned()
+    /// What is known about `chat_id` of `platform`, if it was seen inbound.
+    pub fn get(&mut self, platform: &str, chat_id: &str) -> Option<ChatScope> {
+        self.touch(&(platform.to_owned(), chat_id.to_owned()))
+            .cloned()
     }
 
-    /// Adds the remembered scope and author of `chat_id` to `metadata`:
-    /// both `scope_id` and `guild_id` when the caller set neither, `user_id`
-    /// when the caller did not set it. Never overwrites a key the caller set
-    /// (even to null) and adds nothing for a chat never seen inbound.
-    pub fn reattach(&mut self, chat_id: &str, metadata: &mut Map<String, Value>) {
-        let Some(known) = self.get(chat_id) else {
-            return;
-        };
-        if let Some(scope) = known.scope_id
-            && !metadata.contains_key("scope_id")
-            && !metadata.contains_key("guild_id")
-        {
-            metadata.insert("scope_id".to_owned(), Value::String(scope.clone()));
-            metadata.insert("guild_id".to_owned(), Value::String(scope));
-        }
-        if let Some(user) = known.user_id
-            && !metadata.contains_key("user_id")
-        {
-            metadata.insert("user_id".to_owned(), Value::String(user));
+    /// Adds the remembered scope and author of `chat_id` of `platform` to
+    /// `metadata` ([`ChatScope::attach`]); adds nothing for a chat never
+    /// seen inbound. Only for actions with no originating event.
+    pub fn reattach(&mut self, platform: &str, chat_id: &str, metadata: &mut Map<String, Value>) {
+        if let Some(known) = self.get(platform, chat_id) {
+            known.attach(metadata);
         }
     }
 
@@ -132,9 +167,9 @@ mod tests {
     #[test]
     fn reattaches_both_scope_keys_and_author() {
         let mut c = ScopeCache::new(8);
-        c.capture("c1", Some("g1"), Some("u1"));
+        c.capture("p", "c1", Some("g1"), Some("u1"));
         let mut md = Map::new();
-        c.reattach("c1", &mut md);
+        c.reattach("p", "c1", &mut md);
         assert_eq!(
             Value::Object(md),
             json!({"scope_id": "g1", "guild_id": "g1", "user_id": "u1"})
@@ -144,9 +179,9 @@ mod tests {
     #[test]
     fn never_overwrites_caller_keys() {
         let mut c = ScopeCache::new(8);
-        c.capture("c1", Some("g1"), Some("u1"));
+        c.capture("p", "c1", Some("g1"), Some("u1"));
         let mut md = map(json!({"guild_id": "mine", "user_id": null}));
-        c.reattach("c1", &mut md);
+        c.reattach("p", "c1", &mut md);
         assert_eq!(
             Value::Object(md),
             json!({"guild_id": "mine", "user_id": null}),
@@ -157,30 +192,47 @@ mod tests {
     #[test]
     fn never_invents_for_unseen_chat() {
         let mut c = ScopeCache::new(8);
-        c.capture("c1", Some("g1"), Some("u1"));
+        c.capture("p", "c1", Some("g1"), Some("u1"));
         let mut md = map(json!({"x": 1}));
-        c.reattach("other", &mut md);
+        c.reattach("p", "other", &mut md);
         assert_eq!(Value::Object(md), json!({"x": 1}));
+    }
+
+    #[test]
+    fn one_platform_never_changes_another_platforms_chat() {
+        let mut c = ScopeCache::new(8);
+        c.capture("discord", "42", Some("victim-guild"), Some("victim"));
+        // An event of another platform naming the same chat id.
+        c.capture("acme", "42", Some("attacker-guild"), Some("attacker"));
+        let mut md = Map::new();
+        c.reattach("discord", "42", &mut md);
+        assert_eq!(
+            Value::Object(md),
+            json!({"scope_id": "victim-guild", "guild_id": "victim-guild", "user_id": "victim"})
+        );
     }
 
     #[test]
     fn latest_wins_per_field_and_lru_evicts_least_recent() {
         let mut c = ScopeCache::new(2);
-        c.capture("a", Some("g1"), Some("u1"));
-        c.capture("a", None, Some("u2"));
+        c.capture("p", "a", Some("g1"), Some("u1"));
+        c.capture("p", "a", None, Some("u2"));
         assert_eq!(
-            c.get("a"),
+            c.get("p", "a"),
             Some(ChatScope {
                 scope_id: Some("g1".into()),
                 user_id: Some("u2".into())
             })
         );
-        c.capture("b", Some("g2"), None);
+        c.capture("p", "b", Some("g2"), None);
         // `a` was used more recently than `b` (the get above, then b's insert; now touch a).
-        assert!(c.get("a").is_some());
-        c.capture("c", Some("g3"), None);
-        assert!(c.get("b").is_none(), "least recently used chat evicted");
-        assert!(c.get("a").is_some() && c.get("c").is_some());
+        assert!(c.get("p", "a").is_some());
+        c.capture("p", "c", Some("g3"), None);
+        assert!(
+            c.get("p", "b").is_none(),
+            "least recently used chat evicted"
+        );
+        assert!(c.get("p", "a").is_some() && c.get("p", "c").is_some());
         assert_eq!(c.len(), 2);
     }
 }

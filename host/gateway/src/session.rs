@@ -57,7 +57,7 @@ use crate::agent::{Agent, AgentError, TurnInput};
 use crate::egress::Egress;
 use crate::metrics::{EventDrop, Metrics};
 use crate::recent::RecentIds;
-use crate::scope::ScopeCache;
+use crate::scope::{ChatScope, ScopeCache};
 
 /// The text that stops the session's running turn (and is egressed as `interrupt`).
 pub const STOP_COMMAND: &str = "/stop";
@@ -186,6 +186,8 @@ struct Reply {
     reply_to: Option<String>,
     route: ReplyRoute,
     metadata: Metadata,
+    /// The originating event's own scope and author (relay-contract §5.6).
+    scope: ChatScope,
     /// The turn's token. Only the drain cancels it once the reply is handed
     /// off: an interrupt targets the session's *running* turn, and a reply
     /// already handed to delivery is allowed to finish.
@@ -440,6 +442,7 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
     fn capture_scope(&self, event: &MessageEvent) {
         let source = &event.source;
         lock(&self.inner.scopes).capture(
+            &source.platform,
             &source.chat_id,
             source.scope_id.as_deref(),
             source.user_id.as_deref(),
@@ -584,7 +587,7 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
                 inner.metrics.turn_cancelled();
                 return;
             }
-            let metadata = self.metadata_for(&reply.chat_id, &reply.metadata);
+            let metadata = with_scope(&reply.metadata, &reply.scope);
             let action = match &reply.route {
                 ReplyRoute::Send => Action::Send {
                     chat_id: reply.chat_id.clone(),
@@ -640,6 +643,9 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
         let inner = &self.inner;
         inner.metrics.turn_started();
         let chat_id = incoming.event.source.chat_id.clone();
+        // Every action of this turn carries the event's own scope and
+        // author, whatever the chat's memory holds by then (§5.6).
+        let scope = ChatScope::of(&incoming.event.source);
         let descriptor = inner.egress.descriptor(&incoming.event.source.platform);
         let turn = TurnInput {
             session_key: key.clone(),
@@ -650,7 +656,7 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
         // agent answers, an unfinished typing request is simply dropped.
         let typing = async {
             if descriptor.supports_op("typing") && !chat_id.is_empty() {
-                let metadata = self.metadata_for(&chat_id, &incoming.metadata);
+                let metadata = with_scope(&incoming.metadata, &scope);
                 let result = inner
                     .egress
                     .request(Action::Typing {
@@ -725,6 +731,7 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             reply_to: turn.event.message_id,
             route: incoming.route,
             metadata: incoming.metadata,
+            scope,
             cancel,
             _place: place,
         })
@@ -751,10 +758,11 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
         }
     }
 
-    /// The caller's metadata with the chat's scope and author re-attached (§5.6).
-    fn metadata_for(&self, chat_id: &str, base: &Metadata) -> Metadata {
+    /// The caller's metadata with the chat's remembered scope and author
+    /// re-attached (§5.6): only for actions with no originating event.
+    fn metadata_for_chat(&self, platform: &str, chat_id: &str, base: &Metadata) -> Metadata {
         let mut metadata = base.clone();
-        lock(&self.inner.scopes).reattach(chat_id, &mut metadata);
+        lock(&self.inner.scopes).reattach(platform, chat_id, &mut metadata);
         metadata
     }
 
@@ -784,9 +792,10 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             if inner.egress.descriptor(platform).supports_op("typing") {
                 let this = self.clone();
                 let chat_id = chat_id.to_owned();
+                let platform = platform.to_owned();
                 // Clearing is a request/response; it must not hold up the inbound loop.
                 inner.tasks.spawn(async move {
-                    let metadata = this.metadata_for(&chat_id, &Metadata::new());
+                    let metadata = this.metadata_for_chat(&platform, &chat_id, &Metadata::new());
                     let _ = this
                         .inner
                         .egress
@@ -890,6 +899,13 @@ fn room_needed(keyed: &[(SessionKey, Incoming)]) -> Vec<(SessionKey, usize)> {
         }
     }
     need
+}
+
+/// `base` with an event's own scope and author attached (§5.6).
+fn with_scope(base: &Metadata, scope: &ChatScope) -> Metadata {
+    let mut metadata = base.clone();
+    scope.attach(&mut metadata);
+    metadata
 }
 
 /// The platform part of a session key (`agent:<ns>:<platform>:…`), used to

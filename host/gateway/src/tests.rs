@@ -688,6 +688,43 @@ async fn scope_is_reattached_without_overwriting_or_inventing() {
     assert_eq!(metadata_of(&next_reply(&mut out).await), json!({}));
 }
 
+/// Relay-contract §5.6: one phone number texts tenant A's number, then
+/// tenant B's. Both land in one chat id (and, for a DM, one session key);
+/// the reply to A must go out under A's scope even though B's event was
+/// accepted (and remembered for the chat) before A's reply was sent.
+#[tokio::test]
+async fn a_reply_carries_its_own_events_scope_not_the_chats_latest() {
+    let (agent, mut probe) = gate_agent();
+    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    no_typing(&relay);
+    let texted = |scope: &str, text: &str| {
+        let mut e = event("+15550001", "+15550001", text);
+        e.source.platform = "sms".into();
+        e.source.scope_id = Some(scope.into());
+        Incoming::inbound(e)
+    };
+    sessions
+        .submit(vec![texted("tenant-a", "to a")], None)
+        .await;
+    next(&mut probe.started).await;
+    // B's event is accepted while A's turn is still running.
+    sessions
+        .submit(vec![texted("tenant-b", "to b")], None)
+        .await;
+    probe.release.add_permits(2);
+    let first = next_reply(&mut out).await;
+    let second = next_reply(&mut out).await;
+    assert_eq!(
+        metadata_of(&first),
+        json!({"scope_id": "tenant-a", "guild_id": "tenant-a", "user_id": "+15550001"}),
+        "the reply to A carries A's scope"
+    );
+    assert_eq!(
+        metadata_of(&second),
+        json!({"scope_id": "tenant-b", "guild_id": "tenant-b", "user_id": "+15550001"})
+    );
+}
+
 #[tokio::test]
 async fn follow_up_has_exactly_the_contract_keys() {
     let (agent, probe) = gate_agent();

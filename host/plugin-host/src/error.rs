@@ -71,6 +71,20 @@ pub enum PluginError {
     /// The host is shutting down or its worker pool is gone.
     #[error("plugin host unavailable: {0}")]
     Unavailable(String),
+    /// The guest's output claimed more than its route is granted
+    /// (conversion.md §3.1): an event for another platform or profile, or
+    /// a reply route whose capability kind the forward's platform does not
+    /// grant. Nothing of the output is delivered.
+    #[error("guest output overreaches its grant: {0}")]
+    Overreach(String),
+    /// The plugin already has as many forwards waiting as its queue holds:
+    /// this one is not converted now (it is the plugin's own backlog, so
+    /// other plugins' forwards are not held behind it).
+    #[error("plugin overloaded: {waiting} forwards already waiting for it")]
+    Overloaded {
+        /// Forwards waiting for this plugin when this one arrived.
+        waiting: usize,
+    },
 }
 
 impl PluginError {
@@ -87,6 +101,8 @@ impl PluginError {
             Self::Incompatible { .. } => FailureKind::Incompatible,
             Self::Instantiate(_) => FailureKind::Instantiate,
             Self::Unavailable(_) => FailureKind::Unavailable,
+            Self::Overreach(_) => FailureKind::Overreach,
+            Self::Overloaded { .. } => FailureKind::Overloaded,
         }
     }
 
@@ -101,6 +117,7 @@ impl PluginError {
                 | Self::MemoryLimit { .. }
                 | Self::BadOutput(_)
                 | Self::Panic { .. }
+                | Self::Overreach(_)
         )
     }
 }
@@ -119,11 +136,13 @@ pub enum FailureKind {
     Incompatible,
     Instantiate,
     Unavailable,
+    Overreach,
+    Overloaded,
 }
 
 impl FailureKind {
     /// Every kind, in counter order.
-    pub const ALL: [FailureKind; 10] = [
+    pub const ALL: [FailureKind; 12] = [
         Self::Trap,
         Self::Timeout,
         Self::MemoryLimit,
@@ -134,6 +153,8 @@ impl FailureKind {
         Self::Incompatible,
         Self::Instantiate,
         Self::Unavailable,
+        Self::Overreach,
+        Self::Overloaded,
     ];
 
     /// The metric label (`trap`, `memory_limit`, …).
@@ -149,6 +170,8 @@ impl FailureKind {
             Self::Incompatible => "incompatible",
             Self::Instantiate => "instantiate",
             Self::Unavailable => "unavailable",
+            Self::Overreach => "overreach",
+            Self::Overloaded => "overloaded",
         }
     }
 
@@ -206,15 +229,27 @@ pub enum LoadError {
         /// What went wrong.
         message: String,
     },
-    /// Two files describe the same plugin name.
-    #[error("plugin name `{name}` is used by both {first} and {second}; skipping {second}")]
-    DuplicateName {
+    /// A file describes itself with a plugin name that another file is
+    /// serving: the serving plugin stays, this file is refused.
+    #[error(
+        "{refused}: plugin name `{name}` is already served by {serving}; {refused} is not loaded"
+    )]
+    NameInUse {
         /// The name.
         name: String,
-        /// The file kept.
-        first: PathBuf,
-        /// The file skipped.
-        second: PathBuf,
+        /// The file that serves the name and keeps serving it.
+        serving: PathBuf,
+        /// The file refused.
+        refused: PathBuf,
+    },
+    /// Several files describe the same plugin name and none of them was
+    /// serving it: none is loaded (a name must identify one file).
+    #[error("plugin name `{name}` is claimed by {}; none of them is loaded until one file claims it", .files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(" and "))]
+    NameClaimedTwice {
+        /// The name.
+        name: String,
+        /// Every file claiming it, sorted.
+        files: Vec<PathBuf>,
     },
     /// Two plugins claim a platform and the policy does not pin one.
     #[error(

@@ -90,6 +90,7 @@
 //! started with, and a file that fails to load never replaces a working
 //! version of itself.
 
+mod admission;
 pub mod artifact_cache;
 mod bindings;
 mod engine;
@@ -99,6 +100,7 @@ mod pool;
 mod sandbox;
 mod stats;
 mod table;
+pub mod trust;
 mod watch;
 mod wire;
 
@@ -125,7 +127,7 @@ use crate::artifact_cache::ArtifactCache;
 use crate::pool::WorkerPool;
 use crate::sandbox::{CallContext, ConfigMap, Session, StoreState};
 use crate::stats::PluginStats;
-use crate::table::{LoadedPlugin, Loader, Table};
+use crate::table::{LoadedPlugin, Loader, Resolved, Table};
 
 /// The version of `hermes:converter` this host implements.
 pub const API_VERSION: &str = bindings::API_VERSION;
@@ -169,6 +171,14 @@ pub struct Limits {
     pub log_burst: u32,
     /// Worker threads running conversions.
     pub workers: usize,
+    /// Conversions one plugin may run at once (default: one fewer than
+    /// `workers`, at least one), so a slow plugin always leaves a worker
+    /// to the others.
+    pub per_plugin_workers: usize,
+    /// Forwards that may wait for one busy plugin; more are refused with
+    /// [`PluginError::Overloaded`] rather than held in front of other
+    /// plugins' forwards.
+    pub per_plugin_queue: usize,
     /// Quarantine after repeated faults.
     pub quarantine: QuarantinePolicy,
     /// Quiet period after a file change before the watcher reloads.
@@ -177,6 +187,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        let workers = std::thread::available_parallelism().map_or(2, usize::from);
         Self {
             epoch_deadline: Duration::from_millis(100),
             outer_timeout: Duration::from_secs(2),
@@ -193,7 +204,9 @@ impl Default for Limits {
             max_log_line_bytes: 1024,
             log_lines_per_second: 100,
             log_burst: 200,
-            workers: std::thread::available_parallelism().map_or(2, usize::from),
+            workers,
+            per_plugin_workers: workers.saturating_sub(1).max(1),
+            per_plugin_queue: 256,
             quarantine: QuarantinePolicy::default(),
             reload_debounce: Duration::from_millis(200),
         }
@@ -361,6 +374,8 @@ struct Inner {
     stats: Mutex<BTreeMap<String, Arc<PluginStats>>>,
     /// One reload at a time.
     reloading: Mutex<()>,
+    /// Routing tables built so far (the load at start is the first).
+    tables_built: std::sync::atomic::AtomicU64,
     pool: WorkerPool,
     permits: Arc<tokio::sync::Semaphore>,
     _ticker: engine::Ticker,
@@ -403,6 +418,7 @@ impl PluginHost {
                 table: RwLock::new(Arc::new(Table::default())),
                 stats: Mutex::new(BTreeMap::new()),
                 reloading: Mutex::new(()),
+                tables_built: std::sync::atomic::AtomicU64::new(0),
                 pool,
                 permits: Arc::new(tokio::sync::Semaphore::new(workers)),
                 _ticker: ticker,
@@ -474,9 +490,16 @@ impl PluginHost {
         let table = std::thread::scope(|scope| {
             scope
                 .spawn(|| {
+                    let limits = &inner.config.limits;
                     let stats = |name: &str| -> Arc<PluginStats> {
                         let mut map = inner.stats.lock().unwrap_or_else(PoisonError::into_inner);
-                        Arc::clone(map.entry(name.to_owned()).or_default())
+                        Arc::clone(map.entry(name.to_owned()).or_insert_with(|| {
+                            let admission = admission::Admission::new(
+                                limits.per_plugin_workers,
+                                limits.per_plugin_queue,
+                            );
+                            Arc::new(PluginStats::new(admission))
+                        }))
                     };
                     let loader = Loader {
                         engine: &inner.engine,
@@ -498,7 +521,18 @@ impl PluginHost {
             }
         };
         *inner.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
+        inner
+            .tables_built
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         report
+    }
+
+    /// How many routing tables were built: 1 after the load at start, one
+    /// more per reload (on demand or by the watcher).
+    pub fn tables_built(&self) -> u64 {
+        self.inner
+            .tables_built
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn table(&self) -> Arc<Table> {
@@ -560,6 +594,20 @@ impl PluginHost {
         &self.inner.config.limits
     }
 
+    /// The lane `forward` is converted in, known before any guest runs: the
+    /// plugin its platform (and profile) enters through — the one asked for
+    /// the tenant key where tenant routes exist — or the platform when no
+    /// plugin routes it. Forwards of one conversation always share a lane.
+    pub fn lane_of(&self, forward: &PassthroughForward) -> Arc<str> {
+        match self
+            .table()
+            .entry_plugin(&forward.platform, forward.profile.as_deref())
+        {
+            Some(entry) => Arc::clone(&entry.plugin.name),
+            None => Arc::from(forward.platform.as_str()),
+        }
+    }
+
     /// Convert one forward. Waits for a free worker (backpressure), runs the
     /// conversion in a fresh sandbox, and never fails other than through
     /// [`Outcome::Failed`].
@@ -584,225 +632,268 @@ impl PluginHost {
     ) -> Conversion {
         let limits = &self.inner.config.limits;
         let table = self.table();
-        let Some((first, _)) = table.entry_plugin(&forward.platform, forward.profile.as_deref())
-        else {
-            return Conversion::new(
-                None,
-                None,
-                Outcome::Failed(PluginError::NoRoute {
-                    platform: forward.platform.clone(),
-                }),
-            );
+        let platform = forward.platform.as_str();
+        let profile = forward.profile.as_deref();
+        let Some(entry) = table.entry_plugin(platform, profile) else {
+            return no_route(platform, None);
         };
         // Input caps, before any guest runs.
-        let reject = if forward.body.is_empty() {
-            Some((RejectKind::EmptyBody, "the body is empty".to_owned()))
-        } else if forward.body.len() > limits.max_body_bytes {
-            Some((
-                RejectKind::PayloadTooLarge,
-                format!(
-                    "the body is {} bytes, at most {} allowed",
-                    forward.body.len(),
-                    limits.max_body_bytes
-                ),
-            ))
-        } else {
-            None
-        };
-        if let Some((kind, message)) = reject {
-            first.stats.record_rejected();
-            return Conversion::new(Some(&first.name), None, Outcome::Rejected { kind, message });
-        }
-        let permit = match Arc::clone(&self.inner.permits).acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => {
-                return Conversion::new(
-                    Some(&first.name),
-                    None,
-                    Outcome::Failed(PluginError::Unavailable("closed".to_owned())),
-                );
-            }
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let inner = Arc::clone(&self.inner);
-        let request = bindings::request(forward);
-        let running: Arc<Mutex<Option<Arc<LoadedPlugin>>>> = Arc::default();
-        let running_job = Arc::clone(&running);
-        let job = Box::new(move || {
-            let conversion = inner.run(&table, &request, config_override, &running_job);
-            let _ = tx.send(conversion);
-            // The permit is released only when the worker is free again,
-            // even if the caller stopped waiting.
-            drop(permit);
-        });
-        if let Err(e) = self.inner.pool.submit(job) {
+        if let Some((kind, message)) = input_reject(forward, limits) {
+            entry.plugin.stats.record_rejected();
             return Conversion::new(
-                Some(&first.name),
+                Some(&entry.plugin.name),
                 None,
-                Outcome::Failed(PluginError::Unavailable(e.to_owned())),
+                Outcome::Rejected { kind, message },
             );
         }
-        match tokio::time::timeout(limits.outer_timeout, rx).await {
-            Ok(Ok(conversion)) => conversion,
-            Ok(Err(_)) => Conversion::new(
-                Some(&first.name),
-                None,
-                Outcome::Failed(PluginError::Unavailable(
-                    "the worker dropped the conversion".to_owned(),
-                )),
-            ),
-            Err(_) => {
-                // A guest cannot block a worker (no blocking WASI call is
-                // linked, and the epoch deadline stops wasm code), so this is
-                // a host bug or a badly overloaded machine. It is a fault of
-                // the plugin being called, logged and counted like any other;
-                // the worker keeps its permit until it really returns, so the
-                // pool's accounting stays exact.
-                let plugin = running
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone()
-                    .unwrap_or(first);
-                self.inner.failed(
-                    &plugin.stats,
-                    &plugin.name,
-                    None,
-                    PluginError::Timeout {
-                        after: limits.outer_timeout,
-                    },
-                )
-            }
-        }
-    }
-}
-
-impl Inner {
-    /// One conversion on a worker thread: tenant key from the platform's
-    /// default plugin, final route, then convert in a fresh instance (the
-    /// same one only when the route stays on that plugin with the same
-    /// configuration). When no `[[route]]` names a tenant for the platform,
-    /// the tenant key could not change the route, so `tenant-of` is skipped:
-    /// one instance, one call into the guest. `running` names the plugin
-    /// being called, so that an outer timeout is charged to the right one.
-    fn run(
-        &self,
-        table: &Table,
-        req: &bindings::Request,
-        config_override: Option<ConfigMap>,
-        running: &Mutex<Option<Arc<LoadedPlugin>>>,
-    ) -> Conversion {
-        let limits = &self.config.limits;
-        let profile = req.profile.as_deref();
-        let no_route = |tenant| {
-            Conversion::new(
-                None,
-                tenant,
-                Outcome::Failed(PluginError::NoRoute {
-                    platform: req.platform.clone(),
-                }),
-            )
-        };
-        let set_running = |p: &Arc<LoadedPlugin>| {
-            *running.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(p));
-        };
-        // The tenant key comes from the platform's default plugin. While it
-        // is quarantined, tenants routed elsewhere must not suffer: route by
-        // platform and profile alone.
-        let mut tenant_session = None;
-        let tenant = if table.routes_by_tenant(&req.platform) {
-            let Some((first, first_config)) = table.tenant_plugin(&req.platform, profile) else {
-                return no_route(None);
+        drop(entry);
+        let request = Arc::new(bindings::request(forward));
+        let (tenant, target) = if table.routes_by_tenant(platform) {
+            let now = Instant::now();
+            let usable = |p: &LoadedPlugin| p.stats.check(now).is_ok();
+            let Some(asked) = table.tenant_plugin(platform, profile, usable) else {
+                return no_route(platform, None);
             };
-            if first.stats.check(Instant::now()).is_err() {
-                None
+            if usable(&asked.plugin) {
+                let (table, request, config_override) = (
+                    Arc::clone(&table),
+                    Arc::clone(&request),
+                    config_override.clone(),
+                );
+                let plugin = Arc::clone(&asked.plugin);
+                let step = self
+                    .on_worker(&plugin, None, move |inner| {
+                        inner.tenant_then_convert(&table, &request, asked, config_override)
+                    })
+                    .await;
+                match step {
+                    Step::Done(conversion) => return conversion,
+                    Step::Routed { tenant, target } => (tenant, Some(target)),
+                }
             } else {
-                set_running(&first);
-                let cx = CallContext {
-                    plugin: Arc::clone(&first.name),
-                    stats: Some(Arc::clone(&first.stats)),
-                    tenant: None,
-                    config: Arc::clone(&first_config),
-                };
-                let mut s = match Session::new(&self.engine, &first.pre, limits, cx) {
-                    Ok(s) => s,
-                    Err(e) => return self.failed(&first.stats, &first.name, None, e),
-                };
-                first.stats.record_tenant_of();
-                let tenant = match s.tenant_of(req) {
-                    Ok(t) => t,
-                    Err(e) => return self.failed(&first.stats, &first.name, None, e),
-                };
-                tenant_session = Some((s, first, first_config));
-                tenant
+                // Every converter of the platform sits out a quarantine: the
+                // route by platform and profile alone is the best we know.
+                (None, table.resolve(platform, profile, None))
             }
         } else {
-            None
+            (None, table.resolve(platform, profile, None))
         };
-        let Some((plugin, config)) = table.resolve(&req.platform, profile, tenant.as_deref())
-        else {
-            return no_route(tenant);
+        let Some(target) = target else {
+            return no_route(platform, tenant);
         };
-        let config = config_override.unwrap_or(config);
+        let plugin = Arc::clone(&target.plugin);
         if let Err(remaining) = plugin.stats.check(Instant::now()) {
-            return self.failed(
+            return self.inner.failed(
                 &plugin.stats,
                 &plugin.name,
                 tenant,
                 PluginError::Quarantined { remaining },
             );
         }
-        // Reuse the tenant-of instance only when nothing differs: a guest
-        // may have cached what `config` answered during tenant-of.
-        let reused = tenant_session.and_then(|(s, first, first_config)| {
-            (Arc::ptr_eq(&plugin, &first) && *config == *first_config).then_some(s)
+        let config = config_override.unwrap_or_else(|| Arc::clone(&target.config));
+        let step = self
+            .on_worker(&plugin, tenant.clone(), move |inner| {
+                Step::Done(inner.convert_fresh(&request, &target, config, tenant))
+            })
+            .await;
+        match step {
+            Step::Done(conversion) => conversion,
+            Step::Routed { tenant, .. } => no_route(platform, tenant),
+        }
+    }
+
+    /// Runs `work` on a worker thread once `plugin` may run another
+    /// conversion (its [`Admission`](admission::Admission): its own share
+    /// of the workers and its own bounded line) and a worker is free, and
+    /// waits for it with the outer timeout.
+    async fn on_worker(
+        &self,
+        plugin: &Arc<LoadedPlugin>,
+        tenant: Option<String>,
+        work: impl FnOnce(&Inner) -> Step + Send + 'static,
+    ) -> Step {
+        let inner = &self.inner;
+        let outer = inner.config.limits.outer_timeout;
+        let place = match plugin.stats.admission.enter().await {
+            Ok(place) => place,
+            Err(e) => return Step::Done(inner.failed(&plugin.stats, &plugin.name, tenant, e)),
+        };
+        let Ok(worker) = Arc::clone(&inner.permits).acquire_owned().await else {
+            let e = PluginError::Unavailable("closed".to_owned());
+            return Step::Done(inner.failed(&plugin.stats, &plugin.name, tenant, e));
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job_inner = Arc::clone(inner);
+        let job = Box::new(move || {
+            let _ = tx.send(work(&job_inner));
+            // Both places are released only when the worker is free again,
+            // even if the caller stopped waiting.
+            drop((worker, place));
         });
-        let mut session = match reused {
-            Some(mut s) => {
-                s.set_tenant(tenant.clone(), config);
-                s
+        if let Err(e) = inner.pool.submit(job) {
+            let e = PluginError::Unavailable(e.to_owned());
+            return Step::Done(inner.failed(&plugin.stats, &plugin.name, tenant, e));
+        }
+        match tokio::time::timeout(outer, rx).await {
+            Ok(Ok(step)) => step,
+            Ok(Err(_)) => {
+                let e = PluginError::Unavailable("the worker dropped the conversion".to_owned());
+                Step::Done(inner.failed(&plugin.stats, &plugin.name, tenant, e))
             }
-            None => {
-                set_running(&plugin);
-                let cx = CallContext {
-                    plugin: Arc::clone(&plugin.name),
-                    stats: Some(Arc::clone(&plugin.stats)),
-                    tenant: tenant.clone(),
-                    config,
-                };
-                match Session::new(&self.engine, &plugin.pre, limits, cx) {
-                    Ok(s) => s,
-                    Err(e) => return self.failed(&plugin.stats, &plugin.name, tenant, e),
-                }
-            }
+            // A guest cannot block a worker (no blocking WASI call is
+            // linked, and its CPU budget stops wasm code), so this is a badly
+            // overloaded machine: counted, never a fault (see `failed`).
+            Err(_) => Step::Done(inner.failed(
+                &plugin.stats,
+                &plugin.name,
+                tenant,
+                PluginError::Timeout { after: outer },
+            )),
+        }
+    }
+}
+
+/// What one job on a worker came to.
+enum Step {
+    /// The conversion is over.
+    Done(Conversion),
+    /// The tenant key is known and routes to another plugin (or another
+    /// configuration), which converts in a job of its own.
+    Routed {
+        tenant: Option<String>,
+        target: Resolved,
+    },
+}
+
+fn no_route(platform: &str, tenant: Option<String>) -> Conversion {
+    Conversion::new(
+        None,
+        tenant,
+        Outcome::Failed(PluginError::NoRoute {
+            platform: platform.to_owned(),
+        }),
+    )
+}
+
+/// The input caps checked before any guest runs.
+fn input_reject(forward: &PassthroughForward, limits: &Limits) -> Option<(RejectKind, String)> {
+    if forward.body.is_empty() {
+        Some((RejectKind::EmptyBody, "the body is empty".to_owned()))
+    } else if forward.body.len() > limits.max_body_bytes {
+        Some((
+            RejectKind::PayloadTooLarge,
+            format!(
+                "the body is {} bytes, at most {} allowed",
+                forward.body.len(),
+                limits.max_body_bytes
+            ),
+        ))
+    } else {
+        None
+    }
+}
+
+impl Inner {
+    /// On a worker: the tenant key from `asked`, the final route, and — when
+    /// that is the same plugin with the same configuration — the conversion
+    /// in the same instance (a guest may have cached what `config` answered
+    /// during tenant-of, so another configuration gets a fresh instance).
+    fn tenant_then_convert(
+        &self,
+        table: &Table,
+        req: &bindings::Request,
+        asked: Resolved,
+        config_override: Option<ConfigMap>,
+    ) -> Step {
+        let limits = &self.config.limits;
+        let plugin = &asked.plugin;
+        let cx = CallContext {
+            plugin: Arc::clone(&plugin.name),
+            stats: Some(Arc::clone(&plugin.stats)),
+            tenant: None,
+            config: Arc::clone(&asked.config),
         };
-        let outcome = match session.convert(req) {
-            Ok(o) => o,
-            Err(e) => return self.failed(&plugin.stats, &plugin.name, tenant, e),
+        let mut session = match Session::new(&self.engine, &plugin.pre, limits, cx) {
+            Ok(s) => s,
+            Err(e) => return Step::Done(self.failed(&plugin.stats, &plugin.name, None, e)),
         };
+        plugin.stats.record_tenant_of();
+        let tenant = match session.tenant_of(req) {
+            Ok(t) => t,
+            Err(e) => return Step::Done(self.failed(&plugin.stats, &plugin.name, None, e)),
+        };
+        let Some(target) = table.resolve(&req.platform, req.profile.as_deref(), tenant.as_deref())
+        else {
+            return Step::Done(no_route(&req.platform, tenant));
+        };
+        let config = config_override.unwrap_or_else(|| Arc::clone(&target.config));
+        if !Arc::ptr_eq(&target.plugin, plugin) || *config != *asked.config {
+            return Step::Routed { tenant, target };
+        }
+        if let Err(remaining) = target.plugin.stats.check(Instant::now()) {
+            let e = PluginError::Quarantined { remaining };
+            return Step::Done(self.failed(&plugin.stats, &plugin.name, tenant, e));
+        }
+        session.set_tenant(tenant.clone(), config);
+        Step::Done(self.convert_in(session, req, &target, tenant))
+    }
+
+    /// On a worker: convert in a fresh instance of `target`.
+    fn convert_fresh(
+        &self,
+        req: &bindings::Request,
+        target: &Resolved,
+        config: ConfigMap,
+        tenant: Option<String>,
+    ) -> Conversion {
+        let plugin = &target.plugin;
+        let cx = CallContext {
+            plugin: Arc::clone(&plugin.name),
+            stats: Some(Arc::clone(&plugin.stats)),
+            tenant: tenant.clone(),
+            config,
+        };
+        match Session::new(&self.engine, &plugin.pre, &self.config.limits, cx) {
+            Ok(session) => self.convert_in(session, req, target, tenant),
+            Err(e) => self.failed(&plugin.stats, &plugin.name, tenant, e),
+        }
+    }
+
+    /// Convert in `session`, then check the output against the caps and the
+    /// trust boundary ([`trust`]) before anything is handed on.
+    fn convert_in(
+        &self,
+        mut session: Session,
+        req: &bindings::Request,
+        target: &Resolved,
+        tenant: Option<String>,
+    ) -> Conversion {
+        let limits = &self.config.limits;
+        let plugin = &target.plugin;
+        let outcome = session.convert(req);
         drop(session);
+        let fail = |e| self.failed(&plugin.stats, &plugin.name, tenant.clone(), e);
         let outcome = match outcome {
-            bindings::Outcome::Events(events) => match bindings::events(events, limits) {
-                Ok(events) => {
-                    plugin.stats.record_events(events.len());
-                    Outcome::Events(events)
+            Ok(o) => o,
+            Err(e) => return fail(e),
+        };
+        let outcome = match outcome {
+            bindings::Outcome::Events(events) => {
+                let events = match bindings::events(events, limits) {
+                    Ok(events) => events,
+                    Err(why) => return fail(PluginError::BadOutput(why)),
+                };
+                let profile = req.profile.as_deref();
+                if let Err(why) = trust::check(&req.platform, profile, &target.grant, &events) {
+                    return fail(PluginError::Overreach(why));
                 }
-                Err(why) => {
-                    return self.failed(
-                        &plugin.stats,
-                        &plugin.name,
-                        tenant,
-                        PluginError::BadOutput(why),
-                    );
-                }
-            },
+                plugin.stats.record_events(events.len());
+                Outcome::Events(events)
+            }
             bindings::Outcome::Ignored(reason) => {
                 if reason.len() > 64 {
-                    return self.failed(
-                        &plugin.stats,
-                        &plugin.name,
-                        tenant,
-                        PluginError::BadOutput("ignore reason longer than 64 bytes".to_owned()),
-                    );
+                    let why = "ignore reason longer than 64 bytes".to_owned();
+                    return fail(PluginError::BadOutput(why));
                 }
                 plugin.stats.record_ignored();
                 Outcome::Ignored(reason)
@@ -810,7 +901,7 @@ impl Inner {
             bindings::Outcome::Error(e) => {
                 plugin.stats.record_rejected();
                 let mut message = e.message;
-                message.truncate(floor_char_boundary(&message, 1024));
+                message.truncate(message.floor_char_boundary(1024));
                 Outcome::Rejected {
                     kind: bindings::reject_kind(e.kind),
                     message,
@@ -820,6 +911,11 @@ impl Inner {
         Conversion::new(Some(&plugin.name), tenant, outcome)
     }
 
+    /// Counts a failure (a fault may start a quarantine) and logs it, within
+    /// the plugin's log rate: a failure quotes the guest (its panic message,
+    /// its output), so it shares the bucket of the plugin's own lines.
+    /// The outer timeout is the machine being overloaded, not the plugin
+    /// misbehaving: counted, never a fault.
     fn failed(
         &self,
         stats: &PluginStats,
@@ -827,29 +923,24 @@ impl Inner {
         tenant: Option<String>,
         error: PluginError,
     ) -> Conversion {
+        let limits = &self.config.limits;
+        let outer =
+            matches!(error, PluginError::Timeout { after } if after == limits.outer_timeout);
+        let now = Instant::now();
         let q = stats.record_failure(
             error.kind(),
-            error.is_fault(),
-            &self.config.limits.quarantine,
-            Instant::now(),
+            error.is_fault() && !outer,
+            &limits.quarantine,
+            now,
         );
-        tracing::warn!(plugin, tenant = tenant.as_deref().unwrap_or(""), kind = error.kind().as_str(), error = %error, "plugin conversion failed");
+        if stats.allow_log_line(now, limits.log_lines_per_second, limits.log_burst) {
+            tracing::warn!(plugin, tenant = tenant.as_deref().unwrap_or(""), kind = error.kind().as_str(), error = %error, "plugin conversion failed");
+        }
         if let Some(backoff) = q {
             tracing::error!(plugin, ?backoff, "plugin quarantined after repeated faults");
         }
         Conversion::new(Some(plugin), tenant, Outcome::Failed(error))
     }
-}
-
-fn floor_char_boundary(s: &str, max: usize) -> usize {
-    if s.len() <= max {
-        return s.len();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    end
 }
 
 #[doc(hidden)]

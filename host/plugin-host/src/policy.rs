@@ -59,6 +59,44 @@ pub struct PlatformPolicy {
     /// Configuration for forwards no `[[route]]` matched.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Source platforms events may claim besides the forward's own
+    /// (conversion.md §3.1; see [`Grant`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grant_platforms: Vec<String>,
+    /// `follow-up` capability kinds replies may use besides the defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grant_follow_up: Vec<String>,
+}
+
+/// What an operator grants a converter beyond the defaults of
+/// conversion.md §3.1 (a forward of platform `P` may only produce events
+/// of `P` — `twilio`: `sms`, `whatsapp`, `voice` — and only the follow-up
+/// kind of its own platform). Written in `[platform.P]` (for every forward
+/// of `P`) or in a `[[route]]` (for the forwards it routes):
+///
+/// ```toml
+/// [[route]]
+/// platform = "acme"
+/// tenant = "t-1"
+/// plugin = "acme-bridge"
+/// grant_platforms = ["acme-sms"]       # events may also claim this platform
+/// grant_follow_up = ["acme.reply_url"] # and answer through this capability
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// Source platforms events may claim besides the forward's own.
+    pub platforms: Vec<String>,
+    /// `follow-up` capability kinds replies may use besides the defaults.
+    pub follow_up: Vec<String>,
+}
+
+impl Grant {
+    /// This grant plus `platforms` and `follow_up`.
+    pub(crate) fn with(mut self, platforms: &[String], follow_up: &[String]) -> Grant {
+        self.platforms.extend(platforms.iter().cloned());
+        self.follow_up.extend(follow_up.iter().cloned());
+        self
+    }
 }
 
 /// One `[[route]]`.
@@ -76,6 +114,13 @@ pub struct RouteRule {
     /// Configuration the plugin reads through `config(key)`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Source platforms events may claim besides the forward's own
+    /// (conversion.md §3.1; see [`Grant`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grant_platforms: Vec<String>,
+    /// `follow-up` capability kinds replies may use besides the defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grant_follow_up: Vec<String>,
 }
 
 impl RouteRule {

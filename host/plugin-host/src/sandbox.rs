@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Linker, Resource, ResourceTable};
-use wasmtime::{Engine, Store, StoreContextMut, Trap};
+use wasmtime::{Engine, Store, StoreContextMut, Trap, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{
@@ -47,6 +47,80 @@ pub(crate) struct StoreState {
     log_burst: u32,
     panic_message: Option<String>,
     output: CappedPipe,
+    budget: CpuBudget,
+}
+
+/// The guest's CPU budget for one call, measured in CPU time of the worker
+/// thread rather than wall-clock time: on a busy machine a guest that is
+/// preempted is not charged for the time it did not run, so a legitimate
+/// converter is never timed out (and quarantined) because the machine is
+/// loaded. The epoch deadline fires at the wall-clock deadline as before;
+/// its callback then looks at the thread's CPU clock and either extends the
+/// deadline by what is left of the budget or interrupts the guest. A guest
+/// that spins uses its budget in CPU time and is stopped as before. A wall
+/// cap bounds a call that somehow cannot get the CPU at all.
+struct CpuBudget {
+    budget: Duration,
+    wall_cap: Duration,
+    cpu_start: Duration,
+    wall_start: Instant,
+}
+
+/// This thread's CPU time.
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
+impl CpuBudget {
+    fn new(budget: Duration) -> Self {
+        Self {
+            budget,
+            // Generous: only a machine that gives the worker almost no CPU
+            // for this long ends a call that has budget left.
+            wall_cap: budget.saturating_mul(20),
+            cpu_start: thread_cpu_time(),
+            wall_start: Instant::now(),
+        }
+    }
+
+    /// A new call starts now, with the whole budget.
+    fn restart(&mut self) {
+        self.cpu_start = thread_cpu_time();
+        self.wall_start = Instant::now();
+    }
+
+    /// What to do when the epoch deadline is reached.
+    fn on_deadline(&self) -> UpdateDeadline {
+        let used = thread_cpu_time().saturating_sub(self.cpu_start);
+        if used >= self.budget || self.wall_start.elapsed() >= self.wall_cap {
+            return UpdateDeadline::Interrupt;
+        }
+        UpdateDeadline::Continue(crate::engine::deadline_ticks(self.budget - used))
+    }
+}
+
+/// `s` as one log line: control characters (newlines, carriage returns,
+/// escape sequences, …) escaped, so a plugin cannot forge log records or
+/// drive a terminal, and at most `max` bytes of the original text.
+pub(crate) fn escape_line(s: &str, max: usize) -> String {
+    let cut = s.len() > max;
+    let s = truncate(s, max);
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if cut {
+        out.push_str("…[truncated]");
+    }
+    out
 }
 
 impl WasiView for StoreState {
@@ -66,7 +140,9 @@ impl bindings::hermes::converter::host::Host for StoreState {
         if level == Level::Error
             && let Some(panic) = message.strip_prefix(PANIC_LOG_PREFIX)
         {
-            self.panic_message = Some(truncate(panic, self.max_log_line_bytes).to_owned());
+            // Logged once, with the failure it causes; not as a line too.
+            self.panic_message = Some(escape_line(panic, self.max_log_line_bytes));
+            return;
         }
         if self.log_lines >= self.max_log_lines {
             self.log_dropped = self.log_dropped.saturating_add(1);
@@ -81,7 +157,7 @@ impl bindings::hermes::converter::host::Host for StoreState {
             return;
         }
         self.log_lines += 1;
-        let message = truncate(&message, self.max_log_line_bytes);
+        let message = escape_line(&message, self.max_log_line_bytes);
         let plugin = &*self.plugin;
         let tenant = self.tenant.as_deref().unwrap_or("");
         match level {
@@ -410,9 +486,11 @@ impl Session {
             log_burst: limits.log_burst,
             panic_message: None,
             output,
+            budget: CpuBudget::new(limits.epoch_deadline),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_callback(|store| Ok(store.data().budget.on_deadline()));
         let deadline_ticks = crate::engine::deadline_ticks(limits.epoch_deadline);
         // Instantiation runs guest start functions: it gets a deadline too.
         store.set_epoch_deadline(deadline_ticks);
@@ -448,6 +526,7 @@ impl Session {
 
     pub(crate) fn describe(&mut self) -> Result<PluginInfo, PluginError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
+        self.store.data_mut().budget.restart();
         let r = self
             .instance
             .hermes_converter_converter()
@@ -457,6 +536,7 @@ impl Session {
 
     pub(crate) fn tenant_of(&mut self, req: &Request) -> Result<Option<String>, PluginError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
+        self.store.data_mut().budget.restart();
         let r = self
             .instance
             .hermes_converter_converter()
@@ -466,6 +546,7 @@ impl Session {
 
     pub(crate) fn convert(&mut self, req: &Request) -> Result<Outcome, PluginError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
+        self.store.data_mut().budget.restart();
         let r = self
             .instance
             .hermes_converter_converter()
@@ -535,18 +616,21 @@ fn classify(
             message: message.clone(),
         };
     }
+    // Everything below may quote the guest (its output, its function
+    // names in a backtrace): one escaped, capped line each.
+    let max = data.max_log_line_bytes;
     let guest_output = data.output.text();
     // A guest without the SDK hook: std's default hook wrote to stderr.
     if let Some(pos) = guest_output.find("panicked at ") {
-        let message = guest_output[pos..].trim().to_owned();
+        let message = escape_line(guest_output[pos..].trim(), max);
         return PluginError::Panic { message };
     }
     if trap.is_none() && instantiating {
-        return PluginError::Instantiate(format!("{e:#}"));
+        return PluginError::Instantiate(escape_line(&format!("{e:#}"), max));
     }
     PluginError::Trap {
-        message: format!("{e:?}"),
-        guest_output,
+        message: escape_line(&format!("{e:?}"), max.saturating_mul(4)),
+        guest_output: escape_line(&guest_output, max),
     }
 }
 
@@ -555,6 +639,34 @@ mod tests {
     use wasmtime::ResourceLimiter;
 
     use super::*;
+
+    #[test]
+    fn log_lines_are_one_escaped_capped_line() {
+        let forged = "ok\nERROR forged record\r\u{1b}[31mred\u{2028}x";
+        let line = escape_line(forged, 1024);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert_eq!(line, "ok\\nERROR forged record\\r\\u{1b}[31mred\\u{2028}x");
+        let long = "é".repeat(100);
+        let capped = escape_line(&long, 11);
+        assert_eq!(capped, format!("{}…[truncated]", "é".repeat(5)));
+        assert_eq!(escape_line("short", 5), "short");
+    }
+
+    #[test]
+    fn the_cpu_budget_extends_a_deadline_until_the_cpu_is_used() {
+        let mut b = CpuBudget::new(Duration::from_millis(50));
+        // Wall time passes while the thread uses no CPU: the deadline is
+        // extended, not hit.
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(matches!(b.on_deadline(), UpdateDeadline::Continue(_)));
+        // Spending the budget in CPU time ends the call.
+        b.restart();
+        let start = thread_cpu_time();
+        while thread_cpu_time().saturating_sub(start) < Duration::from_millis(55) {
+            std::hint::black_box(0u64);
+        }
+        assert!(matches!(b.on_deadline(), UpdateDeadline::Interrupt));
+    }
 
     #[test]
     fn the_memory_cap_is_for_all_memories_of_a_store_together() {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::admission::Admission;
 use crate::error::FailureKind;
 
 /// Quarantine settings (part of [`Limits`](crate::Limits)).
@@ -82,11 +83,21 @@ pub(crate) struct PluginStats {
     tenant_of_calls: AtomicU64,
     log_lines_dropped: AtomicU64,
     log_bucket: Mutex<LogBucket>,
+    /// The plugin's share of the workers and its waiting line.
+    pub(crate) admission: Admission,
 }
 
 impl Default for PluginStats {
     fn default() -> Self {
+        Self::new(Admission::new(1, 256))
+    }
+}
+
+impl PluginStats {
+    /// Fresh counters with this admission.
+    pub(crate) fn new(admission: Admission) -> Self {
         Self {
+            admission,
             conversions: AtomicU64::default(),
             events: AtomicU64::default(),
             ignored: AtomicU64::default(),
@@ -129,6 +140,9 @@ pub struct PluginCounters {
     /// ([`Limits::max_log_lines`](crate::Limits::max_log_lines)) or the
     /// per-plugin rate ([`Limits::log_lines_per_second`](crate::Limits::log_lines_per_second)).
     pub log_lines_dropped: u64,
+    /// Forwards waiting for this plugin right now (its own line; see
+    /// [`Limits::per_plugin_queue`](crate::Limits::per_plugin_queue)).
+    pub waiting: u64,
 }
 
 impl PluginStats {
@@ -206,6 +220,12 @@ impl PluginStats {
             return None;
         }
         let mut q = self.quarantine();
+        // Faults of conversions that were already running when the
+        // quarantine began say nothing new: they neither extend it nor
+        // double the next backoff.
+        if q.until.is_some_and(|until| until > now) {
+            return None;
+        }
         q.consecutive_faults = q.consecutive_faults.saturating_add(1);
         if q.consecutive_faults < policy.after_faults.max(1) {
             return None;
@@ -251,6 +271,7 @@ impl PluginStats {
             quarantined_for: self.check(now).err(),
             tenant_of_calls: self.tenant_of_calls.load(Ordering::Relaxed),
             log_lines_dropped: self.log_lines_dropped.load(Ordering::Relaxed),
+            waiting: self.admission.waiting() as u64,
         }
     }
 }
@@ -311,6 +332,30 @@ mod tests {
             s.record_failure(FailureKind::Trap, true, &p, t0),
             None,
             "success resets the streak"
+        );
+    }
+
+    #[test]
+    fn faults_of_jobs_in_flight_do_not_re_escalate_an_active_quarantine() {
+        let s = PluginStats::default();
+        let p = policy();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            s.record_failure(FailureKind::Trap, true, &p, t0);
+        }
+        assert_eq!(s.check(t0), Err(Duration::from_secs(10)));
+        // Conversions that were running when it began fault too.
+        let t1 = t0 + Duration::from_secs(1);
+        for _ in 0..5 {
+            assert_eq!(s.record_failure(FailureKind::Trap, true, &p, t1), None);
+        }
+        assert_eq!(s.check(t1), Err(Duration::from_secs(9)), "not extended");
+        assert_eq!(s.snapshot(t1).quarantines, 1);
+        // After it, the first fault re-enters with the doubled backoff only.
+        let t2 = t0 + Duration::from_secs(11);
+        assert_eq!(
+            s.record_failure(FailureKind::Trap, true, &p, t2),
+            Some(Duration::from_secs(20))
         );
     }
 

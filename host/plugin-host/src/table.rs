@@ -13,7 +13,7 @@ use wasmtime::component::{Component, Linker};
 
 use crate::artifact_cache::{ArtifactCache, CacheOutcome};
 use crate::bindings::{self, ConverterPluginPre};
-use crate::policy::{Policy, RouteRule};
+use crate::policy::{Grant, Policy, RouteRule};
 use crate::sandbox::{CallContext, ConfigMap, Session, StoreState};
 use crate::stats::PluginStats;
 use crate::{Limits, LoadError};
@@ -55,6 +55,15 @@ pub(crate) struct Route {
     pub(crate) rule: RouteRule,
     pub(crate) plugin: Arc<LoadedPlugin>,
     pub(crate) config: ConfigMap,
+}
+
+/// Where one forward goes: the plugin, the configuration it reads, and
+/// what the policy grants its output beyond the defaults (conversion.md
+/// §3.1: the `[platform.P]` grant plus the matched route's).
+pub(crate) struct Resolved {
+    pub(crate) plugin: Arc<LoadedPlugin>,
+    pub(crate) config: ConfigMap,
+    pub(crate) grant: Grant,
 }
 
 impl Route {
@@ -144,6 +153,52 @@ pub(crate) fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Several files describe the plugin name `name` (conversion.md §3.1: a
+/// name identifies one file). The file that was serving the name keeps it
+/// and every other claimant is refused, naming the refused file; with no
+/// serving file (at start, or when the serving file is gone) every
+/// claimant is refused, naming all of them: the host never guesses which
+/// file an operator meant, and an operator resolves it by removing or
+/// renaming one. Refused files are added to `refused`.
+fn resolve_name_claim(
+    name: &str,
+    claimants: Vec<(PathBuf, Arc<LoadedPlugin>)>,
+    previous: &Table,
+    report: &mut LoadReport,
+    refused: &mut Vec<PathBuf>,
+) -> Option<(PathBuf, Arc<LoadedPlugin>)> {
+    let serving = previous
+        .by_name
+        .get(name)
+        .map(|p| p.description.file.clone())
+        .filter(|f| claimants.iter().any(|(c, _)| c == f));
+    let Some(serving) = serving else {
+        let files: Vec<PathBuf> = claimants.into_iter().map(|(f, _)| f).collect();
+        tracing::error!(plugin = name, files = ?files, "several files claim one plugin name; none is loaded");
+        refused.extend(files.iter().cloned());
+        report.errors.push(LoadError::NameClaimedTwice {
+            name: name.to_owned(),
+            files,
+        });
+        return None;
+    };
+    let mut winner = None;
+    for (file, plugin) in claimants {
+        if file == serving {
+            winner = Some((file, plugin));
+        } else {
+            tracing::error!(plugin = name, refused = %file.display(), serving = %serving.display(), "a file claims a plugin name in use; refused");
+            report.errors.push(LoadError::NameInUse {
+                name: name.to_owned(),
+                serving: serving.clone(),
+                refused: file.clone(),
+            });
+            refused.push(file);
+        }
+    }
+    winner
+}
+
 impl Loader<'_> {
     /// Load every file, keeping unchanged plugins from `previous` and, when a
     /// file fails, its previous good version.
@@ -158,6 +213,7 @@ impl Loader<'_> {
             policy,
             ..Table::default()
         };
+        let mut claims: BTreeMap<String, Vec<(PathBuf, Arc<LoadedPlugin>)>> = BTreeMap::new();
         for file in files {
             let plugin = match self.load_file(file, previous, report) {
                 Ok(p) => p,
@@ -175,32 +231,47 @@ impl Loader<'_> {
                     }
                 }
             };
-            let plugin = if let Some(first) = table.by_name.get(&plugin.description.name) {
-                report.errors.push(LoadError::DuplicateName {
-                    name: plugin.description.name.clone(),
-                    first: first.description.file.clone(),
-                    second: file.clone(),
-                });
-                // Like any other failed load, a new version that now
-                // collides keeps the file's working previous version (when
-                // that one's name is still free).
-                match previous.by_file.get(file) {
-                    Some(old)
-                        if !Arc::ptr_eq(old, &plugin)
-                            && !table.by_name.contains_key(&old.description.name) =>
-                    {
-                        tracing::warn!(file = %file.display(), plugin = %old.name, "new plugin version duplicates a name; keeping the previous version");
-                        Arc::clone(old)
-                    }
-                    _ => continue,
-                }
+            claims
+                .entry(plugin.description.name.clone())
+                .or_default()
+                .push((file.clone(), plugin));
+        }
+        let mut refused = Vec::new();
+        for (name, mut claimants) in claims {
+            let winner = if claimants.len() == 1 {
+                claimants.pop()
             } else {
-                plugin
+                resolve_name_claim(&name, claimants, previous, report, &mut refused)
             };
-            table
+            if let Some((file, plugin)) = winner {
+                table.by_name.insert(name, Arc::clone(&plugin));
+                table.by_file.insert(file, plugin);
+            }
+        }
+        // A refused new version keeps the file's working previous version
+        // when that one's name is still free, like any other failed load.
+        for file in refused {
+            if let Some(old) = previous.by_file.get(&file)
+                && !table.by_name.contains_key(&old.description.name)
+                && !table.by_file.contains_key(&file)
+            {
+                tracing::warn!(file = %file.display(), plugin = %old.name, "new plugin version refused; keeping the previous version");
+                table
+                    .by_name
+                    .insert(old.description.name.clone(), Arc::clone(old));
+                table.by_file.insert(file, Arc::clone(old));
+            }
+        }
+        // A plugin that starts serving a name gets a fresh quarantine state;
+        // a refused file never touches the serving plugin's counters.
+        for (name, plugin) in &table.by_name {
+            if previous
                 .by_name
-                .insert(plugin.description.name.clone(), Arc::clone(&plugin));
-            table.by_file.insert(file.clone(), plugin);
+                .get(name)
+                .is_none_or(|old| !Arc::ptr_eq(old, plugin))
+            {
+                plugin.stats.reset_quarantine();
+            }
         }
         table.resolve_routes(self.policy_file, previous, report);
         report.loaded = table
@@ -236,8 +307,6 @@ impl Loader<'_> {
         let pre = self.type_check(file, &component)?;
         let info = self.describe(file, &pre)?;
         let stats = (self.stats)(&info.name);
-        // A new version gets a fresh start.
-        stats.reset_quarantine();
         let description = PluginDescription {
             name: info.name,
             version: info.version,
@@ -507,30 +576,69 @@ impl Table {
     /// The plugin a forward is charged to before any guest runs (input-cap
     /// rejections, an outer timeout before routing): the tenant-of plugin
     /// when tenant routes exist for the platform, else the final route.
-    pub(crate) fn entry_plugin(
-        &self,
-        platform: &str,
-        profile: Option<&str>,
-    ) -> Option<(Arc<LoadedPlugin>, ConfigMap)> {
+    pub(crate) fn entry_plugin(&self, platform: &str, profile: Option<&str>) -> Option<Resolved> {
         if self.routes_by_tenant(platform) {
-            self.tenant_plugin(platform, profile)
+            self.tenant_plugin(platform, profile, |_| true)
         } else {
             self.resolve(platform, profile, None)
         }
     }
 
     /// The plugin asked for the tenant key: the platform's default, else the
-    /// best route that does not depend on the tenant.
+    /// best route that does not depend on the tenant. While that plugin is
+    /// quarantined (`usable` says no), another loaded plugin that converts
+    /// the platform is asked instead — a tenant-routed one first: the
+    /// tenant key of a platform is defined by the contract (conversion.md
+    /// §1), so any of its converters computes it, and a quarantined default
+    /// must not take down the tenants routed to other plugins.
     pub(crate) fn tenant_plugin(
         &self,
         platform: &str,
         profile: Option<&str>,
-    ) -> Option<(Arc<LoadedPlugin>, ConfigMap)> {
-        if let Some(d) = self.defaults.get(platform) {
-            return Some((Arc::clone(&d.plugin), Arc::clone(&d.config)));
+        usable: impl Fn(&LoadedPlugin) -> bool,
+    ) -> Option<Resolved> {
+        let first = match self.defaults.get(platform) {
+            Some(d) => Some(self.resolved(platform, &d.plugin, &d.config, None)),
+            None => self
+                .best_route(platform, profile, None)
+                .map(|r| self.resolved(platform, &r.plugin, &r.config, Some(&r.rule))),
+        };
+        if first.as_ref().is_none_or(|r| usable(&r.plugin)) {
+            return first;
         }
-        self.best_route(platform, profile, None)
-            .map(|r| (Arc::clone(&r.plugin), Arc::clone(&r.config)))
+        self.routes
+            .iter()
+            .filter(|r| r.rule.platform.as_deref() == Some(platform) && r.plugin.converts(platform))
+            .map(|r| &r.plugin)
+            .chain(self.by_name.values().filter(|p| p.converts(platform)))
+            .find(|p| usable(p))
+            .map(|p| Resolved {
+                plugin: Arc::clone(p),
+                config: ConfigMap::default(),
+                grant: Grant::default(),
+            })
+            .or(first)
+    }
+
+    fn resolved(
+        &self,
+        platform: &str,
+        plugin: &Arc<LoadedPlugin>,
+        config: &ConfigMap,
+        rule: Option<&RouteRule>,
+    ) -> Resolved {
+        let mut grant = Grant::default();
+        if let Some(p) = self.policy.platform.get(platform) {
+            grant = grant.with(&p.grant_platforms, &p.grant_follow_up);
+        }
+        if let Some(r) = rule {
+            grant = grant.with(&r.grant_platforms, &r.grant_follow_up);
+        }
+        Resolved {
+            plugin: Arc::clone(plugin),
+            config: Arc::clone(config),
+            grant,
+        }
     }
 
     fn best_route(
@@ -556,13 +664,13 @@ impl Table {
         platform: &str,
         profile: Option<&str>,
         tenant: Option<&str>,
-    ) -> Option<(Arc<LoadedPlugin>, ConfigMap)> {
+    ) -> Option<Resolved> {
         if let Some(r) = self.best_route(platform, profile, tenant) {
-            return Some((Arc::clone(&r.plugin), Arc::clone(&r.config)));
+            return Some(self.resolved(platform, &r.plugin, &r.config, Some(&r.rule)));
         }
         self.defaults
             .get(platform)
-            .map(|d| (Arc::clone(&d.plugin), Arc::clone(&d.config)))
+            .map(|d| self.resolved(platform, &d.plugin, &d.config, None))
     }
 
     pub(crate) fn describe(&self) -> RoutingTable {

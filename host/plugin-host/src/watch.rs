@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::ModifyKind;
+use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::{HostError, PluginHost};
 
@@ -26,6 +27,42 @@ fn relevant(path: &Path, policy: &Path) -> bool {
         || path.file_name() == policy.file_name()
 }
 
+/// Whether an event can mean new content. Reading a file (which every
+/// reload does) is reported as an access, and may touch its access time (a
+/// metadata change): counting those made every reload trigger the next.
+fn changes_content(kind: &EventKind) -> bool {
+    !matches!(
+        kind,
+        EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_))
+    )
+}
+
+/// What the watched files look like: path, length and modification time of
+/// every `*.wasm` file in the directory and of the policy file. A reload
+/// runs only when this differs from what the last reload saw, so a burst of
+/// events that changed nothing (or a plugin that stays broken) does not
+/// reload — or report the same error — again.
+#[derive(Debug, PartialEq, Eq)]
+struct Fingerprint(Vec<(PathBuf, u64, Option<std::time::SystemTime>)>);
+
+impl Fingerprint {
+    fn of(dir: &Path, policy: &Path) -> Self {
+        let mut paths: Vec<PathBuf> = crate::table::wasm_files(dir).unwrap_or_default();
+        paths.push(policy.to_owned());
+        Self(
+            paths
+                .into_iter()
+                .map(|p| {
+                    let meta = std::fs::metadata(&p).ok();
+                    let len = meta.as_ref().map_or(u64::MAX, std::fs::Metadata::len);
+                    let modified = meta.and_then(|m| m.modified().ok());
+                    (p, len, modified)
+                })
+                .collect(),
+        )
+    }
+}
+
 pub(crate) fn start(
     host: &PluginHost,
     dir: &Path,
@@ -37,6 +74,7 @@ pub(crate) fn start(
     let filter_policy = policy_path.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
+            && changes_content(&event.kind)
             && event.paths.iter().any(|p| relevant(p, &filter_policy))
         {
             let _ = tx.send(());
@@ -66,6 +104,8 @@ pub(crate) fn start(
             })?;
     }
     let host = host.clone();
+    let watched_dir = dir.to_owned();
+    let mut seen = Fingerprint::of(&watched_dir, &policy_path);
     std::thread::Builder::new()
         .name("hermes-plugin-watch".to_owned())
         .spawn(move || {
@@ -79,14 +119,61 @@ pub(crate) fn start(
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
                 }
+                let now = Fingerprint::of(&watched_dir, &policy_path);
+                if now == seen {
+                    tracing::debug!("watched files unchanged; no reload");
+                    continue;
+                }
+                seen = now;
                 let report = host.reload_blocking();
                 tracing::info!(
                     loaded = report.loaded.len(),
                     errors = report.errors.len(),
                     "plugins reloaded after a file change"
                 );
+                for error in &report.errors {
+                    tracing::warn!(%error, "reload: not loaded");
+                }
             }
         })
         .map_err(|e| HostError::Workers(e.to_string()))?;
     Ok(WatchHandle { _watcher: watcher })
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{AccessKind, CreateKind, DataChange, MetadataKind, RemoveKind};
+
+    use super::*;
+
+    #[test]
+    fn reads_and_access_times_are_not_changes() {
+        assert!(!changes_content(&EventKind::Access(AccessKind::Any)));
+        assert!(!changes_content(&EventKind::Modify(ModifyKind::Metadata(
+            MetadataKind::AccessTime
+        ))));
+        assert!(changes_content(&EventKind::Create(CreateKind::File)));
+        assert!(changes_content(&EventKind::Modify(ModifyKind::Data(
+            DataChange::Any
+        ))));
+        assert!(changes_content(&EventKind::Remove(RemoveKind::File)));
+    }
+
+    #[test]
+    fn the_fingerprint_moves_only_with_the_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy = dir.path().join("policy.toml");
+        let a = Fingerprint::of(dir.path(), &policy);
+        std::fs::write(dir.path().join("x.wasm"), b"one").expect("write");
+        let b = Fingerprint::of(dir.path(), &policy);
+        assert_ne!(a, b, "a new plugin file");
+        let _ = std::fs::read(dir.path().join("x.wasm")).expect("read");
+        assert_eq!(
+            b,
+            Fingerprint::of(dir.path(), &policy),
+            "reading changes nothing"
+        );
+        std::fs::write(&policy, "[platform]\n").expect("write");
+        assert_ne!(b, Fingerprint::of(dir.path(), &policy), "a new policy");
+    }
 }

@@ -23,6 +23,11 @@
 //! | `sleep` | `std::thread::sleep` for an hour, then `slept` |
 //! | `many-media` | one event with 100 000 media urls (a stand-in for a list whose elements alias one big buffer) |
 //! | `huge-text` | one event with 1 MiB of text (only the SDK's own cap check stands between it and the host) |
+//! | `claim PLATFORM [KIND]` | one `/stop` event claiming PLATFORM's chat `victim-channel` in guild `victim-guild` by `victim`, replying by `follow-up(KIND)` when KIND is given (the trust boundary must refuse it) |
+//! | `claim-profile PROFILE` | one event of the forward's platform claiming PROFILE |
+//! | `log-forge` | `log` lines carrying newlines, carriage returns and terminal escapes, then `ok` |
+//! | `panic-long` | panics with a 16 KiB message full of newlines |
+//! | `spin N` | spins N million iterations (a slow but legitimate converter), then `spun` |
 //! | anything else | like `config label` |
 //!
 //! `describe()` writes a line to stderr (harmless: it checks that guest
@@ -142,6 +147,41 @@ mod hostile {
                     return Outcome::event(e);
                 }
                 "huge-text" => "x".repeat(1 << 20),
+                "claim" => {
+                    let (platform, kind) = match arg.split_once(' ') {
+                        Some((p, k)) => (p, Some(k)),
+                        None => (arg, None),
+                    };
+                    let mut source = Source::new(platform, "victim-channel", ChatType::Group);
+                    source.scope_id = Some("victim-guild".to_owned());
+                    source.user_id = Some("victim".to_owned());
+                    let route = match kind {
+                        Some(k) => ReplyRoute::FollowUp(k.to_owned()),
+                        None => ReplyRoute::Send,
+                    };
+                    return Outcome::event(MessageEvent::new("/stop", source, route));
+                }
+                "claim-profile" => {
+                    let mut e = event(req, "profile".to_owned());
+                    e.source.profile = Some(arg.to_owned());
+                    return Outcome::event(e);
+                }
+                "log-forge" => {
+                    hermes_converter_sdk::log(
+                        Level::Info,
+                        "real line\nERROR hermes_gateway: forged record\r\u{1b}[2Kwiped",
+                    );
+                    "ok".to_owned()
+                }
+                "panic-long" => panic!("{}", "forged\nERROR record\n".repeat(800)),
+                "spin" => {
+                    let n: u64 = arg.parse().unwrap_or(1);
+                    let mut x: u64 = 0;
+                    for _ in 0..n.saturating_mul(1_000_000) {
+                        x = std::hint::black_box(x.wrapping_add(1));
+                    }
+                    "spun".to_owned()
+                }
                 _ => config_text("label", config),
             };
             Outcome::event(event(req, text))

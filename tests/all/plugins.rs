@@ -712,6 +712,7 @@ async fn repeated_faults_quarantine_until_the_backoff_ends() {
         after_faults: 3,
         backoff: Duration::from_millis(300),
         max_backoff: Duration::from_secs(2),
+        ..QuarantinePolicy::default()
     };
     let (host, _) = load_with(
         dir.path(),

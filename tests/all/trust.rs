@@ -407,6 +407,7 @@ async fn a_quarantined_default_leaves_tenants_routed_elsewhere_alone() {
             after_faults: 2,
             backoff: Duration::from_secs(300),
             max_backoff: Duration::from_secs(300),
+            ..QuarantinePolicy::default()
         },
         ..Limits::default()
     };
@@ -468,4 +469,43 @@ async fn the_watcher_reloads_once_per_change_and_reports_a_broken_file_once() {
         "a reload's own reads triggered another"
     );
     assert_eq!(host.plugins().len(), 2);
+}
+
+/// A poison input that makes a converter fault (here: spin past its CPU
+/// budget) quarantines it, but a flood of them cannot keep it out of
+/// service: one forward per probe interval still goes through, and a probe
+/// that converts ends the quarantine.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_flood_cannot_keep_a_working_converter_quarantined() {
+    let dir = plugins_dir(&[("hostile.wasm", hermes_plugin_artifacts::HOSTILE)]);
+    let probe_every = Duration::from_millis(50);
+    let limits = Limits {
+        quarantine: QuarantinePolicy {
+            after_faults: 2,
+            backoff: Duration::from_secs(300),
+            max_backoff: Duration::from_secs(300),
+            probe_every,
+        },
+        ..Limits::default()
+    };
+    let (host, _) = load(dir.path(), limits);
+    for _ in 0..2 {
+        assert!(matches!(
+            host.convert(&forward("hostile", "loop")).await.outcome,
+            Outcome::Failed(PluginError::Timeout { .. })
+        ));
+    }
+    assert!(matches!(
+        host.convert(&forward("hostile", "ok")).await.outcome,
+        Outcome::Failed(PluginError::Quarantined { .. })
+    ));
+    // More poison while quarantined: neither extends nor escalates it.
+    tokio::time::sleep(probe_every).await;
+    let _ = host.convert(&forward("hostile", "loop")).await;
+    assert_eq!(host.counters()["hostile"].quarantines, 1);
+    // The next probe is a good request: the converter is back.
+    tokio::time::sleep(probe_every).await;
+    assert_eq!(events(&host.convert(&forward("hostile", "ok")).await), 1);
+    assert_eq!(host.counters()["hostile"].quarantined_for, None);
+    assert_eq!(events(&host.convert(&forward("hostile", "ok")).await), 1);
 }

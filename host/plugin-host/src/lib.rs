@@ -682,7 +682,8 @@ impl PluginHost {
             return no_route(platform, tenant);
         };
         let plugin = Arc::clone(&target.plugin);
-        if let Err(remaining) = plugin.stats.check(Instant::now()) {
+        let probe_every = limits.quarantine.probe_every;
+        if let Err(remaining) = plugin.stats.admit(Instant::now(), probe_every) {
             return self.inner.failed(
                 &plugin.stats,
                 &plugin.name,
@@ -830,7 +831,8 @@ impl Inner {
         if !Arc::ptr_eq(&target.plugin, plugin) || *config != *asked.config {
             return Step::Routed { tenant, target };
         }
-        if let Err(remaining) = target.plugin.stats.check(Instant::now()) {
+        let probe_every = limits.quarantine.probe_every;
+        if let Err(remaining) = target.plugin.stats.admit(Instant::now(), probe_every) {
             let e = PluginError::Quarantined { remaining };
             return Step::Done(self.failed(&plugin.stats, &plugin.name, tenant, e));
         }

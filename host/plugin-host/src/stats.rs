@@ -21,6 +21,11 @@ pub struct QuarantinePolicy {
     pub backoff: Duration,
     /// The longest quarantine period.
     pub max_backoff: Duration,
+    /// While quarantined, one forward per this interval still goes to the
+    /// plugin as a probe; a probe that converts ends the quarantine. So a
+    /// flood of poison inputs cannot keep a working converter out of
+    /// service for the tenants sending it good ones.
+    pub probe_every: Duration,
 }
 
 impl Default for QuarantinePolicy {
@@ -29,6 +34,7 @@ impl Default for QuarantinePolicy {
             after_faults: 5,
             backoff: Duration::from_secs(5),
             max_backoff: Duration::from_secs(300),
+            probe_every: Duration::from_secs(1),
         }
     }
 }
@@ -68,6 +74,7 @@ struct QuarantineState {
     consecutive_faults: u32,
     until: Option<Instant>,
     next_backoff: Option<Duration>,
+    next_probe: Option<Instant>,
 }
 
 /// Live counters of one plugin (by name; they survive reloads).
@@ -160,6 +167,22 @@ impl PluginStats {
         }
     }
 
+    /// Whether a forward may go to the plugin at `now`: yes unless it is
+    /// quarantined, and then only as the one probe per `probe_every`.
+    pub(crate) fn admit(&self, now: Instant, probe_every: Duration) -> Result<(), Duration> {
+        let mut q = self.quarantine();
+        match q.until {
+            Some(until) if until > now => {
+                if q.next_probe.is_none_or(|p| p <= now) {
+                    q.next_probe = Some(now + probe_every);
+                    return Ok(());
+                }
+                Err(until - now)
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn record_tenant_of(&self) {
         self.tenant_of_calls.fetch_add(1, Ordering::Relaxed);
     }
@@ -237,15 +260,19 @@ impl PluginStats {
             .unwrap_or(policy.backoff)
             .min(policy.max_backoff);
         q.until = Some(now + backoff);
+        q.next_probe = Some(now + policy.probe_every);
         q.next_backoff = Some(backoff.saturating_mul(2).min(policy.max_backoff));
         self.quarantines.fetch_add(1, Ordering::Relaxed);
         Some(backoff)
     }
 
+    /// A conversion worked: the streak, the backoff and any quarantine end
+    /// (a probe that converts lifts the quarantine).
     fn healthy(&self) {
         let mut q = self.quarantine();
-        q.consecutive_faults = 0;
-        q.next_backoff = None;
+        if q.until.is_some() || q.consecutive_faults > 0 {
+            *q = QuarantineState::default();
+        }
     }
 
     /// Forget faults (a new version of the plugin was loaded).
@@ -285,6 +312,7 @@ mod tests {
             after_faults: 3,
             backoff: Duration::from_secs(10),
             max_backoff: Duration::from_secs(25),
+            probe_every: Duration::from_secs(1),
         }
     }
 
@@ -356,6 +384,33 @@ mod tests {
         assert_eq!(
             s.record_failure(FailureKind::Trap, true, &p, t2),
             Some(Duration::from_secs(20))
+        );
+    }
+
+    #[test]
+    fn a_quarantine_lets_one_probe_through_per_interval_and_a_good_probe_ends_it() {
+        let s = PluginStats::default();
+        let p = policy();
+        let every = Duration::from_secs(1);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            s.record_failure(FailureKind::Timeout, true, &p, t0);
+        }
+        assert!(s.admit(t0, every).is_err(), "no probe right away");
+        let t1 = t0 + Duration::from_millis(1500);
+        assert!(s.admit(t1, every).is_ok(), "one probe after the interval");
+        assert!(s.admit(t1, every).is_err(), "and only one");
+        // The probe was a poison input too: still quarantined, same length.
+        assert_eq!(s.record_failure(FailureKind::Timeout, true, &p, t1), None);
+        let t2 = t1 + every;
+        assert!(s.admit(t2, every).is_ok(), "the next probe");
+        s.record_events(1);
+        assert!(s.check(t2).is_ok(), "a probe that converts ends it");
+        assert_eq!(s.snapshot(t2).quarantined_for, None);
+        assert_eq!(
+            s.record_failure(FailureKind::Trap, true, &p, t2),
+            None,
+            "and the streak starts over"
         );
     }
 

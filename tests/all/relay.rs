@@ -136,7 +136,7 @@ fn request_id(frame: &GatewayFrame) -> RequestId {
 
 #[test]
 fn config_refuses_a_blank_secret_unless_unauthenticated_is_allowed() {
-    let url = "http://relay.example";
+    let url = "https://relay.example";
     assert_eq!(
         RelayConfig::new(url, Some("gw"), Some("  "), false).err(),
         Some(ConfigError::BlankSecret {
@@ -152,7 +152,7 @@ fn config_refuses_a_blank_secret_unless_unauthenticated_is_allowed() {
         Some(ConfigError::MissingCredentials)
     );
     let dev = RelayConfig::new(url, Some("gw"), Some(""), true).expect("allowed for development");
-    assert_eq!(dev.dial_url(), "ws://relay.example/relay");
+    assert_eq!(dev.dial_url(), "wss://relay.example/relay");
     assert!(matches!(
         RelayConfig::new("ftp://x", Some("gw"), Some("s"), false),
         Err(ConfigError::InvalidUrl { .. })
@@ -948,10 +948,22 @@ async fn a_connector_that_stops_reading_while_we_write_is_declared_dead() {
             })
         })
         .collect();
+    // Frames already queued for the writer may have been written: their
+    // callers get the ambiguous `connection_lost`. Frames still waiting for
+    // room in the writer's byte budget were never sent: `not_connected`.
+    let mut lost = 0;
     for call in calls {
         let result = within("connection-lost result", call).await.expect("task");
-        assert_eq!(result, ActionResult::connection_lost());
+        if result == ActionResult::connection_lost() {
+            lost += 1;
+        } else {
+            assert_eq!(result, ActionResult::not_connected());
+        }
     }
+    assert!(
+        lost > 0,
+        "the frames in the writer's queue were lost with it"
+    );
     within(
         "re-dial",
         events.next_matching(|e| matches!(e, StubEvent::Upgraded { conn: 2, .. })),

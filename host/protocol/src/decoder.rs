@@ -9,10 +9,28 @@
 use std::marker::PhantomData;
 
 use crate::descriptor::DescriptorError;
+use crate::forward::DEFAULT_MAX_BODY_BYTES;
 use crate::frame::WireFrame;
 
 /// Default bound of the trailing partial line: 16 MiB.
 pub const DEFAULT_MAX_PARTIAL: usize = 16 * 1024 * 1024;
+
+/// Bounds applied to the content of a line while it is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest `passthrough_forward` body, decoded; a larger one is
+    /// [`DecodeError::PayloadTooLarge`], refused before decoding (default
+    /// [`DEFAULT_MAX_BODY_BYTES`], 1 MiB).
+    pub max_body_bytes: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
 
 /// Once this many consumed bytes sit at the front of the buffer (and they
 /// are at least half of it), they are dropped. Compacting lazily keeps
@@ -58,6 +76,18 @@ pub enum DecodeError {
         /// The frame's `bufferId`, when it had one (ack the deliberate drop).
         buffer_id: Option<String>,
     },
+    /// A `passthrough_forward` whose body would decode to more than
+    /// [`DecodeLimits::max_body_bytes`]; refused without decoding it.
+    #[error("passthrough_forward: payload_too_large (body of {size} bytes exceeds {limit})")]
+    PayloadTooLarge {
+        /// The frame's `bufferId`, when it had one (ack the deliberate drop:
+        /// a redelivery would be refused the same way).
+        buffer_id: Option<String>,
+        /// Decoded size the encoded length implies.
+        size: usize,
+        /// The bound in bytes.
+        limit: usize,
+    },
     /// The trailing partial line grew past the bound; it was discarded.
     #[error("partial line exceeds {limit} bytes")]
     PartialLineTooLong {
@@ -72,7 +102,8 @@ impl DecodeError {
     pub fn buffer_id(&self) -> Option<&str> {
         match self {
             DecodeError::BadField { buffer_id, .. }
-            | DecodeError::InvalidBodyEncoding { buffer_id } => buffer_id.as_deref(),
+            | DecodeError::InvalidBodyEncoding { buffer_id }
+            | DecodeError::PayloadTooLarge { buffer_id, .. } => buffer_id.as_deref(),
             _ => None,
         }
     }
@@ -82,7 +113,9 @@ impl DecodeError {
         match self {
             DecodeError::BadField { frame_type, .. } => Some(frame_type),
             DecodeError::BadDescriptor(_) => Some("descriptor"),
-            DecodeError::InvalidBodyEncoding { .. } => Some("passthrough_forward"),
+            DecodeError::InvalidBodyEncoding { .. } | DecodeError::PayloadTooLarge { .. } => {
+                Some("passthrough_forward")
+            }
             _ => None,
         }
     }
@@ -97,6 +130,7 @@ impl DecodeError {
             DecodeError::BadField { .. } => "bad_field",
             DecodeError::BadDescriptor(_) => "bad_descriptor",
             DecodeError::InvalidBodyEncoding { .. } => "invalid_body_encoding",
+            DecodeError::PayloadTooLarge { .. } => "payload_too_large",
             DecodeError::PartialLineTooLong { .. } => "partial_line_too_long",
         }
     }
@@ -115,6 +149,7 @@ pub struct FrameDecoder<F> {
     /// Length of the trailing partial line (bytes after the last `\n`).
     partial: usize,
     max_partial: usize,
+    limits: DecodeLimits,
     _frame: PhantomData<fn() -> F>,
 }
 
@@ -138,8 +173,21 @@ impl<F: WireFrame> FrameDecoder<F> {
             scan: 0,
             partial: 0,
             max_partial: bytes,
+            limits: DecodeLimits::default(),
             _frame: PhantomData,
         }
+    }
+
+    /// The same decoder, applying `limits` to every line.
+    #[must_use]
+    pub fn with_limits(mut self, limits: DecodeLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits applied to every line.
+    pub fn limits(&self) -> &DecodeLimits {
+        &self.limits
     }
 
     /// The configured partial-line bound.
@@ -188,6 +236,13 @@ impl<F: WireFrame> FrameDecoder<F> {
     /// The next complete line's frame or typed error; `None` when no complete
     /// line is buffered. Blank lines are skipped.
     pub fn next_frame(&mut self) -> Option<Result<F, DecodeError>> {
+        self.next_frame_with_len().map(|(frame, _)| frame)
+    }
+
+    /// Like [`next_frame`](Self::next_frame), with the length in bytes of the
+    /// line the frame came from: a bound on what the frame holds, for callers
+    /// that budget memory by bytes.
+    pub fn next_frame_with_len(&mut self) -> Option<(Result<F, DecodeError>, usize)> {
         loop {
             let unscanned = self.buf.get(self.scan..)?;
             let Some(offset) = unscanned.iter().position(|&b| b == b'\n') else {
@@ -202,7 +257,7 @@ impl<F: WireFrame> FrameDecoder<F> {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            return Some(F::decode_line(line));
+            return Some((F::decode_line_with(line, &self.limits), line.len()));
         }
     }
 
@@ -290,6 +345,25 @@ mod tests {
         // 21-byte line delivered whole: the partial bound does not apply.
         assert_eq!(d.push(b"{\"type\":\"going_idle\"}\n"), Ok(()));
         assert_eq!(d.next_frame(), Some(Ok(GatewayFrame::GoingIdle)));
+    }
+
+    #[test]
+    fn limits_apply_to_every_line_and_lengths_are_reported() -> Result<(), DecodeError> {
+        let mut d =
+            FrameDecoder::<ConnectorFrame>::new().with_limits(DecodeLimits { max_body_bytes: 2 });
+        let big = br#"{"type":"passthrough_forward","forward":{"platform":"x","bodyB64":"AAAA"}}"#;
+        let small =
+            br#"{"type":"passthrough_forward","forward":{"platform":"x","bodyB64":"AA=="}}"#;
+        d.push(&[&big[..], b"\n", &small[..], b"\n"].concat())?;
+        assert!(matches!(
+            d.next_frame_with_len(),
+            Some((Err(DecodeError::PayloadTooLarge { size: 3, limit: 2, .. }), n)) if n == big.len()
+        ));
+        assert!(matches!(
+            d.next_frame_with_len(),
+            Some((Ok(ConnectorFrame::PassthroughForward { .. }), n)) if n == small.len()
+        ));
+        Ok(())
     }
 
     #[test]

@@ -1,12 +1,20 @@
 //! A sanitized webhook request forwarded by the connector (relay-contract
 //! §5.2). The body travels as standard padded base64 and is decoded to the
 //! exact bytes; header entries that are not `[name, value]` pairs are dropped.
+//!
+//! The body is bounded *before* it is decoded: the size a padded base64
+//! string decodes to follows from its length, so an oversized body is refused
+//! as `payload_too_large` without allocating it.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
+
+/// Default bound of a decoded body: 1 MiB, the plugin host's default
+/// `max_body_bytes` (a larger body could never be converted anyway).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 
 /// Why a `forward` object could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,6 +28,15 @@ pub enum ForwardError {
     /// `bodyB64` is not standard padded base64 (`invalid_body_encoding`).
     #[error("invalid_body_encoding")]
     InvalidBodyEncoding,
+    /// `bodyB64` would decode to more than the bound (`payload_too_large`);
+    /// refused before decoding.
+    #[error("payload_too_large: body of {size} bytes exceeds {limit}")]
+    PayloadTooLarge {
+        /// Decoded size the encoded length implies.
+        size: usize,
+        /// The bound in bytes.
+        limit: usize,
+    },
 }
 
 /// A webhook request the connector already verified and answered.
@@ -52,17 +69,34 @@ fn string_or_default(
     }
 }
 
+/// The number of bytes a standard padded base64 string of this text decodes
+/// to (exact for valid input; an upper bound otherwise).
+fn decoded_len(b64: &str) -> usize {
+    let padding = b64.bytes().rev().take(2).filter(|&b| b == b'=').count();
+    (b64.len().div_ceil(4) * 3).saturating_sub(padding)
+}
+
 impl PassthroughForward {
-    /// Parse a `forward` JSON value.
+    /// Parse a `forward` JSON value, with bodies bounded by
+    /// [`DEFAULT_MAX_BODY_BYTES`].
     pub fn from_value(value: Value) -> Result<Self, ForwardError> {
+        Self::from_value_with_max_body(value, DEFAULT_MAX_BODY_BYTES)
+    }
+
+    /// Parse a `forward` JSON value whose body may decode to at most
+    /// `max_body_bytes` bytes.
+    pub fn from_value_with_max_body(
+        value: Value,
+        max_body_bytes: usize,
+    ) -> Result<Self, ForwardError> {
         match value {
-            Value::Object(m) => Self::from_map(m),
+            Value::Object(m) => Self::from_map(m, max_body_bytes),
             _ => Err(ForwardError::NotAnObject),
         }
     }
 
     /// Parse a `forward` object from raw JSON bytes (used by the fuzz target
-    /// and by tools that hold a bare forward).
+    /// and by tools that hold a bare forward), with the default body bound.
     pub fn from_json_slice(bytes: &[u8]) -> Result<Self, ForwardError> {
         match serde_json::from_slice::<Value>(bytes) {
             Ok(v) => Self::from_value(v),
@@ -70,7 +104,10 @@ impl PassthroughForward {
         }
     }
 
-    pub(crate) fn from_map(mut m: Map<String, Value>) -> Result<Self, ForwardError> {
+    pub(crate) fn from_map(
+        mut m: Map<String, Value>,
+        max_body_bytes: usize,
+    ) -> Result<Self, ForwardError> {
         let platform = match m.remove("platform") {
             Some(Value::String(s)) => s,
             _ => return Err(ForwardError::BadField("platform")),
@@ -96,9 +133,18 @@ impl PassthroughForward {
         };
         let body = match m.remove("bodyB64") {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::String(b64)) => STANDARD
-                .decode(b64.as_bytes())
-                .map_err(|_| ForwardError::InvalidBodyEncoding)?,
+            Some(Value::String(b64)) => {
+                let size = decoded_len(&b64);
+                if size > max_body_bytes {
+                    return Err(ForwardError::PayloadTooLarge {
+                        size,
+                        limit: max_body_bytes,
+                    });
+                }
+                STANDARD
+                    .decode(b64.as_bytes())
+                    .map_err(|_| ForwardError::InvalidBodyEncoding)?
+            }
             Some(_) => return Err(ForwardError::InvalidBodyEncoding),
         };
         let profile = match m.remove("profile") {
@@ -174,6 +220,49 @@ mod tests {
             let f = PassthroughForward::from_value(json!({"platform": "x", "bodyB64": bad}));
             assert_eq!(f, Err(ForwardError::InvalidBodyEncoding), "body {bad:?}");
         }
+    }
+
+    #[test]
+    fn a_body_over_the_bound_is_refused_before_decoding() {
+        let forward = |body: &[u8]| json!({"platform": "x", "bodyB64": STANDARD.encode(body)});
+        for limit in [0, 1, 2, 3, 4, 1000] {
+            let at_limit = vec![7u8; limit];
+            let f = PassthroughForward::from_value_with_max_body(forward(&at_limit), limit);
+            assert_eq!(
+                f.map(|f| f.body),
+                Ok(at_limit),
+                "exactly {limit} bytes is fine"
+            );
+            let over = vec![7u8; limit + 1];
+            assert_eq!(
+                PassthroughForward::from_value_with_max_body(forward(&over), limit),
+                Err(ForwardError::PayloadTooLarge {
+                    size: limit + 1,
+                    limit
+                }),
+                "{} bytes over a bound of {limit}",
+                limit + 1
+            );
+        }
+        // The default bound is the plugin host's 1 MiB.
+        let big = forward(&vec![0u8; DEFAULT_MAX_BODY_BYTES + 1]);
+        assert!(matches!(
+            PassthroughForward::from_value(big),
+            Err(ForwardError::PayloadTooLarge { .. })
+        ));
+        // Not decoded at all: an oversized string that is not even base64 is
+        // refused for its size.
+        let junk = json!({"platform": "x", "bodyB64": "!".repeat(8)});
+        assert!(matches!(
+            PassthroughForward::from_value_with_max_body(junk, 4),
+            Err(ForwardError::PayloadTooLarge { .. })
+        ));
+        // Bad base64 under the bound is still `invalid_body_encoding`.
+        let bad = json!({"platform": "x", "bodyB64": "!!!!"});
+        assert_eq!(
+            PassthroughForward::from_value_with_max_body(bad, 4),
+            Err(ForwardError::InvalidBodyEncoding)
+        );
     }
 
     #[test]

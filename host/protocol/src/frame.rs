@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::action::{Action, ActionResult, RequestId};
-use crate::decoder::DecodeError;
+use crate::decoder::{DecodeError, DecodeLimits};
 use crate::descriptor::{Descriptor, DescriptorError};
 use crate::event::MessageEvent;
 use crate::forward::{ForwardError, PassthroughForward};
@@ -20,8 +20,13 @@ use crate::json::{self, WrongType};
 
 /// A frame type that can be written to and read from one JSON line.
 pub trait WireFrame: Sized {
-    /// Decode one line (without its `\n`).
-    fn decode_line(line: &[u8]) -> Result<Self, DecodeError>;
+    /// Decode one line (without its `\n`) under the default
+    /// [`DecodeLimits`].
+    fn decode_line(line: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_line_with(line, &DecodeLimits::default())
+    }
+    /// Decode one line (without its `\n`) under `limits`.
+    fn decode_line_with(line: &[u8], limits: &DecodeLimits) -> Result<Self, DecodeError>;
     /// Encode as compact JSON followed by `\n`.
     fn encode(&self) -> String;
     /// The frame's wire `type`.
@@ -170,7 +175,8 @@ impl Ctx<'_> {
 }
 
 impl WireFrame for GatewayFrame {
-    fn decode_line(line: &[u8]) -> Result<Self, DecodeError> {
+    // Nothing the gateway sends carries a body to bound.
+    fn decode_line_with(line: &[u8], _limits: &DecodeLimits) -> Result<Self, DecodeError> {
         let (frame_type, mut m) = parse_object(line)?;
         let ctx = Ctx {
             frame_type: &frame_type,
@@ -298,7 +304,7 @@ impl WireFrame for GatewayFrame {
 }
 
 impl WireFrame for ConnectorFrame {
-    fn decode_line(line: &[u8]) -> Result<Self, DecodeError> {
+    fn decode_line_with(line: &[u8], limits: &DecodeLimits) -> Result<Self, DecodeError> {
         let (frame_type, mut m) = parse_object(line)?;
         // Read bufferId first so that every later error on this frame can
         // still carry it (a deliberately dropped delivery is acked too).
@@ -359,13 +365,21 @@ impl WireFrame for ConnectorFrame {
             },
             "passthrough_forward" => {
                 let forward = json::req_object(&mut m, "forward").map_err(|e| ctx.wrong(e))?;
-                let forward = PassthroughForward::from_map(forward).map_err(|e| match e {
-                    ForwardError::InvalidBodyEncoding => DecodeError::InvalidBodyEncoding {
-                        buffer_id: buffer_id.clone(),
-                    },
-                    ForwardError::BadField(f) => ctx.bad(format!("forward.{f}")),
-                    ForwardError::NotAnObject => ctx.bad("forward"),
-                })?;
+                let forward = PassthroughForward::from_map(forward, limits.max_body_bytes)
+                    .map_err(|e| match e {
+                        ForwardError::InvalidBodyEncoding => DecodeError::InvalidBodyEncoding {
+                            buffer_id: buffer_id.clone(),
+                        },
+                        ForwardError::PayloadTooLarge { size, limit } => {
+                            DecodeError::PayloadTooLarge {
+                                buffer_id: buffer_id.clone(),
+                                size,
+                                limit,
+                            }
+                        }
+                        ForwardError::BadField(f) => ctx.bad(format!("forward.{f}")),
+                        ForwardError::NotAnObject => ctx.bad("forward"),
+                    })?;
                 ConnectorFrame::PassthroughForward { forward, buffer_id }
             }
             "going_idle_ack" => ConnectorFrame::GoingIdleAck,
@@ -688,6 +702,29 @@ mod tests {
                 buffer_id: Some("b9".into())
             })
         );
+    }
+
+    #[test]
+    fn an_oversized_body_is_payload_too_large_and_keeps_buffer_id() {
+        let line = br#"{"type":"passthrough_forward","bufferId":"b10","forward":{"platform":"discord","bodyB64":"AAAAAAAA"}}"#;
+        let limits = DecodeLimits { max_body_bytes: 5 };
+        let err = ConnectorFrame::decode_line_with(line, &limits);
+        assert_eq!(
+            err,
+            Err(DecodeError::PayloadTooLarge {
+                buffer_id: Some("b10".into()),
+                size: 6,
+                limit: 5
+            })
+        );
+        let err = err.err();
+        assert_eq!(
+            err.as_ref().map(DecodeError::kind),
+            Some("payload_too_large")
+        );
+        assert_eq!(err.as_ref().and_then(DecodeError::buffer_id), Some("b10"));
+        let roomy = DecodeLimits { max_body_bytes: 6 };
+        assert!(ConnectorFrame::decode_line_with(line, &roomy).is_ok());
     }
 
     #[test]

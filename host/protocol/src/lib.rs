@@ -84,11 +84,11 @@ pub use auth::{
     AuthError, VerifiedToken, make_token, make_token_with_exp, sign, sign_delivery,
     verify_delivery, verify_token,
 };
-pub use decoder::{DecodeError, FrameDecoder};
+pub use decoder::{DecodeError, DecodeLimits, FrameDecoder};
 pub use descriptor::{Descriptor, DescriptorError};
 pub use event::{MessageEvent, MessageType, PromptResponse, SessionSource};
-pub use forward::{ForwardError, PassthroughForward};
+pub use forward::{DEFAULT_MAX_BODY_BYTES, ForwardError, PassthroughForward};
 pub use frame::{CommandSpec, ConnectorFrame, GatewayFrame, WireFrame};
 pub use session::{SessionKey, SessionKeySettings, session_key};
 pub use split::{LenUnit, SplitChunk, split_message, split_message_chunks};
-pub use url::{Endpoint, dial_url, http_endpoint};
+pub use url::{Endpoint, dial_url, http_endpoint, is_loopback_host, is_plaintext};

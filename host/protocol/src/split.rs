@@ -13,6 +13,10 @@
 //! code. Those added markers count toward the limit. [`split_message_chunks`]
 //! exposes the pieces (re-opened fence, original text, closing fence)
 //! separately.
+//!
+//! A reply is cut into at most [`MAX_CHUNKS_PER_REPLY`] chunks: the rest is
+//! dropped and the last chunk ends with [`TRUNCATION_MARKER`]. Splitting is
+//! linear in the input: each chunk measures only the text it may hold.
 
 use serde::{Serialize, Serializer};
 
@@ -78,15 +82,21 @@ pub struct SplitChunk {
     /// Added fence closing a code block this chunk cuts (```` ``` ```` or
     /// ```` \n``` ````), or empty.
     pub close: String,
+    /// [`TRUNCATION_MARKER`] on the last chunk of a reply cut at
+    /// [`MAX_CHUNKS_PER_REPLY`] (when the limit leaves room for it), else empty.
+    pub truncation: &'static str,
 }
 
 impl SplitChunk {
-    /// The text to send: `reopen + body + close`.
+    /// The text to send: `reopen + body + close + truncation`.
     pub fn render(&self) -> String {
-        let mut s = String::with_capacity(self.reopen.len() + self.body.len() + self.close.len());
+        let mut s = String::with_capacity(
+            self.reopen.len() + self.body.len() + self.close.len() + self.truncation.len(),
+        );
         s.push_str(&self.reopen);
         s.push_str(&self.body);
         s.push_str(&self.close);
+        s.push_str(self.truncation);
         s
     }
 }
@@ -96,10 +106,26 @@ const MAX_CLOSE_UNITS: usize = 4;
 /// Most units a single char can cost (a surrogate pair).
 const MAX_CHAR_UNITS: usize = 2;
 
+/// Most chunks one reply is split into. A reply that would need more is cut:
+/// the text after the last chunk is dropped. 64 chunks of Discord's 2000 chars
+/// is 128 000 chars, far more than anyone reads in a chat, while a runaway
+/// agent with a tiny platform limit would otherwise flood the chat (and the
+/// connector) with tens of thousands of messages.
+pub const MAX_CHUNKS_PER_REPLY: usize = 64;
+
+/// Appended to the last chunk of a reply cut at [`MAX_CHUNKS_PER_REPLY`].
+pub const TRUNCATION_MARKER: &str = "…(truncated)";
+
 /// Split `text` into chunks of at most `max_units` (measured in `unit`).
 ///
 /// An empty text yields no chunks. When `max_units` cannot hold even one
 /// char, each chunk still takes one char so the split always terminates.
+///
+/// At most [`MAX_CHUNKS_PER_REPLY`] chunks are returned. When the text needs
+/// more, the rest is dropped and the last chunk ends with
+/// [`TRUNCATION_MARKER`], counted toward the limit. A limit too small to hold
+/// the marker and a char (plus a closing fence, when the cut is inside a code
+/// block) gets no marker, just the cut.
 pub fn split_message(
     text: &str,
     max_units: usize,
@@ -112,9 +138,10 @@ pub fn split_message(
         .collect()
 }
 
-/// Like [`split_message`], but returns each chunk's added fence markers
-/// separately from its slice of the original text. The bodies concatenate
-/// exactly to `text`.
+/// Like [`split_message`], but returns each chunk's added markers separately
+/// from its slice of the original text. The bodies concatenate exactly to
+/// `text`, or to a prefix of it when the reply was cut at
+/// [`MAX_CHUNKS_PER_REPLY`].
 pub fn split_message_chunks(
     text: &str,
     max_units: usize,
@@ -126,31 +153,51 @@ pub fn split_message_chunks(
     } else {
         Vec::new()
     };
+    let marker_units = unit.measure(TRUNCATION_MARKER);
     let mut chunks = Vec::new();
     let mut pos = 0;
     while let Some(rest) = text.get(pos..).filter(|r| !r.is_empty()) {
-        let mut reopen = match fence_state(&fences, pos) {
-            Some(info) => format!("```{info}\n"),
-            None => String::new(),
+        // "```" + info + "\n"; ASCII costs one unit in either unit. `None`
+        // when the info string alone is over the limit (measured no further,
+        // so a huge info line costs O(limit) per chunk, not O(line)).
+        let info = fence_state(&fences, pos);
+        let reopen_units = match info {
+            Some(info) => measure_within(info, max_units, unit).map(|u| u + 4),
+            None => Some(0),
         };
         // Markers are only worth adding when they leave room for text; with
         // an absurdly small limit we send plain slices instead.
-        let markers =
-            code_blocks && unit.measure(&reopen) + MAX_CLOSE_UNITS + MAX_CHAR_UNITS <= max_units;
-        if !markers {
-            reopen.clear();
-        }
-        let budget = max_units.saturating_sub(unit.measure(&reopen));
-        if unit.measure(rest) <= budget {
+        let markers = code_blocks
+            && reopen_units.is_some_and(|r| r + MAX_CLOSE_UNITS + MAX_CHAR_UNITS <= max_units);
+        let (reopen, reopen_units) = match info {
+            Some(info) if markers => (format!("```{info}\n"), reopen_units.unwrap_or(0)),
+            _ => (String::new(), 0),
+        };
+        let mut budget = max_units.saturating_sub(reopen_units);
+        if measure_within(rest, budget, unit).is_some() {
             chunks.push(SplitChunk {
                 reopen,
                 body: rest.to_owned(),
                 close: String::new(),
+                truncation: "",
             });
             break;
         }
+        let last = chunks.len() + 1 >= MAX_CHUNKS_PER_REPLY;
+        let mut truncation = if last && marker_units + MAX_CHAR_UNITS <= budget {
+            budget -= marker_units;
+            TRUNCATION_MARKER
+        } else {
+            ""
+        };
         let mut cut = choose_cut(rest, budget, unit);
         if markers && fence_state(&fences, pos + cut).is_some() {
+            if !truncation.is_empty() && budget < MAX_CLOSE_UNITS + MAX_CHAR_UNITS {
+                // No room for both the marker and the fence: the fence wins,
+                // so the last chunk still renders as code.
+                truncation = "";
+                budget += marker_units;
+            }
             // This cut needs a closing fence: choose again with room for it.
             cut = choose_cut(rest, budget.saturating_sub(MAX_CLOSE_UNITS), unit);
         }
@@ -164,10 +211,28 @@ pub fn split_message_chunks(
             reopen,
             body: body.to_owned(),
             close: close.to_owned(),
+            truncation,
         });
+        if last {
+            break;
+        }
         pos += body.len();
     }
     chunks
+}
+
+/// Length of `s` in `unit` if it is at most `limit`, else `None`. Stops
+/// counting past the limit, so the cost is O(limit), not O(`s`): measuring the
+/// whole remaining text for every chunk made splitting quadratic.
+fn measure_within(s: &str, limit: usize, unit: LenUnit) -> Option<usize> {
+    let mut used = 0usize;
+    for c in s.chars() {
+        used += unit.char_units(c);
+        if used > limit {
+            return None;
+        }
+    }
+    Some(used)
 }
 
 /// Byte length of the best first chunk of `rest` within `budget` units.
@@ -337,6 +402,65 @@ mod tests {
         assert_eq!(bodies, text);
         assert!(chunks.iter().any(|c| c.reopen == "```py\n"), "{chunks:?}");
     }
+
+    #[test]
+    fn huge_reply_with_tiny_utf16_limit_is_capped_quickly() {
+        // 800 KB of words and emoji; with 16 UTF-16 units a chunk this needs
+        // ~60 000 chunks. It used to take ~30 s (each chunk re-measured the
+        // whole rest) and flooded the chat; now it is capped and linear.
+        let text = "word 😀 ".repeat(800_000 / "word 😀 ".len());
+        let started = std::time::Instant::now();
+        let chunks = split_message_chunks(&text, 16, LenUnit::Utf16, true);
+        println!("800 KB split in {:?}", started.elapsed());
+        assert_eq!(chunks.len(), MAX_CHUNKS_PER_REPLY, "capped");
+        for c in &chunks {
+            let units = LenUnit::Utf16.measure(&c.render());
+            assert!(units <= 16, "{c:?} is {units} UTF-16 units");
+        }
+        let bodies: String = chunks.iter().map(|c| c.body.as_str()).collect();
+        assert!(text.starts_with(&bodies) && bodies.len() < text.len());
+        let last = chunks.last().map(SplitChunk::render).unwrap_or_default();
+        assert!(last.ends_with(TRUNCATION_MARKER), "last chunk {last:?}");
+        assert!(
+            chunks.iter().rev().skip(1).all(|c| c.truncation.is_empty()),
+            "only the last chunk is marked"
+        );
+    }
+
+    #[test]
+    fn exactly_the_cap_is_not_truncated() {
+        let text = "abcd".repeat(MAX_CHUNKS_PER_REPLY);
+        let chunks = split_message(&text, 4, LenUnit::Chars, false);
+        assert_eq!(chunks.len(), MAX_CHUNKS_PER_REPLY);
+        assert_eq!(chunks.concat(), text, "nothing dropped, no marker");
+        let more = format!("{text}e");
+        let chunks = split_message(&more, 4, LenUnit::Chars, false);
+        assert_eq!(chunks.len(), MAX_CHUNKS_PER_REPLY);
+        assert_eq!(
+            chunks.concat(),
+            "abcd".repeat(MAX_CHUNKS_PER_REPLY - 1) + "abcd"
+        );
+        // 20 chars leave room for the marker: the last chunk carries it.
+        let chunks = split_message(&"x".repeat(20 * 70), 20, LenUnit::Chars, false);
+        assert_eq!(chunks.len(), MAX_CHUNKS_PER_REPLY);
+        assert_eq!(
+            chunks.last().map(String::as_str),
+            Some(format!("{}{TRUNCATION_MARKER}", "x".repeat(8)).as_str())
+        );
+    }
+
+    #[test]
+    fn long_fence_info_string_is_not_remeasured_per_chunk() {
+        // A single huge "info string" line inside a fence must not make every
+        // chunk measure it in full.
+        let text = format!("```{}\n{}", "i".repeat(400_000), "body ".repeat(1000));
+        let chunks = split_message_chunks(&text, 16, LenUnit::Chars, true);
+        assert!(chunks.len() <= MAX_CHUNKS_PER_REPLY);
+        assert!(
+            chunks.iter().all(|c| c.reopen.is_empty()),
+            "info too long to re-open"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -378,15 +502,25 @@ mod properties {
             let rendered = split_message(&text, max, unit, code_blocks);
             prop_assert_eq!(rendered.len(), chunks.len());
             let bodies: String = chunks.iter().map(|c| c.body.as_str()).collect();
-            prop_assert_eq!(&bodies, &text);
-            for (chunk, out) in chunks.iter().zip(&rendered) {
+            let cut = bodies.len() < text.len();
+            prop_assert!(text.starts_with(&bodies), "bodies are a prefix of the text");
+            prop_assert!(chunks.len() <= MAX_CHUNKS_PER_REPLY);
+            prop_assert!(!cut || chunks.len() == MAX_CHUNKS_PER_REPLY, "text dropped only at the cap");
+            for (i, (chunk, out)) in chunks.iter().zip(&rendered).enumerate() {
                 prop_assert!(!chunk.body.is_empty());
                 prop_assert_eq!(out, &chunk.render());
                 prop_assert!(unit.measure(out) <= max, "chunk {:?} is {} > {}", out, unit.measure(out), max);
                 prop_assert!(chunk.reopen.is_empty() || (chunk.reopen.starts_with("```") && chunk.reopen.ends_with('\n')));
                 prop_assert!(["", "```", "\n```"].contains(&chunk.close.as_str()));
+                let is_last = i + 1 == chunks.len();
+                // Marker (12) + closing fence (4) + one char (2) fit in 18.
+                if cut && is_last && chunk.reopen.is_empty() && max >= 18 {
+                    prop_assert_eq!(chunk.truncation, TRUNCATION_MARKER);
+                } else if !(cut && is_last) {
+                    prop_assert_eq!(chunk.truncation, "");
+                }
             }
-            if !code_blocks || !text.contains("```") {
+            if !cut && (!code_blocks || !text.contains("```")) {
                 prop_assert_eq!(rendered.concat(), text);
             }
         }
@@ -394,7 +528,9 @@ mod properties {
         #[test]
         fn tiny_limits_still_terminate_one_char_at_a_time(text in message(), max in 0usize..2, unit in unit()) {
             let chunks = split_message(&text, max, unit, true);
-            prop_assert_eq!(chunks.concat(), text);
+            let joined = chunks.concat();
+            prop_assert!(text.starts_with(&joined));
+            prop_assert!(joined.len() == text.len() || chunks.len() == MAX_CHUNKS_PER_REPLY);
             for c in &chunks {
                 prop_assert!(unit.measure(c) <= max || c.chars().count() == 1, "chunk {:?}", c);
             }

@@ -85,6 +85,15 @@ pub enum ConfigError {
         /// The URL as given.
         url: String,
     },
+    /// A plaintext (`ws://`, `http://`) URL to a host that is not loopback:
+    /// the upgrade token and all traffic would cross the network in clear.
+    #[error(
+        "relay url host {host:?} is not loopback and the url is plaintext (ws:// or http://): use wss:// or https://, or pass --allow-plaintext (GATEWAY_ALLOW_PLAINTEXT=1) to accept an unencrypted link"
+    )]
+    Plaintext {
+        /// The host the URL names.
+        host: String,
+    },
     /// A gateway id was given but the secret is blank (relay-contract §6.1:
     /// a configuration error, never a silent unauthenticated dial).
     #[error("relay secret is blank for gateway id {gateway_id:?}; set GATEWAY_RELAY_SECRET")]
@@ -117,6 +126,27 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// What a local-development setup may relax. Both are refused by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DevAllowances {
+    /// Dial without credentials when none are configured.
+    pub unauthenticated: bool,
+    /// Dial a host that is not loopback over plaintext `ws://` / `http://`.
+    /// Loopback (`localhost`, 127.0.0.0/8, `::1`) is always allowed.
+    pub plaintext: bool,
+}
+
+/// Default bound of inbound items waiting for the layer above, in bytes of
+/// the lines they came from (64 MiB).
+pub const DEFAULT_INBOUND_BYTE_BUDGET: usize = 64 * 1024 * 1024;
+
+/// Default bound of encoded frames waiting for the writer, in bytes (16 MiB).
+pub const DEFAULT_OUTBOUND_BYTE_BUDGET: usize = 16 * 1024 * 1024;
+
+/// Default bound of a frame's line and of one WebSocket message's unfinished
+/// tail (16 MiB; relay-contract §2).
+pub const DEFAULT_MAX_PARTIAL_LINE: usize = 16 * 1024 * 1024;
+
 /// Everything [`RelayLink::spawn`](crate::RelayLink::spawn) needs.
 ///
 /// Built with [`RelayConfig::new`], which validates the URL and credentials;
@@ -126,6 +156,7 @@ impl fmt::Debug for Credentials {
 pub struct RelayConfig {
     dial_url: String,
     credentials: Option<Credentials>,
+    allow_plaintext: bool,
     /// Identities announced with `hello` on every dial, in order.
     pub identities: Vec<Identity>,
     /// Upper bound on TCP connect + TLS + WebSocket upgrade (30 s).
@@ -136,13 +167,31 @@ pub struct RelayConfig {
     pub outbound_timeout: Duration,
     /// WebSocket keepalive.
     pub keepalive: KeepaliveConfig,
-    /// Bound on the decoder's partial-line buffer (16 MiB).
+    /// Bound on the decoder's partial-line buffer (16 MiB). A WebSocket
+    /// message or frame may be at most this plus 64 KiB (tungstenite's
+    /// `max_message_size` / `max_frame_size`), so one message never holds
+    /// more than one bounded line and the complete lines before it.
     pub max_partial_line: usize,
-    /// Capacity of the inbound item channel handed to the layer above. When it
-    /// is full the reader stops reading the socket (backpressure, not drops).
+    /// Largest decoded `passthrough_forward` body (1 MiB, the plugin host's
+    /// default `max_body_bytes`). A larger one is refused as
+    /// `payload_too_large` before its base64 is decoded and surfaces as
+    /// [`InboundItem::Dropped`](crate::InboundItem::Dropped).
+    pub max_forward_body: usize,
+    /// Capacity of the inbound item channel handed to the layer above, in
+    /// items. When it is full the reader stops reading the socket
+    /// (backpressure, not drops).
     pub inbound_capacity: usize,
-    /// Capacity of the writer's queue of encoded frames.
+    /// The same channel's bound in bytes (64 MiB), counted as the length of
+    /// the line each item came from. When the items the layer above has not
+    /// taken yet reach it, the reader stops reading the socket until one is
+    /// taken. A single item larger than the whole budget still passes when
+    /// nothing else waits, so nothing is ever stuck.
+    pub inbound_byte_budget: usize,
+    /// Capacity of the writer's queue of encoded frames, in frames.
     pub outbound_queue: usize,
+    /// The writer's queue bound in bytes of encoded frames (16 MiB): callers
+    /// wait for room (an outbound action within its timeout).
+    pub outbound_byte_budget: usize,
     /// Reconnect ladder.
     pub backoff: BackoffConfig,
     /// Accept any TLS certificate. Local development only; never the default.
@@ -150,7 +199,8 @@ pub struct RelayConfig {
 }
 
 impl RelayConfig {
-    /// Validate and build a configuration.
+    /// Validate and build a configuration that refuses plaintext to a host
+    /// that is not loopback.
     ///
     /// `url` is the connector base or dial URL (normalised with the protocol's
     /// `dial_url`). Credentials are required unless `allow_unauthenticated`
@@ -162,16 +212,22 @@ impl RelayConfig {
         secret: Option<&str>,
         allow_unauthenticated: bool,
     ) -> Result<Self, ConfigError> {
-        let dial_url = hermes_protocol::url::dial_url(url);
-        let host = dial_url
-            .strip_prefix("wss://")
-            .or_else(|| dial_url.strip_prefix("ws://"))
-            .and_then(|rest| rest.strip_suffix("/relay"));
-        if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
-            return Err(ConfigError::InvalidUrl {
-                url: url.to_owned(),
-            });
-        }
+        let allow = DevAllowances {
+            unauthenticated: allow_unauthenticated,
+            plaintext: false,
+        };
+        Self::with_allowances(url, gateway_id, secret, allow)
+    }
+
+    /// [`new`](Self::new) with everything local development may relax.
+    pub fn with_allowances(
+        url: &str,
+        gateway_id: Option<&str>,
+        secret: Option<&str>,
+        allow: DevAllowances,
+    ) -> Result<Self, ConfigError> {
+        let dial_url = Self::validate_url(url, allow.plaintext)?;
+        let allow_unauthenticated = allow.unauthenticated;
         let id = gateway_id.map(str::trim).filter(|s| !s.is_empty());
         let secret = secret.filter(|s| !s.trim().is_empty());
         let credentials = match (id, secret) {
@@ -191,17 +247,53 @@ impl RelayConfig {
         Ok(Self {
             dial_url,
             credentials,
+            allow_plaintext: allow.plaintext,
             identities: vec![Identity::default()],
             dial_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(30),
             outbound_timeout: Duration::from_secs(30),
             keepalive: KeepaliveConfig::default(),
-            max_partial_line: 16 * 1024 * 1024,
+            max_partial_line: DEFAULT_MAX_PARTIAL_LINE,
+            max_forward_body: hermes_protocol::forward::DEFAULT_MAX_BODY_BYTES,
             inbound_capacity: 256,
+            inbound_byte_budget: DEFAULT_INBOUND_BYTE_BUDGET,
             outbound_queue: 1024,
+            outbound_byte_budget: DEFAULT_OUTBOUND_BYTE_BUDGET,
             backoff: BackoffConfig::default(),
             accept_invalid_certs: false,
         })
+    }
+
+    /// Check a relay URL the way [`new`](Self::new) does and return the
+    /// URL to dial. This is the one place the rule lives: callers that want
+    /// the error early (before provisioning over the same URL) call it too.
+    ///
+    /// The URL must be `ws`, `wss`, `http` or `https` with a host. A plaintext
+    /// one (`ws://`, `http://`) is refused unless its host is loopback
+    /// (`localhost`, 127.0.0.0/8, `::1`) or `allow_plaintext` is set: the
+    /// upgrade token and every frame would otherwise cross the network in
+    /// clear.
+    pub fn validate_url(url: &str, allow_plaintext: bool) -> Result<String, ConfigError> {
+        use hermes_protocol::url;
+        let dial_url = url::dial_url(url);
+        let invalid = || ConfigError::InvalidUrl {
+            url: url.to_owned(),
+        };
+        if !(dial_url.starts_with("wss://") || dial_url.starts_with("ws://")) {
+            return Err(invalid());
+        }
+        let host = url::host(&dial_url).ok_or_else(invalid)?;
+        if url::is_plaintext(&dial_url) && !allow_plaintext && !url::is_loopback_host(host) {
+            return Err(ConfigError::Plaintext {
+                host: host.to_owned(),
+            });
+        }
+        Ok(dial_url)
+    }
+
+    /// Whether plaintext to a host that is not loopback was allowed.
+    pub fn allows_plaintext(&self) -> bool {
+        self.allow_plaintext
     }
 
     /// The normalised URL the link dials (`…/relay`).

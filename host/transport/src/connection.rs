@@ -10,11 +10,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hermes_protocol::action::ActionResult;
-use hermes_protocol::decoder::{DecodeError, FrameDecoder};
+use hermes_protocol::decoder::{DecodeError, DecodeLimits, FrameDecoder};
 use hermes_protocol::descriptor::{Descriptor, DescriptorError};
 use hermes_protocol::frame::{ConnectorFrame, GatewayFrame};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -27,7 +26,8 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{debug, info, warn};
 
-use crate::shared::{Outgoing, Shared};
+use crate::inbound::{InboundQueue, TryPush};
+use crate::shared::{OutboundQueue, Outgoing, Shared};
 use crate::state::{Counters, InboundItem, LinkState};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -171,7 +171,7 @@ impl Liveness {
 pub(crate) async fn run(
     shared: &Arc<Shared>,
     tls: Option<&Arc<rustls::ClientConfig>>,
-    inbound: &mpsc::Sender<InboundItem>,
+    inbound: &Arc<InboundQueue>,
     control: &mut mpsc::Receiver<Control>,
 ) -> Ended {
     Counters::bump(&shared.counters.dials);
@@ -185,7 +185,10 @@ pub(crate) async fn run(
     };
     let opened = Instant::now();
     let (sink, stream) = ws.split();
-    let (out_tx, out_rx) = mpsc::channel(shared.config.outbound_queue.max(1));
+    let (out_tx, out_rx) = OutboundQueue::new(
+        shared.config.outbound_queue,
+        shared.config.outbound_byte_budget,
+    );
     let (close_tx, close_rx) = oneshot::channel();
     let (hs_tx, mut hs_rx) = oneshot::channel();
     let liveness = Arc::new(Liveness::new(opened));
@@ -201,7 +204,7 @@ pub(crate) async fn run(
         stream,
         Reader {
             shared: Arc::clone(shared),
-            inbound: inbound.clone(),
+            inbound: Arc::clone(inbound),
             writer: out_tx.clone(),
             handshake: Some(hs_tx),
             liveness,
@@ -216,13 +219,7 @@ pub(crate) async fn run(
             bot_id: identity.bot_id.clone(),
             command_manifest: None,
         };
-        let queued = out_tx
-            .send(Outgoing {
-                text: hello.encode(),
-                request: None,
-            })
-            .await;
-        if queued.is_err() {
+        if out_tx.send(hello.encode(), None).await.is_err() {
             break;
         }
     }
@@ -303,6 +300,7 @@ pub(crate) async fn run(
     // have re-installed this dying connection; clear it again now that the
     // reader is gone, so no stale slot or descriptor outlives it.
     shared.clear_connection();
+    out_tx.close();
     drop(out_tx);
     shared.settle_all(ActionResult::connection_lost);
 
@@ -420,8 +418,9 @@ async fn dial(shared: &Shared, tls: Option<&Arc<rustls::ClientConfig>>) -> Resul
         request.headers_mut().insert(AUTHORIZATION, value);
     }
     let ws_config = WebSocketConfig::default()
-        // A single message may carry a whole partial line plus the lines
-        // before it; the decoder enforces the real bound.
+        // Not tungstenite's 64 MiB default: a single message may carry a
+        // whole partial line plus some slack for the lines before it (16 MiB
+        // + 64 KiB by default); the decoder enforces the line bound itself.
         .max_message_size(Some(config.max_partial_line.saturating_add(64 * 1024)))
         .max_frame_size(Some(config.max_partial_line.saturating_add(64 * 1024)));
     let connector = match (config.dial_url().starts_with("wss://"), tls) {
@@ -445,9 +444,9 @@ async fn dial(shared: &Shared, tls: Option<&Arc<rustls::ClientConfig>>) -> Resul
 /// Everything the reader task owns.
 struct Reader {
     shared: Arc<Shared>,
-    inbound: mpsc::Sender<InboundItem>,
+    inbound: Arc<InboundQueue>,
     /// Installed as the connection's writer once the handshake completes.
-    writer: mpsc::Sender<Outgoing>,
+    writer: OutboundQueue,
     /// Taken by the first descriptor.
     handshake: Option<oneshot::Sender<()>>,
     liveness: Arc<Liveness>,
@@ -457,8 +456,11 @@ struct Reader {
 /// every bad frame. Returns only when the connection (or the layer above) is
 /// gone, or the peer overflowed the partial-line bound.
 async fn read_loop(mut stream: WsStream, mut reader: Reader) -> ReaderEnd {
-    let mut decoder =
-        FrameDecoder::<ConnectorFrame>::with_max_partial(reader.shared.config.max_partial_line);
+    let config = &reader.shared.config;
+    let mut decoder = FrameDecoder::<ConnectorFrame>::with_max_partial(config.max_partial_line)
+        .with_limits(DecodeLimits {
+            max_body_bytes: config.max_forward_body,
+        });
     while let Some(message) = stream.next().await {
         if message.is_ok() {
             // Any message is proof of life, not only a pong.
@@ -482,8 +484,8 @@ async fn read_loop(mut stream: WsStream, mut reader: Reader) -> ReaderEnd {
         // Complete lines before an overflow are still processed (the decoder
         // keeps them); then the connection is given up.
         let overflow = pushed.err();
-        while let Some(decoded) = decoder.next_frame() {
-            if let Some(end) = reader.dispatch(decoded).await {
+        while let Some((decoded, len)) = decoder.next_frame_with_len() {
+            if let Some(end) = reader.dispatch(decoded, len).await {
                 return end;
             }
         }
@@ -496,10 +498,11 @@ async fn read_loop(mut stream: WsStream, mut reader: Reader) -> ReaderEnd {
 }
 
 impl Reader {
-    /// Handle one decoded line. `Some` ends the reader.
+    /// Handle one decoded line of `len` bytes. `Some` ends the reader.
     async fn dispatch(
         &mut self,
         decoded: Result<ConnectorFrame, DecodeError>,
+        len: usize,
     ) -> Option<ReaderEnd> {
         let counters = &self.shared.counters;
         let frame = match decoded {
@@ -515,7 +518,7 @@ impl Reader {
                 let buffer_id = error.buffer_id().map(str::to_owned);
                 return match buffer_id {
                     Some(buffer_id) => {
-                        self.deliver(InboundItem::Dropped { buffer_id, error })
+                        self.deliver(InboundItem::Dropped { buffer_id, error }, len)
                             .await
                     }
                     None => None,
@@ -543,20 +546,21 @@ impl Reader {
                 None
             }
             ConnectorFrame::Inbound { event, buffer_id } => {
-                self.deliver(InboundItem::Event { event, buffer_id }).await
+                self.deliver(InboundItem::Event { event, buffer_id }, len)
+                    .await
             }
             ConnectorFrame::InterruptInbound {
                 session_key,
                 chat_id,
             } => {
-                self.deliver(InboundItem::Interrupt {
+                let item = InboundItem::Interrupt {
                     session_key,
                     chat_id,
-                })
-                .await
+                };
+                self.deliver(item, len).await
             }
             ConnectorFrame::PassthroughForward { forward, buffer_id } => {
-                self.deliver(InboundItem::Forward { forward, buffer_id })
+                self.deliver(InboundItem::Forward { forward, buffer_id }, len)
                     .await
             }
         }
@@ -580,17 +584,18 @@ impl Reader {
         None
     }
 
-    /// Hand an item to the layer above. Awaiting here is the backpressure:
-    /// while the channel is full this task does not read the socket, and the
-    /// keepalive clocks stop (see [`Liveness`]).
-    async fn deliver(&self, item: InboundItem) -> Option<ReaderEnd> {
-        let item = match self.inbound.try_send(item) {
+    /// Hand an item, decoded from a line of `len` bytes, to the layer above.
+    /// Awaiting here is the backpressure: while the channel is full by count
+    /// or by bytes this task does not read the socket, and the keepalive
+    /// clocks stop (see [`Liveness`]).
+    async fn deliver(&self, item: InboundItem, len: usize) -> Option<ReaderEnd> {
+        let item = match self.inbound.try_push(item, len) {
             Ok(()) => return None,
-            Err(TrySendError::Closed(_)) => return Some(ReaderEnd::ConsumerGone),
-            Err(TrySendError::Full(item)) => item,
+            Err(TryPush::Closed) => return Some(ReaderEnd::ConsumerGone),
+            Err(TryPush::Full(item)) => item,
         };
         self.liveness.pause();
-        let sent = self.inbound.send(item).await;
+        let sent = self.inbound.push(item, len).await;
         self.liveness.resume();
         match sent {
             Ok(()) => None,
@@ -699,8 +704,17 @@ async fn write_batch(
 ) -> Result<(), String> {
     let mut next = Some(first);
     let mut written = 0;
-    while let Some(Outgoing { text, request }) = next.take() {
-        if let Err(e) = sink.feed(Message::text(text)).await {
+    while let Some(Outgoing {
+        text,
+        request,
+        bytes,
+    }) = next.take()
+    {
+        let fed = sink.feed(Message::text(text)).await;
+        // The frame now lives in the sink's write buffer (flushed at least
+        // every batch) or is gone: its share of the queue's budget returns.
+        drop(bytes);
+        if let Err(e) = fed {
             if let Some(id) = request {
                 shared.resolve(&id, ActionResult::send_failed(&e));
             }

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 
 use crate::config::RelayConfig;
 use crate::connection::Control;
-use crate::shared::{Outgoing, Shared, lock};
+use crate::inbound::InboundQueue;
+use crate::shared::{Shared, lock};
 use crate::state::{AckOutcome, DrainReport, InboundItem, LinkCounters, LinkState, SendOutcome};
 
 /// Envelope `platform` / `botId` of an outbound action, for a reply whose
@@ -35,16 +36,21 @@ impl RelayLink {
     /// Must be called inside a tokio runtime. The link runs until
     /// [`RelayHandle::close`] is called, every handle is dropped, or the
     /// returned receiver is dropped. Capacities of zero are raised to one.
+    ///
+    /// The receiver is bounded by [`RelayConfig::inbound_capacity`] items and
+    /// [`RelayConfig::inbound_byte_budget`] bytes: while either is full the
+    /// link stops reading the socket until an item is taken.
     pub fn spawn(mut config: RelayConfig) -> (RelayHandle, mpsc::Receiver<InboundItem>) {
         config.inbound_capacity = config.inbound_capacity.max(1);
         config.outbound_queue = config.outbound_queue.max(1);
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity);
+        let inbound = Arc::new(InboundQueue::new(inbound_tx, config.inbound_byte_budget));
         let (control_tx, control_rx) = mpsc::channel(4);
         let shared = Arc::new(Shared::new(config));
         tokio::spawn(crate::supervisor::supervise(
             Arc::clone(&shared),
             control_rx,
-            inbound_tx,
+            inbound,
         ));
         (
             RelayHandle {
@@ -185,13 +191,7 @@ impl RelayHandle {
             id: id.clone(),
         };
 
-        let queued = tokio::time::timeout_at(
-            deadline,
-            writer.send(Outgoing {
-                text,
-                request: Some(id),
-            }),
-        );
+        let queued = tokio::time::timeout_at(deadline, writer.send(text, Some(id)));
         match queued.await {
             Ok(Ok(())) => {}
             // The connection went away before the frame reached the writer.
@@ -240,13 +240,7 @@ impl RelayHandle {
             slot.writer.clone()
         };
         let frame = GatewayFrame::InboundAck { buffer_id };
-        match writer
-            .send(Outgoing {
-                text: frame.encode(),
-                request: None,
-            })
-            .await
-        {
+        match writer.send(frame.encode(), None).await {
             Ok(()) => AckOutcome::Sent,
             Err(_) => AckOutcome::NotConnected,
         }
@@ -263,11 +257,11 @@ impl RelayHandle {
             return DrainReport::NotConnected;
         };
         let started = Instant::now();
-        let going_idle = Outgoing {
-            text: GatewayFrame::GoingIdle.encode(),
-            request: None,
-        };
-        if writer.send(going_idle).await.is_err() {
+        if writer
+            .send(GatewayFrame::GoingIdle.encode(), None)
+            .await
+            .is_err()
+        {
             return DrainReport::NotConnected;
         }
         match tokio::time::timeout(timeout, acks.changed()).await {
@@ -334,13 +328,7 @@ impl RelayHandle {
         let Some(writer) = self.shared.writer() else {
             return SendOutcome::NotConnected;
         };
-        match writer
-            .send(Outgoing {
-                text,
-                request: None,
-            })
-            .await
-        {
+        match writer.send(text, None).await {
             Ok(()) => SendOutcome::Sent,
             Err(_) => SendOutcome::NotConnected,
         }

@@ -8,11 +8,16 @@
 //!
 //! - the **reader** decodes frames with the protocol's `FrameDecoder`, resolves
 //!   `outbound_result`s, and hands events, interrupts and forwards to the
-//!   layer above through a bounded channel. When that channel is full the
-//!   reader stops reading the socket: backpressure, never drops. A bad frame
-//!   is logged, counted and skipped; the reader never dies of input.
+//!   layer above through a channel bounded by count and by bytes. When
+//!   either bound is reached the reader stops reading the socket:
+//!   backpressure, never drops. A bad frame is logged, counted and skipped;
+//!   the reader never dies of input.
 //! - the **writer** owns the socket's sink: queued frames (one per WebSocket
-//!   message), keepalive pings, and the close frame.
+//!   message, from a queue bounded by count and by bytes), keepalive pings,
+//!   and the close frame.
+//!
+//! A plaintext `ws://` / `http://` URL is refused unless its host is
+//! loopback or [`DevAllowances::plaintext`] is set.
 //!
 //! Outbound actions are correlated by `requestId` in a pending map the link
 //! owns; every entry is removed whatever happens, and every caller gets a
@@ -46,11 +51,15 @@ mod backoff;
 mod config;
 mod connection;
 mod handle;
+mod inbound;
 mod shared;
 mod state;
 mod supervisor;
 mod tls;
 
-pub use config::{BackoffConfig, ConfigError, Identity, KeepaliveConfig, RelayConfig};
+pub use config::{
+    BackoffConfig, ConfigError, DEFAULT_INBOUND_BYTE_BUDGET, DEFAULT_MAX_PARTIAL_LINE,
+    DEFAULT_OUTBOUND_BYTE_BUDGET, DevAllowances, Identity, KeepaliveConfig, RelayConfig,
+};
 pub use handle::{RelayHandle, RelayLink, Target};
 pub use state::{AckOutcome, DrainReport, InboundItem, LinkCounters, LinkState, SendOutcome};

@@ -10,8 +10,9 @@ use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::connection::{self, Control, Ended};
+use crate::inbound::InboundQueue;
 use crate::shared::Shared;
-use crate::state::{InboundItem, LinkState};
+use crate::state::LinkState;
 
 /// Close code a connector uses for a missing, invalid, expired or revoked
 /// token.
@@ -102,7 +103,7 @@ impl RedialRules {
 pub(crate) async fn supervise(
     shared: Arc<Shared>,
     mut control: mpsc::Receiver<Control>,
-    inbound: mpsc::Sender<InboundItem>,
+    inbound: Arc<InboundQueue>,
 ) {
     let tls = match crate::tls::client_config(shared.config.accept_invalid_certs) {
         Ok(tls) => Some(tls),

@@ -708,7 +708,7 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             Err(error) => {
                 inner.metrics.turn_failed();
                 warn!(session_key = key.as_str(), %error, "agent failed; sending an error reply");
-                format!("⚠️ agent error: {error}")
+                error.user_message().to_owned()
             }
         };
         if text.is_empty() {

@@ -585,6 +585,57 @@ async fn an_interrupt_flood_clears_typing_once() {
     assert_eq!(sessions.metrics().snapshot().interrupts_in, 50);
 }
 
+/// An agent that always fails with an error carrying what a real one can:
+/// a command's stderr with a key and a path.
+struct FailingAgent;
+
+const LEAKY_STDERR: &str = "OPENAI_API_KEY=sk-live-123 not accepted at /srv/tenant-b/agent.py";
+
+impl Agent for FailingAgent {
+    async fn respond(
+        &self,
+        _turn: &TurnInput,
+        _cancel: CancellationToken,
+    ) -> Result<String, AgentError> {
+        Err(AgentError::Exit {
+            status: "exit status: 3".into(),
+            stderr: LEAKY_STDERR.into(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_agent_failure_tells_the_user_nothing_of_its_detail() {
+    let (relay, mut out) = FakeRelay::new();
+    no_typing(&relay);
+    let sessions = Sessions::new(
+        relay.clone(),
+        FailingAgent,
+        SessionConfig::default(),
+        Arc::new(Metrics::new()),
+    );
+    sessions
+        .submit(vec![Incoming::inbound(event("c1", "u1", "hi"))], None)
+        .await;
+    let Action::Send { content, .. } = next_reply(&mut out).await else {
+        panic!("expected a send");
+    };
+    let expected = AgentError::Exit {
+        status: String::new(),
+        stderr: String::new(),
+    }
+    .user_message();
+    assert_eq!(content, expected);
+    for secret in ["sk-live-123", "/srv/tenant-b", "exit status"] {
+        assert!(
+            !content.contains(secret),
+            "{secret} reached the user: {content}"
+        );
+    }
+    assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
+    assert_eq!(sessions.metrics().snapshot().turns_failed, 1);
+}
+
 #[tokio::test]
 async fn interrupt_cancels_only_its_session() {
     let (agent, mut probe) = gate_agent();

@@ -81,11 +81,31 @@ fn untrusted(dir: &Path, why: &str) -> Option<ArtifactCache> {
     None
 }
 
-/// The effective uid, from `/proc/self/status` (no libc in this crate).
+/// The effective uid.
 fn effective_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
+    Some(rustix::process::geteuid().as_raw())
+}
+
+/// The largest cache entry read (a compiled converter is a few MiB): a
+/// planted huge file is not read into memory.
+const MAX_ENTRY_BYTES: u64 = 256 << 20;
+
+/// Reads a cache entry: never through a symlink (`O_NOFOLLOW`), only a
+/// regular file, at most [`MAX_ENTRY_BYTES`].
+fn read_entry_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() > MAX_ENTRY_BYTES {
+        return Err(std::io::Error::other("not a regular file of a sane size"));
+    }
+    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(MAX_ENTRY_BYTES).read_to_end(&mut data)?;
+    Ok(data)
 }
 
 /// Owned by us and not writable by group or others.
@@ -95,9 +115,9 @@ fn private(meta: &std::fs::Metadata, euid: u32) -> bool {
 }
 
 fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
-    use std::io::Read;
     let mut buf = [0u8; N];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    rustix::rand::getrandom(&mut buf, rustix::rand::GetRandomFlags::empty())
+        .map_err(std::io::Error::from)?;
     Ok(buf)
 }
 
@@ -249,7 +269,14 @@ impl ArtifactCache {
     }
 
     fn read_entry(&self, engine: &Engine, path: &Path, key: &str) -> Option<Component> {
-        let data = std::fs::read(path).ok()?;
+        let data = match read_entry_file(path) {
+            Ok(data) => data,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "compiled-artifact cache entry not read; recompiling");
+                return None;
+            }
+        };
         let header = Self::header(key);
         let Some(rest) = data.strip_prefix(header.as_slice()) else {
             tracing::warn!(path = %path.display(), "compiled-artifact cache entry for other bytes or of an old format; recompiling");
@@ -368,6 +395,35 @@ mod tests {
         std::fs::write(&path, &foreign).expect("plant");
         let (_, fourth) = cache.load(&engine, &bytes, &sha).expect("recompile");
         assert_eq!(fourth, CacheOutcome::Compiled);
+    }
+
+    #[test]
+    fn an_entry_is_never_read_through_a_symlink() {
+        let engine = engine();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache =
+            ArtifactCache::new(dir.path().join("cache"), &engine).expect("private dir is used");
+        let bytes = component_bytes();
+        let sha = hex::encode(Sha256::digest(&bytes));
+        let (_, first) = cache.load(&engine, &bytes, &sha).expect("compile");
+        assert_eq!(first, CacheOutcome::Compiled);
+        // A valid entry moved out and linked back: read through the link it
+        // would be a hit; the cache refuses the link and recompiles.
+        let path = cache.entry_path(&sha);
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::rename(&path, &elsewhere).expect("move");
+        std::os::unix::fs::symlink(&elsewhere, &path).expect("symlink");
+        let (_, second) = cache.load(&engine, &bytes, &sha).expect("recompile");
+        assert_eq!(second, CacheOutcome::Compiled, "the link is not followed");
+        assert!(
+            !std::fs::symlink_metadata(&path)
+                .expect("entry")
+                .file_type()
+                .is_symlink(),
+            "the recompiled entry replaced the link"
+        );
+        let (_, third) = cache.load(&engine, &bytes, &sha).expect("hit");
+        assert_eq!(third, CacheOutcome::Hit);
     }
 
     #[test]

@@ -7,12 +7,21 @@
 //! The child runs in its own process group and the whole group is killed on
 //! cancel, on timeout and when the turn's future is dropped: `sh -c 'sleep 30'`
 //! forks `sleep`, and killing only `sh` would leave `sleep` running (holding
-//! the stdout pipe open, so the turn would not even end).
+//! the stdout pipe open, so the turn would not even end). After a normal
+//! exit the group is killed too, while the exited leader is still a zombie
+//! (its pid, the group id, cannot have been reused yet): a `cmd &` left
+//! behind does not outlive the turn.
+//!
+//! The child gets a **cleared environment**: only [`BASE_ENV`] (what a shell
+//! and its tools need to run) from the gateway's own environment, plus the
+//! variables the operator names in `HERMES_AGENT_ENV`. The gateway's own
+//! credentials ([`NEVER_PASSED`]) are refused even when named: a command an
+//! agent runs must never be able to print the relay secret into a chat.
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use rustix::process::{Pid, Signal, kill_process_group};
+use rustix::process::{Pid, PidfdFlags, Signal, kill_process_group, pidfd_open};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -25,18 +34,90 @@ const MAX_REPLY_BYTES: usize = 1 << 20;
 /// Most stderr bytes kept for the error message (the end of it).
 const MAX_STDERR_BYTES: usize = 2048;
 
+/// Variables the child inherits from the gateway's environment, when set:
+/// what `sh` and ordinary tools need (search path, home, user, locale, time
+/// zone, temp dir, terminal type). Nothing here is a credential.
+pub const BASE_ENV: [&str; 12] = [
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ",
+    "TMPDIR", "TERM",
+];
+
+/// The gateway's own credentials: never passed to an agent command, even
+/// when `HERMES_AGENT_ENV` names them.
+pub const NEVER_PASSED: [&str; 5] = [
+    "GATEWAY_RELAY_SECRET",
+    "GATEWAY_RELAY_DELIVERY_KEY",
+    "GATEWAY_RELAY_ENROLL_TOKEN",
+    "HERMES_IDENTITY_TOKEN",
+    "HERMES_ADMIN_TOKEN",
+];
+
 /// Runs a shell command per turn.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ExecAgent {
     command: String,
     timeout: Duration,
+    /// Passed on top of [`BASE_ENV`] (operator-named, resolved at start).
+    extra_env: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for ExecAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.extra_env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("ExecAgent")
+            .field("command", &self.command)
+            .field("timeout", &self.timeout)
+            .field("extra_env", &names)
+            .finish()
+    }
 }
 
 impl ExecAgent {
-    /// `command` is run with `sh -c`; a turn taking longer than `timeout` is killed.
+    /// `command` is run with `sh -c`; a turn taking longer than `timeout` is
+    /// killed. The child sees [`BASE_ENV`] only.
     pub fn new(command: String, timeout: Duration) -> Self {
-        Self { command, timeout }
+        Self {
+            command,
+            timeout,
+            extra_env: Vec::new(),
+        }
     }
+
+    /// The same agent, also passing `extra` to the child. A name in
+    /// [`NEVER_PASSED`] is dropped (and should have been refused at start).
+    #[must_use]
+    pub fn with_env(mut self, extra: Vec<(String, String)>) -> Self {
+        self.extra_env = extra
+            .into_iter()
+            .filter(|(k, _)| !NEVER_PASSED.contains(&k.as_str()))
+            .collect();
+        self
+    }
+}
+
+/// Waits until `pid` has exited, without reaping it (a pidfd turns readable
+/// when its process is a zombie). `None` when pidfds are unavailable.
+///
+/// Polled on a blocking thread: registering the fd with the reactor needs
+/// `unsafe` (tokio's `AsyncFd::register`), and this wait is short (the
+/// leader has closed its output already). If the turn is dropped meanwhile,
+/// the group is killed, the pidfd turns readable and the thread ends.
+async fn exited_unreaped(pid: Pid) -> Option<()> {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let fd = pidfd_open(pid, PidfdFlags::empty()).ok()?;
+    tokio::task::spawn_blocking(move || {
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        loop {
+            match poll(&mut fds, None) {
+                Ok(_) => return Some(()),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// A spawned child whose process group is killed when this is dropped,
@@ -97,9 +178,15 @@ impl ExecAgent {
         .map_err(|e| AgentError::Io(std::io::Error::other(e)))?;
         line.push(b'\n');
 
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(&self.command)
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(&self.command).env_clear();
+        for name in BASE_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
+        command.envs(self.extra_env.iter().map(|(k, v)| (k, v)));
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -137,6 +224,14 @@ impl ExecAgent {
             }
         };
         let ((), out, err) = tokio::join!(feed, out, err);
+        // The leader exited (or is about to): kill what it left in its group
+        // before reaping it, while the group id still names only this turn's
+        // processes.
+        if let Some(pgid) = guard.pgid
+            && exited_unreaped(pgid).await.is_some()
+        {
+            let _ = kill_process_group(pgid, Signal::KILL);
+        }
         let status = guard.child.wait().await?;
         // Reaped: its pid may be reused from now on, so never signal the group again.
         guard.pgid = None;
@@ -295,6 +390,75 @@ mod tests {
             !group_alive(pgid),
             "sleep in group {pgid} still alive after cancel"
         );
+    }
+
+    #[tokio::test]
+    async fn the_child_sees_a_cleared_environment_plus_what_is_named() {
+        // SAFETY-free: the test sets nothing in its own environment; it
+        // checks what the child reports against what the gateway holds.
+        let agent = ExecAgent::new("env".into(), Duration::from_secs(10)).with_env(vec![
+            ("AGENT_DB_URL".into(), "postgres://agent".into()),
+            ("GATEWAY_RELAY_SECRET".into(), "must-not-pass".into()),
+        ]);
+        let reply = agent
+            .respond(&turn("x"), CancellationToken::new())
+            .await
+            .expect("env runs");
+        let names: Vec<&str> = reply
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .collect();
+        for name in &names {
+            assert!(
+                BASE_ENV.contains(name)
+                    || *name == "AGENT_DB_URL"
+                    || *name == "PWD"
+                    || *name == "SHLVL"
+                    || *name == "_",
+                "{name} reached the child"
+            );
+        }
+        assert!(reply.contains("AGENT_DB_URL=postgres://agent"), "{reply}");
+        assert!(!reply.contains("must-not-pass"), "{reply}");
+        assert!(
+            names.contains(&"PATH") == std::env::var_os("PATH").is_some(),
+            "PATH passes when set"
+        );
+    }
+
+    #[tokio::test]
+    async fn what_the_turn_leaves_behind_is_killed_after_a_normal_exit() {
+        let dir = tempfile_dir("bg");
+        let pid_file = dir.join("bg.pid");
+        // The background `sleep` does not hold stdout, so the turn ends as
+        // soon as `sh` exits; `sleep` stays in the group.
+        let agent = ExecAgent::new(
+            format!(
+                "sleep 30 >/dev/null 2>&1 </dev/null & echo $$ > {}; echo done",
+                pid_file.display()
+            ),
+            Duration::from_secs(60),
+        );
+        let reply = agent
+            .respond(&turn("x"), CancellationToken::new())
+            .await
+            .expect("turn succeeds");
+        assert_eq!(reply, "done");
+        let pgid = wait_for_pid_file(&pid_file).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while group_alive(pgid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            !group_alive(pgid),
+            "a background process of group {pgid} outlived the turn"
+        );
+    }
+
+    fn tempfile_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("hermes-exec-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
     }
 
     #[tokio::test]

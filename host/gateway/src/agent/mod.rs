@@ -26,7 +26,7 @@ use hermes_protocol::session::SessionKey;
 use tokio_util::sync::CancellationToken;
 
 pub use echo::EchoAgent;
-pub use exec::ExecAgent;
+pub use exec::{BASE_ENV, ExecAgent, NEVER_PASSED};
 pub use openai::{OpenAiAgent, OpenAiOptions};
 
 /// Everything an agent needs to answer one turn.
@@ -72,6 +72,19 @@ pub enum AgentError {
     /// The stream carried something that is not a chat-completion chunk.
     #[error("chat completion stream malformed: {0}")]
     Stream(String),
+}
+
+impl AgentError {
+    /// What the chat user is told when the agent produced no answer. It never
+    /// carries the error's detail: an exit status, a command's stderr or a
+    /// model server's error body can hold paths, keys or other tenants' data,
+    /// and the operator has it in the log (`agent failed`).
+    pub fn user_message(&self) -> &'static str {
+        match self {
+            AgentError::TimedOut(_) => "⚠️ The agent took too long to answer. Please try again.",
+            _ => "⚠️ The agent could not answer right now. Please try again later.",
+        }
+    }
 }
 
 fn stderr_suffix(stderr: &str) -> String {
@@ -159,6 +172,9 @@ pub struct AgentOptions {
     pub api_key: Option<String>,
     /// Messages of history kept per session for `openai:`.
     pub history_messages: usize,
+    /// Variables an `exec:` child gets on top of [`exec::BASE_ENV`]
+    /// (`HERMES_AGENT_ENV`); `Debug` prints the names only.
+    pub exec_env: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for AgentOptions {
@@ -168,6 +184,10 @@ impl std::fmt::Debug for AgentOptions {
             .field("model", &self.model)
             .field("api_key", &self.api_key.as_ref().map(|_| "<hidden>"))
             .field("history_messages", &self.history_messages)
+            .field(
+                "exec_env",
+                &self.exec_env.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -179,6 +199,7 @@ impl Default for AgentOptions {
             model: "gpt-4o-mini".to_owned(),
             api_key: None,
             history_messages: 20,
+            exec_env: Vec::new(),
         }
     }
 }
@@ -202,9 +223,10 @@ impl AgentBackend {
     pub fn from_spec(spec: &AgentSpec, options: &AgentOptions) -> Result<Self, AgentError> {
         Ok(match spec {
             AgentSpec::Echo => AgentBackend::Echo(EchoAgent),
-            AgentSpec::Exec(command) => {
-                AgentBackend::Exec(ExecAgent::new(command.clone(), options.turn_timeout))
-            }
+            AgentSpec::Exec(command) => AgentBackend::Exec(
+                ExecAgent::new(command.clone(), options.turn_timeout)
+                    .with_env(options.exec_env.clone()),
+            ),
             AgentSpec::OpenAi(base_url) => AgentBackend::OpenAi(OpenAiAgent::new(OpenAiOptions {
                 base_url: base_url.clone(),
                 model: options.model.clone(),

@@ -5,6 +5,12 @@
 //! `choices[0].delta.content` of every server-sent `data:` line until
 //! `[DONE]`. Cancelling the turn drops the response, which closes the HTTP
 //! connection, so the server stops generating.
+//!
+//! Everything the server sends is bounded: an error body is read up to
+//! [`MAX_ERROR_READ`] bytes, one SSE line up to [`MAX_SSE_LINE`], a reply up
+//! to [`MAX_REPLY_BYTES`] (the rest is not read). History is kept per session
+//! key **and** scope (relay-contract §5.6: two tenants never share one), at
+//! most `history_messages` messages and [`MAX_HISTORY_BYTES`] per history.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -15,6 +21,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{Agent, AgentError, TurnInput};
+use crate::scope::ChatScope;
 
 /// Settings of the `openai:` backend. `Debug` never prints the API key.
 #[derive(Clone)]
@@ -85,8 +92,42 @@ impl std::fmt::Debug for OpenAiAgent {
     }
 }
 
-/// Longest error body quoted in an [`AgentError::Status`].
+/// Longest error body quoted in an [`AgentError::Status`] (chars).
 const MAX_ERROR_BODY: usize = 512;
+/// Most bytes of an error response read (enough for [`MAX_ERROR_BODY`]
+/// chars of any UTF-8); the rest is never read.
+pub const MAX_ERROR_READ: usize = 4 * MAX_ERROR_BODY;
+/// Longest SSE line accepted; a longer one fails the turn.
+pub const MAX_SSE_LINE: usize = 1 << 20;
+/// Most reply bytes kept; the stream is dropped once a reply reaches it.
+pub const MAX_REPLY_BYTES: usize = 1 << 20;
+/// Most bytes of messages one history keeps (oldest dropped first).
+pub const MAX_HISTORY_BYTES: usize = 256 * 1024;
+
+/// The history a turn reads and extends: its session key and its event's
+/// own scope, so two tenants with equal session keys never share one.
+fn history_key(turn: &TurnInput) -> String {
+    let scope = ChatScope::of(&turn.event.source).scope_id;
+    format!(
+        "{}\u{1f}{}",
+        turn.session_key.as_str(),
+        scope.as_deref().unwrap_or("")
+    )
+}
+
+/// The first [`MAX_ERROR_READ`] bytes of a response body, as text.
+async fn bounded_text(response: reqwest::Response) -> String {
+    let mut kept = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let room = MAX_ERROR_READ.saturating_sub(kept.len());
+        kept.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
+        if kept.len() >= MAX_ERROR_READ {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&kept).into_owned()
+}
 
 impl OpenAiAgent {
     /// A backend for `options`; fails only if the HTTP client cannot be built.
@@ -102,26 +143,26 @@ impl OpenAiAgent {
         })
     }
 
-    fn history_of(&self, session_key: &str) -> Vec<(&'static str, String)> {
+    fn history_of(&self, key: &str) -> Vec<(&'static str, String)> {
         let guard = self
             .histories
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         guard
             .1
-            .get(session_key)
+            .get(key)
             .map(|h| h.messages.iter().cloned().collect())
             .unwrap_or_default()
     }
 
-    fn remember(&self, session_key: &str, user: String, assistant: String) {
+    fn remember(&self, key: &str, user: String, assistant: String) {
         let mut guard = self
             .histories
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (tick, map) = &mut *guard;
         *tick += 1;
-        if !map.contains_key(session_key)
+        if !map.contains_key(key)
             && map.len() >= self.options.history_sessions.max(1)
             && let Some(oldest) = map
                 .iter()
@@ -130,23 +171,27 @@ impl OpenAiAgent {
         {
             map.remove(&oldest);
         }
-        let history = map
-            .entry(session_key.to_owned())
-            .or_insert_with(|| History {
-                messages: VecDeque::new(),
-                last_used: 0,
-            });
+        let history = map.entry(key.to_owned()).or_insert_with(|| History {
+            messages: VecDeque::new(),
+            last_used: 0,
+        });
         history.last_used = *tick;
         history.messages.push_back(("user", user));
         history.messages.push_back(("assistant", assistant));
-        while history.messages.len() > self.options.history_messages {
-            history.messages.pop_front();
+        let mut bytes: usize = history.messages.iter().map(|(_, m)| m.len()).sum();
+        while history.messages.len() > self.options.history_messages
+            || (bytes > MAX_HISTORY_BYTES && !history.messages.is_empty())
+        {
+            if let Some((_, dropped)) = history.messages.pop_front() {
+                bytes -= dropped.len();
+            }
         }
     }
 
     async fn complete(&self, turn: &TurnInput) -> Result<String, AgentError> {
+        let key = history_key(turn);
         let mut messages: Vec<Value> = self
-            .history_of(turn.session_key.as_str())
+            .history_of(&key)
             .into_iter()
             .map(|(role, content)| json!({"role": role, "content": content}))
             .collect();
@@ -171,7 +216,7 @@ impl OpenAiAgent {
             .map_err(|e| AgentError::Http(e.without_url().to_string()))?;
         let status = response.status();
         if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
+            let text = bounded_text(response).await;
             let body: String = text.chars().take(MAX_ERROR_BODY).collect();
             return Err(AgentError::Status {
                 status: status.as_u16(),
@@ -188,16 +233,30 @@ impl OpenAiAgent {
             while let Some(line) = sse.next_line() {
                 match parse_data_line(&line)? {
                     Chunk::Done => break 'read,
-                    Chunk::Content(piece) => reply.push_str(&piece),
+                    Chunk::Content(piece) => {
+                        let room = MAX_REPLY_BYTES - reply.len();
+                        if piece.len() >= room {
+                            // Cut at a char boundary; dropping the stream
+                            // closes the connection.
+                            let mut cut = room;
+                            while !piece.is_char_boundary(cut) {
+                                cut -= 1;
+                            }
+                            reply.push_str(piece.get(..cut).unwrap_or_default());
+                            break 'read;
+                        }
+                        reply.push_str(&piece);
+                    }
                     Chunk::Nothing => {}
                 }
             }
+            if sse.pending() > MAX_SSE_LINE {
+                return Err(AgentError::Stream(format!(
+                    "an event-stream line exceeds {MAX_SSE_LINE} bytes"
+                )));
+            }
         }
-        self.remember(
-            turn.session_key.as_str(),
-            turn.event.text.clone(),
-            reply.clone(),
-        );
+        self.remember(&key, turn.event.text.clone(), reply.clone());
         Ok(reply)
     }
 }
@@ -225,6 +284,11 @@ struct SseLines {
 impl SseLines {
     fn push(&mut self, bytes: &[u8]) {
         self.buffer.extend_from_slice(bytes);
+    }
+
+    /// Bytes buffered without a line end yet.
+    fn pending(&self) -> usize {
+        self.buffer.len()
     }
 
     fn next_line(&mut self) -> Option<String> {
@@ -371,10 +435,15 @@ mod tests {
     }
 
     fn turn(key: &str, text: &str) -> TurnInput {
-        let event = MessageEvent {
+        scoped_turn(key, None, text)
+    }
+
+    fn scoped_turn(key: &str, scope: Option<&str>, text: &str) -> TurnInput {
+        let mut event = MessageEvent {
             text: text.to_owned(),
             ..MessageEvent::default()
         };
+        event.source.scope_id = scope.map(str::to_owned);
         TurnInput {
             session_key: SessionKey::from_wire(key.to_owned()),
             event,
@@ -463,6 +532,107 @@ mod tests {
         assert_eq!(
             body["messages"],
             json!([{"role": "user", "content": "new"}])
+        );
+    }
+
+    #[tokio::test]
+    async fn history_is_partitioned_by_scope_and_bounded_in_bytes() {
+        let (base, mut seen) = sse_server(vec!["ok"], false).await;
+        let agent = &agent(base, 20);
+        let said = |t: &TurnInput| {
+            let t = t.clone();
+            async move { agent.respond(&t, CancellationToken::new()).await }
+        };
+        // Tenant A and tenant B behind one session key (one phone number).
+        said(&scoped_turn("k", Some("tenant-a"), "a's secret"))
+            .await
+            .expect("a");
+        let _ = next_seen(&mut seen).await;
+        said(&scoped_turn("k", Some("tenant-b"), "b asks"))
+            .await
+            .expect("b");
+        let Seen::Request { body, .. } = next_seen(&mut seen).await else {
+            panic!("expected the request")
+        };
+        assert_eq!(
+            body["messages"],
+            json!([{"role": "user", "content": "b asks"}]),
+            "tenant B never sees tenant A's history"
+        );
+        // Big messages: the history keeps at most MAX_HISTORY_BYTES.
+        let big = "x".repeat(MAX_HISTORY_BYTES / 2);
+        for _ in 0..4 {
+            said(&scoped_turn("k", Some("tenant-c"), &big))
+                .await
+                .expect("c");
+            let _ = next_seen(&mut seen).await;
+        }
+        said(&scoped_turn("k", Some("tenant-c"), "last"))
+            .await
+            .expect("c");
+        let Seen::Request { body, .. } = next_seen(&mut seen).await else {
+            panic!("expected the request")
+        };
+        let history_bytes: usize = body["messages"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|m| m["content"].as_str())
+                    .map(str::len)
+                    .sum()
+            })
+            .unwrap_or(0)
+            - "last".len();
+        assert!(history_bytes <= MAX_HISTORY_BYTES, "{history_bytes}");
+        assert!(history_bytes > 0, "recent history is kept");
+    }
+
+    #[test]
+    fn an_overlong_reply_is_cut_at_a_char_boundary_and_lines_are_bounded() {
+        let mut s = SseLines::default();
+        s.push(&vec![b'a'; MAX_SSE_LINE + 1]);
+        assert!(s.next_line().is_none());
+        assert!(s.pending() > MAX_SSE_LINE, "the caller sees the overflow");
+    }
+
+    #[tokio::test]
+    async fn a_huge_error_body_is_not_read_in_full() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            if let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let head = "HTTP/1.1 500 Oops\r\ntransfer-encoding: chunked\r\n\r\n";
+                let _ = socket.write_all(head.as_bytes()).await;
+                // Endless body: stops only when the client goes away.
+                let chunk = format!("{:x}\r\n{}\r\n", 65536, "e".repeat(65536));
+                let mut sent = 0usize;
+                while socket.write_all(chunk.as_bytes()).await.is_ok() {
+                    sent += 65536;
+                    if sent > 256 << 20 {
+                        break;
+                    }
+                }
+                let _ = tx.send(sent);
+            }
+        });
+        let agent = agent(format!("http://{addr}/v1"), 20);
+        let result = agent
+            .respond(&turn("k", "x"), CancellationToken::new())
+            .await;
+        assert!(
+            matches!(&result, Err(AgentError::Status { status: 500, body }) if body.len() <= MAX_ERROR_BODY),
+            "{result:?}"
+        );
+        let sent = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("server stopped")
+            .expect("sent");
+        assert!(
+            sent < 256 << 20,
+            "the client stopped reading; server sent {sent}"
         );
     }
 

@@ -325,20 +325,17 @@ fn serve_one(stream: TcpStream, status: u16, body: &str) -> Option<Received> {
     })
 }
 
+/// `enroll` with the token in a file (the form that keeps it out of `ps`).
 fn enroll_cmd(home: &Path, url: &str, env_file: &Path) -> Command {
+    let token_file = home.join("enroll-token");
+    std::fs::write(&token_file, "ENROLL-TOKEN-1\n").expect("write token file");
     let mut cmd = gateway(home);
-    cmd.args([
-        "enroll",
-        "--token",
-        "ENROLL-TOKEN-1",
-        "--gateway-id",
-        "gw-test",
-        "--connector-url",
-        url,
-    ])
-    .arg("--env-file")
-    .arg(env_file)
-    .env("HERMES_IDENTITY_TOKEN", "IDENTITY-TOKEN-1");
+    cmd.args(["enroll", "--gateway-id", "gw-test", "--connector-url", url])
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--env-file")
+        .arg(env_file)
+        .env("HERMES_IDENTITY_TOKEN", "IDENTITY-TOKEN-1");
     cmd
 }
 
@@ -467,6 +464,126 @@ fn enroll_unreachable_connector() {
         &home.path().join(".env"),
     ));
     assert_one_error_line(&o, 1, "could not reach the connector");
+}
+
+#[test]
+fn enroll_takes_the_token_from_stdin_or_env_and_warns_when_it_is_on_argv() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let env_file = home.path().join(".env");
+    let answer = r#"{"secret":"SECRET-VALUE-9","gatewayId":"gw-test"}"#;
+    let base = |url: &str| {
+        let mut cmd = gateway(home.path());
+        cmd.args(["enroll", "--gateway-id", "gw-test", "--connector-url", url])
+            .arg("--env-file")
+            .arg(&env_file)
+            .env("HERMES_IDENTITY_TOKEN", "IDENTITY-TOKEN-1");
+        cmd
+    };
+    let sent_token = |rx: mpsc::Receiver<Received>| {
+        let req = rx.recv_timeout(Duration::from_secs(10)).expect("request");
+        req.body["enrollmentToken"].as_str().map(str::to_owned)
+    };
+
+    // --token - reads one line from stdin: nothing on argv, no warning.
+    let (url, rx) = one_shot_server(200, answer);
+    let mut child = base(&url)
+        .args(["--token", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn enroll");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"STDIN-TOKEN-2\n")
+        .expect("write stdin");
+    let o = child.wait_with_output().expect("enroll");
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert_eq!(stderr(&o), "", "no warning for stdin");
+    assert_eq!(sent_token(rx).as_deref(), Some("STDIN-TOKEN-2"));
+
+    // The environment variable: no warning.
+    let (url, rx) = one_shot_server(200, answer);
+    let o = run(base(&url).env("GATEWAY_RELAY_ENROLL_TOKEN", "ENV-TOKEN-3"));
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert_eq!(stderr(&o), "", "no warning for the environment");
+    assert_eq!(sent_token(rx).as_deref(), Some("ENV-TOKEN-3"));
+
+    // --token VALUE still works, with a warning that names the safe forms
+    // and not the token.
+    let (url, rx) = one_shot_server(200, answer);
+    let o = run(base(&url).args(["--token", "ARGV-TOKEN-4"]));
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("warning: ") && err.contains("visible") && err.contains("--token-file"),
+        "{err}"
+    );
+    assert!(!err.contains("ARGV-TOKEN-4"), "{err}");
+    assert_eq!(sent_token(rx).as_deref(), Some("ARGV-TOKEN-4"));
+
+    // An empty token file is refused before anything is sent.
+    let empty = home.path().join("empty-token");
+    std::fs::write(&empty, "\n").expect("write");
+    let o = run(base("http://127.0.0.1:9").arg("--token-file").arg(&empty));
+    assert_one_error_line(&o, 1, "blank");
+}
+
+#[test]
+fn enroll_refuses_gateway_ids_that_could_change_the_env_file() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let env_file = home.path().join(".env");
+    let marker = home.path().join("pwned");
+
+    // From the connector: refused, nothing written.
+    let (url, _rx) = one_shot_server(200, r#"{"secret":"s","gatewayId":"gw-$(touch pwned)"}"#);
+    let o = run(&mut enroll_cmd(home.path(), &url, &env_file));
+    assert_one_error_line(&o, 1, "gatewayId");
+    assert!(!env_file.exists(), "env file written");
+
+    // On the command line: refused before anything is sent.
+    let o = run(gateway(home.path())
+        .args(["enroll", "--connector-url", "http://127.0.0.1:9"])
+        .args(["--gateway-id", "gw'; touch pwned; '"])
+        .arg("--env-file")
+        .arg(&env_file)
+        .env("GATEWAY_RELAY_ENROLL_TOKEN", "ENROLL-TOKEN-1")
+        .env("HERMES_IDENTITY_TOKEN", "IDENTITY-TOKEN-1"));
+    assert_one_error_line(&o, 1, "--gateway-id");
+    assert!(!env_file.exists() && !marker.exists());
+}
+
+#[test]
+fn enrolled_env_file_sources_literally_in_bash() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let env_file = home.path().join(".env");
+    let marker = home.path().join("pwned");
+    let secret = format!("it's'$(touch {m})`touch {m}`\"$HOME", m = marker.display());
+    let answer: &'static str = Box::leak(
+        json!({"secret": secret, "deliveryKey": "k'$(id)", "gatewayId": "gw-test"})
+            .to_string()
+            .into_boxed_str(),
+    );
+    let (url, _rx) = one_shot_server(200, answer);
+    let o = run(&mut enroll_cmd(home.path(), &url, &env_file));
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            "source \"$1\"; printf '%s\\n' \"$GATEWAY_RELAY_SECRET\" \"$GATEWAY_RELAY_DELIVERY_KEY\" \"$GATEWAY_RELAY_ID\"",
+            "bash",
+        ])
+        .arg(&env_file)
+        .output()
+        .expect("bash");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{secret}\nk'$(id)\ngw-test\n")
+    );
+    assert!(!marker.exists(), "sourcing the env file ran a command");
 }
 
 #[test]
@@ -769,13 +886,22 @@ fn plugins_check_lists_plugins_and_routes_and_names_bad_files() {
 /// `GET path` on the admin endpoint: `(status, body)`, or `None` when
 /// nothing answers yet.
 fn admin_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    admin_request(addr, "GET", path, &[])
+}
+
+/// One request on the admin endpoint with extra header lines.
+fn admin_request(addr: &str, method: &str, path: &str, headers: &[&str]) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 0\r\n"
+    );
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
@@ -910,5 +1036,338 @@ fn run_serves_the_relay_and_admin_and_drains_on_sigterm() {
             serde_json::from_str::<Value>(line).is_ok(),
             "not a JSON log line: {line}"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Hardening of `run`: admin endpoints and logs
+
+/// A `run` against the stub connector, its stderr collected as it comes.
+struct RunningGateway {
+    rt: tokio::runtime::Runtime,
+    stub: hermes_connector::StubConnector,
+    child: ChildGuard,
+    admin: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<thread::JoinHandle<()>>,
+    _home: tempfile::TempDir,
+}
+
+/// Options of [`RunningGateway::start`].
+#[derive(Default)]
+struct RunOptions<'a> {
+    /// Plugin components to load (none: nothing to compile, fast start).
+    plugins: &'a [&'a str],
+    /// Extra flags after `run --plugins DIR --admin ADDR`.
+    args: &'a [&'a str],
+    /// Extra environment.
+    env: &'a [(&'a str, &'a str)],
+    /// `ulimit -n` for the process.
+    max_files: Option<u32>,
+}
+
+impl RunningGateway {
+    /// Starts the stub and `run --log-format json`, and waits until the
+    /// admin endpoints answer.
+    fn start(options: RunOptions<'_>) -> Self {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let stub = rt
+            .block_on(hermes_connector::StubConnector::start(
+                hermes_connector::StubConfig::with_secrets(["e2e-secret"]),
+            ))
+            .expect("stub");
+        let home = tempfile::tempdir().expect("tempdir");
+        let plugins = plugins_dir(home.path(), options.plugins);
+        let admin = {
+            let l = TcpListener::bind("127.0.0.1:0").expect("free port");
+            l.local_addr().expect("addr").to_string()
+        };
+        let mut cmd = match options.max_files {
+            None => gateway(home.path()),
+            Some(n) => {
+                // `exec` keeps the pid, so the limit applies to the gateway.
+                let mut cmd = Command::new("sh");
+                cmd.env_clear()
+                    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                    .env("HOME", home.path())
+                    .current_dir(home.path())
+                    .args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")])
+                    .arg(crate::support::binary());
+                cmd
+            }
+        };
+        cmd.arg("run")
+            .arg("--plugins")
+            .arg(&plugins)
+            .args(["--admin", &admin, "--log-format", "json"])
+            .args(options.args)
+            .env("GATEWAY_RELAY_URL", stub.url())
+            .env("GATEWAY_RELAY_ID", "gw-e2e")
+            .env("GATEWAY_RELAY_SECRET", "e2e-secret")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in options.env {
+            cmd.env(k, v);
+        }
+        let mut child = ChildGuard(cmd.spawn().expect("spawn run"));
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let reader = {
+            let pipe = child.0.stderr.take().expect("stderr");
+            let sink = std::sync::Arc::clone(&stderr);
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut s = sink.lock().expect("stderr lock");
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            })
+        };
+        let up = (0..300).any(|_| {
+            let ok = admin_get(&admin, "/healthz").is_some();
+            if !ok {
+                thread::sleep(Duration::from_millis(50));
+            }
+            ok
+        });
+        let mut running = Self {
+            rt,
+            stub,
+            child,
+            admin,
+            stderr,
+            reader: Some(reader),
+            _home: home,
+        };
+        if !up {
+            panic!("admin never answered; stderr: {}", running.stop());
+        }
+        running
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// SIGTERM, wait for the exit, and return everything it logged.
+    fn stop(&mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.child.0.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.0.kill();
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+}
+
+#[test]
+fn admin_refuses_a_non_loopback_address_without_the_opt_in() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let o = run(gateway(home.path()).args(["run", "--plugins", ".", "--admin", "0.0.0.0:9464"]));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "usage error; stderr: {err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("--admin-allow-remote"),
+        "{err}"
+    );
+}
+
+#[test]
+fn admin_token_guards_plugins_and_reload_but_not_probes() {
+    let token_file = tempfile::NamedTempFile::new().expect("token file");
+    std::fs::write(token_file.path(), "admin-tok-123\n").expect("write token");
+    let token_path = token_file.path().to_str().expect("utf-8 path");
+    let mut gw = RunningGateway::start(RunOptions {
+        args: &["--admin-token-file", token_path],
+        ..RunOptions::default()
+    });
+    let admin = gw.admin.clone();
+    let good = "authorization: Bearer admin-tok-123";
+    for (method, path) in [("GET", "/plugins"), ("POST", "/reload")] {
+        for headers in [
+            &[][..],
+            &["authorization: Bearer admin-tok-12"],
+            &["authorization: admin-tok-123"],
+        ] {
+            let (status, _) = admin_request(&admin, method, path, headers).expect("answer");
+            assert_eq!(status, 401, "{method} {path} with {headers:?}");
+        }
+        let (status, body) = admin_request(&admin, method, path, &[good]).expect("answer");
+        assert_eq!(status, 200, "{method} {path} with the token: {body}");
+    }
+    for path in ["/healthz", "/metrics"] {
+        assert_eq!(admin_get(&admin, path).map(|(s, _)| s), Some(200), "{path}");
+    }
+    let readyz = admin_get(&admin, "/readyz").map(|(s, _)| s);
+    assert!(matches!(readyz, Some(200 | 503)), "{readyz:?}");
+    let err = gw.stop();
+    assert!(!err.contains("admin-tok-123"), "token in logs: {err}");
+}
+
+#[test]
+fn admin_closes_half_sent_requests_and_caps_connections() {
+    let mut gw = RunningGateway::start(RunOptions::default());
+    let admin = gw.admin.clone();
+
+    // 64 idle connections fill every slot; the next is closed at once.
+    let held: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect(&admin).expect("connect"))
+        .collect();
+    let mut extra = TcpStream::connect(&admin).expect("connect extra");
+    extra
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let closed =
+        matches!(extra.read(&mut buf), Ok(0)) || started.elapsed() < Duration::from_secs(2);
+    assert!(closed, "connection 65 stayed open: no connection cap");
+    drop(held);
+    let served = (0..100).any(|_| {
+        let ok = admin_get(&admin, "/healthz").is_some_and(|(s, _)| s == 200);
+        if !ok {
+            thread::sleep(Duration::from_millis(50));
+        }
+        ok
+    });
+    assert!(served, "slots were not released");
+
+    // A request head that never ends is cut off (5 s), not kept forever.
+    let mut slow = TcpStream::connect(&admin).expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .expect("half a request");
+    slow.set_read_timeout(Some(Duration::from_secs(12)))
+        .expect("timeout");
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let outcome = slow.read_to_end(&mut rest);
+    assert!(
+        outcome.is_ok() || started.elapsed() < Duration::from_secs(11),
+        "half-sent request still open after {:?}: {outcome:?}",
+        started.elapsed()
+    );
+    gw.stop();
+}
+
+#[test]
+fn admin_runs_one_reload_at_a_time() {
+    let mut gw = RunningGateway::start(RunOptions {
+        plugins: &[
+            hermes_plugin_artifacts::DISCORD,
+            hermes_plugin_artifacts::TWILIO,
+            hermes_plugin_artifacts::SLACK,
+        ],
+        env: &[("HERMES_ADMIN_TOKEN", "env-tok")],
+        ..RunOptions::default()
+    });
+    let admin = gw.admin.clone();
+    let n = 16;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let statuses: Vec<Option<u16>> = (0..n)
+        .map(|_| {
+            let (admin, barrier) = (admin.clone(), std::sync::Arc::clone(&barrier));
+            thread::spawn(move || {
+                barrier.wait();
+                admin_request(
+                    &admin,
+                    "POST",
+                    "/reload",
+                    &["authorization: Bearer env-tok"],
+                )
+                .map(|(s, _)| s)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    let ok = statuses.iter().filter(|s| **s == Some(200)).count();
+    let busy = statuses.iter().filter(|s| **s == Some(409)).count();
+    assert_eq!(ok + busy, n, "every POST is 200 or 409: {statuses:?}");
+    assert!(
+        ok >= 1 && busy >= 1,
+        "concurrent reloads were not refused: {statuses:?}"
+    );
+    // Once it is over, the next reload runs.
+    let (status, _) = admin_request(
+        &admin,
+        "POST",
+        "/reload",
+        &["authorization: Bearer env-tok"],
+    )
+    .expect("answer");
+    assert_eq!(status, 200);
+    gw.stop();
+}
+
+#[test]
+fn admin_accept_errors_back_off_instead_of_spinning() {
+    let mut gw = RunningGateway::start(RunOptions {
+        max_files: Some(64),
+        ..RunOptions::default()
+    });
+    let admin = gw.admin.clone();
+    let open = std::fs::read_dir(format!("/proc/{}/fd", gw.pid()))
+        .expect("fd list")
+        .count();
+    // More connections than descriptors are left: accept() fails with
+    // EMFILE for the rest until the idle ones time out (5 s).
+    let spare = 64usize.saturating_sub(open);
+    let held: Vec<TcpStream> = (0..spare + 16)
+        .filter_map(|_| TcpStream::connect(&admin).ok())
+        .collect();
+    thread::sleep(Duration::from_secs(2));
+    let failures = gw
+        .stderr
+        .lock()
+        .expect("stderr lock")
+        .matches("admin accept failed")
+        .count();
+    drop(held);
+    let err = gw.stop();
+    assert!(
+        (1..=15).contains(&failures),
+        "{failures} accept-failure lines in 2 s ({open} fds open at start); want a few, backing off: {}",
+        err.lines().take(5).collect::<Vec<_>>().join("\n")
+    );
+}
+
+#[test]
+fn trace_logs_never_show_the_relay_token_or_secret() {
+    use hermes_protocol::frame::GatewayFrame;
+
+    let mut gw = RunningGateway::start(RunOptions {
+        env: &[("RUST_LOG", "trace,tungstenite=trace,hyper=trace")],
+        ..RunOptions::default()
+    });
+    let mut cursor = gw.stub.cursor();
+    gw.rt
+        .block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                cursor.next_frame(|f| matches!(f, GatewayFrame::Hello { .. })),
+            )
+            .await
+        })
+        .expect("hello within 30 s");
+    let tokens: Vec<String> = gw.stub.tokens_seen().into_iter().flatten().collect();
+    assert!(!tokens.is_empty(), "the gateway dialled with a token");
+    let err = gw.stop();
+    assert!(
+        err.contains("tungstenite"),
+        "debug logs of the WebSocket library are still shown"
+    );
+    assert!(!err.contains("e2e-secret"), "relay secret in the logs");
+    for token in tokens {
+        assert!(!err.contains(&token), "the bearer token is in the logs");
     }
 }

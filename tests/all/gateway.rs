@@ -513,6 +513,57 @@ async fn dials_with_a_verifiable_token_and_says_hello_as_configured() {
 }
 
 // ---------------------------------------------------------------------------
+// Secrets never reach the agent's child or the user
+
+/// The review's reproduction: `exec:env` answered an SMS with the relay
+/// secret, the API key and the identity token. The child now gets a cleared
+/// environment plus what `HERMES_AGENT_ENV` names, and never the gateway's
+/// own credentials.
+#[tokio::test]
+async fn an_exec_agent_never_sees_the_gateways_secrets() {
+    let gw = Running::start(Launch {
+        agent: "exec:env".to_owned(),
+        env: vec![
+            ("OPENAI_API_KEY", "sk-should-not-pass".to_owned()),
+            (
+                "HERMES_IDENTITY_TOKEN",
+                "identity-should-not-pass".to_owned(),
+            ),
+            ("AGENT_DB_URL", "postgres://agent-db".to_owned()),
+            ("HERMES_AGENT_ENV", "AGENT_DB_URL".to_owned()),
+        ],
+        ..Launch::default()
+    })
+    .await;
+    let mut cursor = gw.stub.cursor();
+    gw.hello(&mut cursor).await;
+    gw.push(inbound("env please", "m-env", dm("c-env"), None))
+        .await;
+    let (_, content, _, _) = gw.send_to(&mut cursor, "c-env").await;
+    assert!(
+        content.contains("AGENT_DB_URL=postgres://agent-db"),
+        "{content}"
+    );
+    for secret in [SECRET, "sk-should-not-pass", "identity-should-not-pass"] {
+        assert!(
+            !content.contains(secret),
+            "{secret} reached the agent: {content}"
+        );
+    }
+    for name in [
+        "GATEWAY_RELAY_SECRET",
+        "GATEWAY_RELAY_ID",
+        "OPENAI_API_KEY",
+        "RUST_LOG",
+    ] {
+        assert!(
+            !content.lines().any(|l| l.starts_with(&format!("{name}="))),
+            "{name} reached the agent: {content}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Inbound → reply
 
 #[tokio::test]

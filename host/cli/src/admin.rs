@@ -5,25 +5,59 @@
 //! | `GET /healthz` | 200 `ok`; 503 once the relay revoked this gateway |
 //! | `GET /readyz` | 200 only while connected with a descriptor, else 503 |
 //! | `GET /metrics` | Prometheus text: gateway, plugin and transport counters |
-//! | `GET /plugins` | JSON: loaded plugins, routing table, per-plugin counters |
-//! | `POST /reload` | reload plugins and policy; JSON load report (422 if any file failed) |
+//! | `GET /plugins` | JSON: loaded plugins, routing table, per-plugin counters (token) |
+//! | `POST /reload` | reload plugins and policy; JSON load report (422 if any file failed; 409 while another reload runs) (token) |
+//!
+//! The server is built to survive whoever can reach it: it binds loopback
+//! unless told otherwise, `/plugins` and `/reload` need the bearer token when
+//! one is configured, a client gets [`HEADER_READ_TIMEOUT`] to send each
+//! request head and [`CONNECTION_TIMEOUT`] in all, at most
+//! [`MAX_CONNECTIONS`] are served at once, accept errors back off, and one
+//! reload runs at a time.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
+use anyhow::{Context, bail};
 use bytes::Bytes;
 use hermes_gateway_core::Metrics;
 use hermes_plugin_host::PluginHost;
 use hermes_transport::{LinkState, RelayHandle};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
+use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use crate::settings::Secret;
+
+/// Most connections served at once. One more is closed as soon as it is
+/// accepted: a flood of idle connections cannot take the process's file
+/// descriptors or memory.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take to send a request head, and how long an idle
+/// keep-alive connection stays open.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest one connection may last, whatever it does (a slow body, a
+/// response read byte by byte).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// First and longest pause after a failed accept (doubling in between).
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// The environment variable (or env-file line) holding the admin token.
+pub const TOKEN_ENV: &str = "HERMES_ADMIN_TOKEN";
 
 /// What the endpoints read.
 #[derive(Clone)]
@@ -36,48 +70,166 @@ pub struct AdminState {
     pub relay: Arc<OnceLock<RelayHandle>>,
 }
 
-/// Binds `addr` now (so a bad address fails the start) and serves until
-/// `shutdown` fires.
-pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
-    let parsed: SocketAddr = addr.parse().map_err(|e| {
-        anyhow::anyhow!("--admin {addr:?} is not an address like 127.0.0.1:9464: {e}")
-    })?;
-    TcpListener::bind(parsed)
+/// Where the admin endpoints listen and who may use the guarded ones.
+#[derive(Debug, Clone)]
+pub struct AdminOptions {
+    /// The address to bind.
+    pub addr: SocketAddr,
+    /// The bearer token `/plugins` and `/reload` require, when configured.
+    pub token: Option<Secret>,
+}
+
+impl AdminOptions {
+    /// Reads `--admin ADDR`, `--admin-allow-remote` and the token:
+    /// `--admin-token-file FILE` (surrounding whitespace ignored), else
+    /// `env_token` ([`TOKEN_ENV`]). A token is never taken from argv, where
+    /// every user of the machine could read it.
+    pub fn resolve(
+        addr: &str,
+        allow_remote: bool,
+        token_file: Option<&Path>,
+        env_token: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let addr: SocketAddr = addr.parse().map_err(|e| {
+            anyhow::anyhow!("--admin {addr:?} is not an address like 127.0.0.1:9464: {e}")
+        })?;
+        if !is_loopback(addr) && !allow_remote {
+            bail!(
+                "--admin {addr} is not a loopback address; pass --admin-allow-remote to serve there"
+            );
+        }
+        let token = match token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read --admin-token-file {}", path.display())
+                })?;
+                let token = Secret::new(text.trim());
+                if token.is_blank() {
+                    bail!("--admin-token-file {} is empty", path.display());
+                }
+                Some(token)
+            }
+            None => env_token
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(Secret::new),
+        };
+        Ok(Self { addr, token })
+    }
+}
+
+/// Loopback, including an IPv4-mapped IPv6 loopback address.
+pub fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
+/// Binds the admin address now, so a bad one fails the start.
+pub async fn bind(options: &AdminOptions) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(options.addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on --admin {parsed}: {e}"))
+        .map_err(|e| anyhow::anyhow!("cannot listen on --admin {}: {e}", options.addr))
+}
+
+/// What every connection shares.
+struct Server {
+    state: AdminState,
+    token: Option<Secret>,
+    /// Held for the whole of a reload: one at a time.
+    reload: Arc<Mutex<()>>,
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    options: AdminOptions,
+    state: AdminState,
+    shutdown: CancellationToken,
+) {
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "admin endpoints listening");
+        info!(%addr, token = options.token.is_some(), "admin endpoints listening");
+        if !is_loopback(addr) && options.token.is_none() {
+            warn!(
+                %addr,
+                "admin endpoints reachable beyond loopback without a token: anyone who can connect may read /plugins and POST /reload (set --admin-token-file or {TOKEN_ENV})"
+            );
+        }
     }
+    let server = Arc::new(Server {
+        state,
+        token: options.token,
+        reload: Arc::new(Mutex::new(())),
+    });
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = None;
     loop {
-        let (stream, peer) = tokio::select! {
+        let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: keep serving.
-                    warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
+            accepted = listener.accept() => accepted,
         };
-        let state = state.clone();
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = None;
+                pair
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: the error repeats
+                // until something is released, so pause rather than spin,
+                // and say so once per pause.
+                let delay = next_backoff(backoff);
+                backoff = Some(delay);
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "admin accept failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            debug!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
+            drop(stream);
+            continue;
+        };
+        let server = Arc::clone(&server);
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req).await) }
+                let server = Arc::clone(&server);
+                async move { Ok::<_, Infallible>(route(&server, req).await) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%peer, error = %e, "admin connection ended");
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(%peer, error = %e, "admin connection ended"),
+                Err(_) => debug!(%peer, "admin connection closed: open too long"),
             }
         });
     }
+}
+
+/// The pause after a failed accept: [`ACCEPT_BACKOFF`]'s first, then
+/// doubling up to its longest.
+fn next_backoff(previous: Option<Duration>) -> Duration {
+    let (first, longest) = ACCEPT_BACKOFF;
+    previous.map_or(first, |d| d.saturating_mul(2).min(longest))
+}
+
+/// Whether `headers` carry `Authorization: Bearer <expected>`; always true
+/// when no token is configured. The comparison takes the same time
+/// wherever the first wrong byte is.
+fn authorized(expected: Option<&Secret>, headers: &HeaderMap) -> bool {
+    let Some(expected) = expected else {
+        return true;
+    };
+    let given = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    given.is_some_and(|g| g.as_bytes().ct_eq(expected.expose().as_bytes()).into())
 }
 
 fn text(
@@ -99,8 +251,21 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> 
     text(status, body, "application/json")
 }
 
-async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(server: &Server, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let state = &server.state;
     let path = req.uri().path();
+    if matches!(path, "/plugins" | "/reload") && !authorized(server.token.as_ref(), req.headers()) {
+        let mut resp = text(
+            StatusCode::UNAUTHORIZED,
+            "a bearer token is required\n",
+            "text/plain",
+        );
+        resp.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"hermes-admin\""),
+        );
+        return resp;
+    }
     match (req.method(), path) {
         (&Method::GET, "/healthz") => {
             if link_state(state).is_some_and(|s| matches!(s, LinkState::Revoked)) {
@@ -127,8 +292,34 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             "text/plain; version=0.0.4",
         ),
         (&Method::GET, "/plugins") => json(StatusCode::OK, &plugins_json(&state.plugins)),
-        (&Method::POST, "/reload") => {
-            let report = state.plugins.reload().await;
+        (&Method::POST, "/reload") => reload(server).await,
+        (_, "/healthz" | "/readyz" | "/metrics" | "/plugins" | "/reload") => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n",
+            "text/plain",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
+    }
+}
+
+/// `POST /reload`: one reload at a time; a request while one runs gets 409
+/// at once rather than a second reload (each compiles every plugin on a
+/// blocking thread). The reload runs in its own task holding the lock, so a
+/// client that hangs up cannot end it early and let another one start.
+async fn reload(server: &Server) -> Response<Full<Bytes>> {
+    let Ok(running) = Arc::clone(&server.reload).try_lock_owned() else {
+        return json(
+            StatusCode::CONFLICT,
+            &serde_json::json!({"error": "a reload is already running; retry when it has finished"}),
+        );
+    };
+    let plugins = server.state.plugins.clone();
+    let task = tokio::spawn(async move {
+        let _running = running;
+        plugins.reload().await
+    });
+    match task.await {
+        Ok(report) => {
             log_report(&report);
             let status = if report.is_clean() {
                 StatusCode::OK
@@ -137,12 +328,13 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             };
             json(status, &serde_json::to_value(&report).unwrap_or_default())
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/plugins" | "/reload") => text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed\n",
-            "text/plain",
-        ),
-        _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
+        Err(e) => {
+            warn!(error = %e, "reload task failed");
+            json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &serde_json::json!({"error": "the reload failed; see the log"}),
+            )
+        }
     }
 }
 
@@ -360,5 +552,66 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn accept_backoff_doubles_from_10ms_to_1s() {
+        let mut delay = None;
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let d = next_backoff(delay);
+            seen.push(d.as_millis());
+            delay = Some(d);
+        }
+        assert_eq!(seen, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+    }
+
+    #[test]
+    fn bearer_token_is_checked_when_configured() {
+        let with = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, HeaderValue::from_str(value).expect("header"));
+            h
+        };
+        let token = Secret::new("s3cret-token");
+        assert!(authorized(None, &HeaderMap::new()), "no token configured");
+        assert!(authorized(Some(&token), &with("Bearer s3cret-token")));
+        assert!(authorized(Some(&token), &with("bearer  s3cret-token ")));
+        for bad in [
+            "Bearer s3cret-tokeN",
+            "Bearer s3cret",
+            "Basic s3cret-token",
+            "s3cret-token",
+            "Bearer ",
+        ] {
+            assert!(!authorized(Some(&token), &with(bad)), "{bad:?}");
+        }
+        assert!(!authorized(Some(&token), &HeaderMap::new()));
+    }
+
+    #[test]
+    fn remote_addresses_need_the_opt_in_and_tokens_come_from_file_or_env() {
+        for local in ["127.0.0.1:0", "[::1]:0", "[::ffff:127.0.0.1]:0"] {
+            assert!(
+                AdminOptions::resolve(local, false, None, None).is_ok(),
+                "{local}"
+            );
+        }
+        let err = AdminOptions::resolve("0.0.0.0:9464", false, None, None).expect_err("remote");
+        assert!(err.to_string().contains("--admin-allow-remote"), "{err}");
+        assert!(AdminOptions::resolve("0.0.0.0:9464", true, None, None).is_ok());
+
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let file = tmp.path().join("token");
+        std::fs::write(&file, "from-file\n").expect("write");
+        let o = AdminOptions::resolve("127.0.0.1:0", false, Some(&file), Some("from-env"))
+            .expect("resolved");
+        assert_eq!(o.token.as_ref().map(Secret::expose), Some("from-file"));
+        let o = AdminOptions::resolve("127.0.0.1:0", false, None, Some(" from-env ")).expect("env");
+        assert_eq!(o.token.as_ref().map(Secret::expose), Some("from-env"));
+        let o = AdminOptions::resolve("127.0.0.1:0", false, None, Some("  ")).expect("blank");
+        assert!(o.token.is_none());
+        std::fs::write(&file, " \n").expect("write");
+        assert!(AdminOptions::resolve("127.0.0.1:0", false, Some(&file), None).is_err());
     }
 }

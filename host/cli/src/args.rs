@@ -29,9 +29,18 @@ overrides a variable already set; then the config file; then defaults):
   GATEWAY_RELAY_ALLOW_UNAUTHENTICATED
                                set to 1 to allow dialling without credentials
                                (local development only)
+  GATEWAY_RELAY_ALLOW_PLAINTEXT
+                               set to 1 to allow ws:// or http:// to a relay
+                               that is not loopback (see --allow-plaintext)
   HERMES_IDENTITY_TOKEN        identity token used to provision id and secret at
                                start when none are pinned
+  HERMES_ADMIN_TOKEN           bearer token for the admin /plugins and /reload
+                               (see --admin-token-file)
   HERMES_AGENT                 agent spec (see --agent)
+  HERMES_AGENT_ENV             comma-separated variable names passed to an
+                               exec: agent; it gets only PATH, HOME, USER,
+                               LOGNAME, SHELL, LANG, LANGUAGE, LC_ALL,
+                               LC_CTYPE, TZ, TMPDIR and TERM otherwise
   OPENAI_API_KEY               API key for openai: agents
   RUST_LOG                     log filter, e.g. info or hermes=debug
 
@@ -41,7 +50,8 @@ Exit codes: 0 clean shutdown, 1 runtime failure or misconfiguration,
 /// Environment variables `enroll` reads.
 pub const ENROLL_ENV_HELP: &str = "\
 Environment:
-  GATEWAY_RELAY_ENROLL_TOKEN   enrollment token (see --token)
+  GATEWAY_RELAY_ENROLL_TOKEN   enrollment token (see --token); unlike a
+                               --token value, not visible in `ps`
   GATEWAY_RELAY_URL            connector URL when --connector-url is not given
                                (also read from the env file)
   GATEWAY_RELAY_WAKE_URL       wake URL (see --wake-url)
@@ -161,9 +171,21 @@ pub struct RunArgs {
     pub env_file: Option<PathBuf>,
 
     /// Serve the admin HTTP endpoints on ADDR (e.g. 127.0.0.1:9464):
-    /// GET /healthz, /readyz, /metrics, /plugins and POST /reload.
+    /// GET /healthz, /readyz, /metrics, /plugins and POST /reload. A loopback
+    /// address unless --admin-allow-remote is given.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
+
+    /// Let --admin listen on an address that is not loopback. Set a token
+    /// too (--admin-token-file or HERMES_ADMIN_TOKEN).
+    #[arg(long, requires = "admin")]
+    pub admin_allow_remote: bool,
+
+    /// File holding the bearer token GET /plugins and POST /reload require
+    /// (`Authorization: Bearer TOKEN`); /healthz, /readyz and /metrics stay
+    /// open. Overrides HERMES_ADMIN_TOKEN.
+    #[arg(long, value_name = "FILE", requires = "admin")]
+    pub admin_token_file: Option<PathBuf>,
 
     /// Relay connector URL; overrides GATEWAY_RELAY_URL and the config file.
     #[arg(long, value_name = "URL")]
@@ -175,9 +197,39 @@ pub struct RunArgs {
     #[arg(long)]
     pub allow_unauthenticated: bool,
 
+    /// Dial a relay that is not on this machine over plaintext ws:// or
+    /// http:// (the upgrade token and every message cross the network
+    /// unencrypted). Loopback is always allowed; anything else needs wss://
+    /// or https:// unless this is given.
+    /// Also enabled by GATEWAY_RELAY_ALLOW_PLAINTEXT=1.
+    #[arg(long)]
+    pub allow_plaintext: bool,
+
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+}
+
+impl RunArgs {
+    /// Flag combinations clap cannot check on its own, as clap usage errors
+    /// (exit 2): a non-loopback `--admin` needs `--admin-allow-remote`.
+    pub fn check_usage(&self) -> Result<(), clap::Error> {
+        use clap::CommandFactory as _;
+        let remote = self
+            .admin
+            .as_deref()
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .filter(|a| !a.ip().to_canonical().is_loopback());
+        match remote {
+            Some(addr) if !self.admin_allow_remote => Err(Cli::command().error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                format!(
+                    "--admin {addr} is not a loopback address: anyone who can reach it could use the admin endpoints; pass --admin-allow-remote to serve there (with --admin-token-file or HERMES_ADMIN_TOKEN)"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `plugins …` subcommands.
@@ -293,14 +345,20 @@ pub struct NewPluginArgs {
 /// Flags of `enroll`. `Debug` never prints the tokens.
 #[derive(Args)]
 pub struct EnrollArgs {
-    /// One-time enrollment token from the connector's operator.
+    /// One-time enrollment token from the connector's operator; `-` reads it
+    /// from stdin. A value given here is visible to other users (`ps`):
+    /// prefer `--token -`, --token-file or the environment variable.
     #[arg(
         long,
         value_name = "T",
         env = "GATEWAY_RELAY_ENROLL_TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        required_unless_present = "token_file"
     )]
-    pub token: String,
+    pub token: Option<String>,
+    /// Read the enrollment token from FILE (surrounding whitespace ignored).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Connector URL (base or dial form); also written to the env file.
     /// Default: GATEWAY_RELAY_URL from the environment or the env file.
     #[arg(long, value_name = "URL")]
@@ -328,7 +386,8 @@ pub struct EnrollArgs {
 impl std::fmt::Debug for EnrollArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EnrollArgs")
-            .field("token", &"<hidden>")
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("token_file", &self.token_file)
             .field("connector_url", &self.connector_url)
             .field("gateway_id", &self.gateway_id)
             .field("env_file", &self.env_file)
@@ -427,6 +486,39 @@ mod tests {
         assert!(shown.contains("EnrollArgs"), "{shown}");
         assert!(!shown.contains("secret"), "{shown}");
         assert!(shown.contains("<hidden>"), "{shown}");
+    }
+
+    #[test]
+    fn remote_admin_needs_the_opt_in_as_a_usage_error() {
+        let check = |extra: &[&str]| {
+            let mut argv = vec!["hermes-gateway", "run", "--plugins", "p"];
+            argv.extend(extra);
+            let cli = Cli::try_parse_from(argv).expect("parses");
+            let Some(Command::Run(run)) = cli.command else {
+                panic!("not run");
+            };
+            run.check_usage()
+        };
+        for remote in ["0.0.0.0:9464", "192.0.2.1:9464", "[::]:9464"] {
+            let err = check(&["--admin", remote]).expect_err(remote);
+            assert_eq!(err.exit_code(), 2, "{remote}");
+            assert!(err.to_string().contains("--admin-allow-remote"), "{err}");
+            assert!(check(&["--admin", remote, "--admin-allow-remote"]).is_ok());
+        }
+        for local in ["127.0.0.1:9464", "[::1]:9464", "not-an-address"] {
+            assert!(check(&["--admin", local]).is_ok(), "{local}");
+        }
+        assert!(check(&[]).is_ok());
+        let err = Cli::try_parse_from([
+            "hermes-gateway",
+            "run",
+            "--plugins",
+            "p",
+            "--admin-token-file",
+            "t",
+        ])
+        .expect_err("needs --admin");
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `enroll` (`relay-contract.md` §7.4): trade an enrollment token for this
 //! gateway's credentials and save them in the env file.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 
 use anyhow::{Context, bail};
 use hermes_protocol::url::{Endpoint, http_endpoint};
@@ -61,16 +61,14 @@ pub fn run(args: EnrollArgs) -> anyhow::Result<()> {
         .context(
             "enroll needs an identity token: pass --identity-token or set HERMES_IDENTITY_TOKEN",
         )?;
-    let token = Secret::new(args.token.trim());
-    if token.is_blank() {
-        bail!("the enrollment token is blank: pass --token or set GATEWAY_RELAY_ENROLL_TOKEN");
-    }
+    let token = enrollment_token(&args)?;
     let gateway_id = args
         .gateway_id
         .as_deref()
         .map(str::trim)
         .filter(|g| !g.is_empty())
         .map_or_else(settings::default_gateway_id, str::to_owned);
+    check_gateway_id(&gateway_id).context("cannot enroll as this gateway id (--gateway-id)")?;
     let wake_url = args
         .wake_url
         .as_deref()
@@ -89,6 +87,10 @@ pub fn run(args: EnrollArgs) -> anyhow::Result<()> {
         &body,
         &gateway_id,
     ))?;
+    // The answer is written into a file shells `source`: an id is checked
+    // before anything is written, whatever the connector says.
+    check_gateway_id(&creds.gateway_id)
+        .context("the connector's answer has an unusable gatewayId; nothing was written")?;
 
     let written = write_credentials(&env_path, &creds, given_url.as_deref(), wake_url.as_deref())?;
     let mut out = std::io::stdout().lock();
@@ -102,6 +104,66 @@ pub fn run(args: EnrollArgs) -> anyhow::Result<()> {
     let _ = writeln!(out, "wrote {} (mode 0600):", env_path.display());
     for line in written {
         let _ = writeln!(out, "  {line}");
+    }
+    Ok(())
+}
+
+/// The enrollment token from `--token-file`, `--token -` (stdin), the
+/// environment or `--token VALUE`. The last one works but is visible to
+/// every user of the machine (`ps`, `/proc/PID/cmdline`), so it warns.
+fn enrollment_token(args: &EnrollArgs) -> anyhow::Result<Secret> {
+    // clap fills `token` from GATEWAY_RELAY_ENROLL_TOKEN when the flag is
+    // absent; a value equal to the variable's came from there.
+    let from_env = |v: &str| std::env::var(ENROLL_TOKEN_ENV).is_ok_and(|e| e == v);
+    let raw = match (&args.token_file, args.token.as_deref()) {
+        (Some(_), Some(v)) if !from_env(v) => {
+            bail!("give the enrollment token once: --token or --token-file, not both")
+        }
+        (Some(path), _) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --token-file {}", path.display()))?,
+        (None, Some("-")) => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("cannot read the enrollment token from stdin (--token -)")?;
+            line
+        }
+        (None, Some(v)) => {
+            if !from_env(v) {
+                eprintln!(
+                    "warning: --token on the command line is visible to other users of this machine (ps); use --token-file FILE, --token - (stdin) or {ENROLL_TOKEN_ENV}"
+                );
+            }
+            v.to_owned()
+        }
+        (None, None) => bail!(
+            "no enrollment token: pass --token-file FILE, --token - (stdin) or set {ENROLL_TOKEN_ENV}"
+        ),
+    };
+    let token = Secret::new(raw.trim());
+    if token.is_blank() {
+        bail!(
+            "the enrollment token is blank: pass --token-file FILE, --token - (stdin) or set {ENROLL_TOKEN_ENV}"
+        );
+    }
+    Ok(token)
+}
+
+/// The environment variable `--token` falls back to.
+const ENROLL_TOKEN_ENV: &str = "GATEWAY_RELAY_ENROLL_TOKEN";
+
+/// Longest gateway id `enroll` accepts.
+const MAX_GATEWAY_ID: usize = 128;
+
+/// A gateway id `enroll` will send and write: 1–128 of `A-Za-z0-9._-`.
+/// Anything else (a quote, `$(`, a space, a line break) could change the
+/// meaning of the env file a shell sources, so it is refused outright.
+fn check_gateway_id(id: &str) -> anyhow::Result<()> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    if id.is_empty() || id.len() > MAX_GATEWAY_ID || !id.chars().all(allowed) {
+        let shown: String = id.chars().take(MAX_GATEWAY_ID).collect();
+        bail!("gateway id {shown:?} is not 1-{MAX_GATEWAY_ID} of the characters A-Z a-z 0-9 . _ -");
     }
     Ok(())
 }
@@ -140,4 +202,29 @@ fn write_credentials(
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_ids_are_a_safe_charset() {
+        for good in ["gw-test", "gw_1.example", "A", &"x".repeat(MAX_GATEWAY_ID)] {
+            assert!(check_gateway_id(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "gw-$(touch x)",
+            "gw'x",
+            "gw x",
+            "gw\nGATEWAY_RELAY_URL=evil",
+            "gw`id`",
+            "gw\"",
+            "gw-é",
+            &"x".repeat(MAX_GATEWAY_ID + 1),
+        ] {
+            assert!(check_gateway_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -20,10 +20,14 @@ pub fn default_path() -> Option<PathBuf> {
 /// Parses env-file text into `(key, value)` pairs in file order.
 ///
 /// Accepts `KEY=VALUE`, an optional `export ` prefix, blank lines and `#`
-/// comments; values may be double-quoted (with `\n`, `\t`, `\"`, `\\`
-/// escapes), single-quoted (literal) or bare (a ` #` starts a comment). Lines
-/// that are not assignments to a valid name are skipped: an env file is
-/// best-effort input, and one stray line must not stop the gateway.
+/// comments. A quoted value is read the way a shell reads one word:
+/// single-quoted runs are literal, `\'` outside quotes is a quote (so the
+/// `'it'\''s'` form [`format_assignment`] writes reads back as `it's`), and
+/// double-quoted runs take `\n`, `\t`, `\"`, `\\` escapes (the form older
+/// versions wrote). A bare value runs to the end of the line (a ` #` starts
+/// a comment). Lines that are not assignments to a valid name are skipped: an
+/// env file is best-effort input, and one stray line must not stop the
+/// gateway.
 pub fn parse(text: &str) -> Vec<(String, String)> {
     text.lines().filter_map(parse_line).collect()
 }
@@ -53,33 +57,59 @@ pub fn is_valid_key(key: &str) -> bool {
 }
 
 fn parse_value(raw: &str) -> String {
-    if let Some(rest) = raw.strip_prefix('"') {
-        let mut out = String::new();
-        let mut chars = rest.chars();
-        while let Some(c) = chars.next() {
-            match c {
-                '"' => return out,
-                '\\' => match chars.next() {
-                    Some('n') => out.push('\n'),
-                    Some('t') => out.push('\t'),
-                    Some('r') => out.push('\r'),
-                    Some(other) => out.push(other),
-                    None => out.push('\\'),
-                },
-                other => out.push(other),
-            }
-        }
-        // Unterminated quote: keep what was there rather than guess.
-        return out;
-    }
-    if let Some(rest) = raw.strip_prefix('\'') {
-        return rest.split_once('\'').map_or(rest, |(v, _)| v).to_owned();
+    if raw.starts_with(['"', '\'']) {
+        return parse_quoted(raw);
     }
     let value = match raw.find(" #") {
         Some(i) => raw.get(..i).unwrap_or(raw),
         None => raw,
     };
     value.trim().to_owned()
+}
+
+/// A quoted value: adjacent quoted runs and `\x` escapes concatenate, as in
+/// a shell word; the first other character (a space before a comment) ends
+/// it. An unterminated quote keeps what was there rather than guess.
+fn parse_quoted(raw: &str) -> String {
+    let mut out = String::new();
+    let mut chars = raw.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        match c {
+            '\'' => {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c == '\'' {
+                        break;
+                    }
+                    out.push(c);
+                }
+            }
+            '"' => {
+                chars.next();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => match chars.next() {
+                            Some('n') => out.push('\n'),
+                            Some('t') => out.push('\t'),
+                            Some('r') => out.push('\r'),
+                            Some(other) => out.push(other),
+                            None => out.push('\\'),
+                        },
+                        other => out.push(other),
+                    }
+                }
+            }
+            '\\' => {
+                chars.next();
+                if let Some(escaped) = chars.next() {
+                    out.push(escaped);
+                }
+            }
+            _ => break,
+        }
+    }
+    out
 }
 
 /// Reads and parses an env file. A missing file is `Ok(None)`.
@@ -93,32 +123,36 @@ pub fn read(path: &Path) -> io::Result<Option<Vec<(String, String)>>> {
 
 /// Formats one assignment, quoting the value only when a bare value would
 /// not read back the same.
-pub fn format_assignment(key: &str, value: &str) -> String {
-    let bare_ok = !value.is_empty()
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:/+=@,%~".contains(c));
-    if bare_ok || value.is_empty() {
-        return format!("{key}={value}");
+///
+/// The file is meant to be `source`d by shells too, so a quoted value is
+/// single-quoted (nothing is expanded inside: no `$(…)`, no backticks) with
+/// each `'` written as `'\''`. A line break or other control character has
+/// no single-line form a shell reads back, so it is refused.
+pub fn format_assignment(key: &str, value: &str) -> io::Result<String> {
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the value of {key} contains the control character {c:?}; refusing to write it"
+            ),
+        ));
     }
-    let mut quoted = String::with_capacity(value.len() + 2);
-    for c in value.chars() {
-        match c {
-            '"' => quoted.push_str("\\\""),
-            '\\' => quoted.push_str("\\\\"),
-            '\n' => quoted.push_str("\\n"),
-            '\r' => quoted.push_str("\\r"),
-            '\t' => quoted.push_str("\\t"),
-            other => quoted.push(other),
-        }
+    let bare_ok = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.:/+=@,%~".contains(c));
+    if bare_ok {
+        return Ok(format!("{key}={value}"));
     }
-    format!("{key}=\"{quoted}\"")
+    Ok(format!("{key}='{}'", value.replace('\'', "'\\''")))
 }
 
 /// Returns `text` with each of `updates` set: an existing assignment to the
 /// key (with or without `export `) is replaced in place (later duplicates
 /// are removed), new keys are appended; every other line is kept verbatim.
-pub fn apply_updates(text: &str, updates: &[(&str, &str)]) -> String {
+///
+/// Fails, before anything is written, when a value cannot be written safely
+/// (see [`format_assignment`]).
+pub fn apply_updates(text: &str, updates: &[(&str, &str)]) -> io::Result<String> {
     let mut written = vec![false; updates.len()];
     let mut out = String::with_capacity(text.len() + 128);
     for line in text.lines() {
@@ -131,7 +165,7 @@ pub fn apply_updates(text: &str, updates: &[(&str, &str)]) -> String {
                 if let (Some(done), Some((k, v))) = (written.get_mut(i), updates.get(i))
                     && !*done
                 {
-                    out.push_str(&format_assignment(k, v));
+                    out.push_str(&format_assignment(k, v)?);
                     out.push('\n');
                     *done = true;
                 }
@@ -144,11 +178,11 @@ pub fn apply_updates(text: &str, updates: &[(&str, &str)]) -> String {
     }
     for ((k, v), done) in updates.iter().zip(&written) {
         if !done {
-            out.push_str(&format_assignment(k, v));
+            out.push_str(&format_assignment(k, v)?);
             out.push('\n');
         }
     }
-    out
+    Ok(out)
 }
 
 /// Sets `updates` in the env file at `path`, preserving its other lines.
@@ -174,7 +208,7 @@ pub fn update_file(path: &Path, updates: &[(&str, &str)]) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e),
     };
-    let new = apply_updates(&old, updates);
+    let new = apply_updates(&old, updates)?;
 
     let file_name = path
         .file_name()
@@ -261,8 +295,12 @@ mod tests {
             "hash #x",
             "",
             "a=b+c/d",
+            "it's",
+            "gw-$(touch pwned)",
+            "'",
+            "''\\'",
         ] {
-            let line = format_assignment("K", value);
+            let line = format_assignment("K", value).expect("formattable");
             assert_eq!(
                 parse(&line),
                 vec![("K".to_owned(), value.to_owned())],
@@ -272,12 +310,71 @@ mod tests {
     }
 
     #[test]
+    fn shell_quoted_and_old_double_quoted_values_both_read() {
+        let text = "A='it'\\''s $(x)'\nB=\"old \\\"form\\\" $(x)\"\nC='a' # comment\nD=''\n";
+        let got = parse(text);
+        let want: Vec<(String, String)> = [
+            ("A", "it's $(x)"),
+            ("B", "old \"form\" $(x)"),
+            ("C", "a"),
+            ("D", ""),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(got, want);
+    }
+
+    /// A shell that `source`s the file sees every value literally: nothing
+    /// in a value (a connector's answer) is ever executed or expanded.
+    #[test]
+    fn sourcing_a_written_file_in_bash_expands_nothing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join(".env");
+        let marker = tmp.path().join("pwned");
+        let hostile = format!(
+            "gw-$(touch {m})`touch {m}`'$(touch {m})'\"$HOME\"\\",
+            m = marker.display()
+        );
+        for value in [hostile.as_str(), "it's", "a b", "'", ""] {
+            update_file(&path, &[("VAR", value)]).expect("written");
+            assert_eq!(
+                read(&path).expect("read"),
+                Some(vec![("VAR".to_owned(), value.to_owned())]),
+                "our reader"
+            );
+            let out = std::process::Command::new("bash")
+                .args(["-c", "source \"$1\"; printf %s \"$VAR\"", "bash"])
+                .arg(&path)
+                .env_remove("VAR")
+                .output()
+                .expect("run bash");
+            assert!(out.status.success(), "bash failed: {out:?}");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), value, "bash");
+            assert!(!marker.exists(), "sourcing the env file ran a command");
+        }
+    }
+
+    #[test]
+    fn control_characters_are_refused_before_writing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join(".env");
+        for value in ["two\nlines", "cr\r", "nul\0"] {
+            let err = update_file(&path, &[("A", "1"), ("B", value)]).expect_err(value);
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+            assert!(err.to_string().contains('B'), "{err}");
+        }
+        assert!(!path.exists(), "nothing is written");
+    }
+
+    #[test]
     fn updates_replace_in_place_and_append_new_keys() {
         let old = "# keep me\nexport GATEWAY_RELAY_ID=old\nOTHER=1\nGATEWAY_RELAY_ID=dup\n";
         let new = apply_updates(
             old,
             &[("GATEWAY_RELAY_ID", "gw-a"), ("GATEWAY_RELAY_SECRET", "s")],
-        );
+        )
+        .expect("formattable");
         assert_eq!(
             new,
             "# keep me\nGATEWAY_RELAY_ID=gw-a\nOTHER=1\nGATEWAY_RELAY_SECRET=s\n"

@@ -1,11 +1,43 @@
 //! Logging: human-readable lines or JSON, level from `RUST_LOG` (default
 //! `info`), always on stderr so stdout stays for command output.
+//!
+//! The HTTP, TLS and WebSocket libraries are capped at `debug` whatever
+//! `RUST_LOG` says: at `trace` they dump whole requests, and the relay
+//! upgrade request carries `authorization: Bearer …` (tungstenite logs it
+//! verbatim). The cap is a separate filter layer, so no directive in
+//! `RUST_LOG` (a more specific target, a span filter) can lift it.
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::args::LogFormat;
+
+/// Targets (and their submodules) that log request heads, headers or key
+/// material at `trace`.
+const WIRE_TARGETS: [&str; 7] = [
+    "tungstenite",
+    "tokio_tungstenite",
+    "hyper",
+    "hyper_util",
+    "rustls",
+    "h2",
+    "reqwest",
+];
+
+/// The most a [`WIRE_TARGETS`] target may log.
+const WIRE_CAP: LevelFilter = LevelFilter::DEBUG;
+
+/// Everything passes except [`WIRE_TARGETS`] above [`WIRE_CAP`].
+fn wire_cap() -> Targets {
+    WIRE_TARGETS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |t, name| t.with_target(*name, WIRE_CAP),
+    )
+}
 
 /// Installs the global subscriber. A bad `RUST_LOG` falls back to `info`
 /// with a warning rather than failing the start.
@@ -26,14 +58,32 @@ pub fn init(format: LogFormat, default_level: &str) {
         .with_ansi(std::io::stderr().is_terminal());
     // try_init: a second init (tests) is not an error worth failing for.
     let _ = match format {
-        LogFormat::Human => builder.try_init(),
+        LogFormat::Human => builder.finish().with(wire_cap()).try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .finish()
+            .with(wire_cap())
             .try_init(),
     };
     if let Some(msg) = bad {
         tracing::warn!("{msg}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn wire_targets_are_capped_at_debug_and_others_pass() {
+        let cap = wire_cap();
+        for target in ["tungstenite::handshake::client", "hyper", "rustls::conn"] {
+            assert!(!cap.would_enable(target, &Level::TRACE), "{target}");
+            assert!(cap.would_enable(target, &Level::DEBUG), "{target}");
+        }
+        assert!(cap.would_enable("hermes_transport::link", &Level::TRACE));
     }
 }

@@ -11,7 +11,7 @@ use hermes_gateway_core::agent::{AgentBackend, AgentOptions, AgentSpec};
 use hermes_gateway_core::{ExitReason, Gateway, GatewayConfig, Metrics, SessionConfig};
 use hermes_protocol::session::SessionKeySettings;
 use hermes_protocol::url::{Endpoint, http_endpoint};
-use hermes_transport::{Identity, RelayConfig, RelayLink};
+use hermes_transport::{DevAllowances, Identity, RelayConfig, RelayLink};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -24,6 +24,9 @@ use crate::settings::{self, ConfigFile, EnvLayers, Overrides, RelayAuth, Secret,
 
 /// Runs the gateway until a signal or revocation.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if let Err(e) = args.check_usage() {
+        e.exit();
+    }
     // Configuration problems are reported before logging starts, as one
     // `error:` line (main), never as a log record or a backtrace.
     let env = EnvLayers::load(args.env_file.as_deref())?;
@@ -36,6 +39,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         agent: args.agent.clone(),
         model: args.model.clone(),
         allow_unauthenticated: args.allow_unauthenticated,
+        allow_plaintext: args.allow_plaintext,
     };
     let settings = Settings::resolve(&overrides, &env, &config, &settings::default_gateway_id())?;
     let spec: AgentSpec = settings
@@ -56,6 +60,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Err(anyhow!("cannot read policy file {}: {e}", policy.display()));
     }
 
+    let admin = match &args.admin {
+        Some(addr) => Some(admin::AdminOptions::resolve(
+            addr,
+            args.admin_allow_remote,
+            args.admin_token_file.as_deref(),
+            env.get_nonblank(admin::TOKEN_ENV),
+        )?),
+        None => None,
+    };
+
     // Bad plugin files are logged once, by `admin::log_report`.
     logging::init(args.log_format, "info,hermes_plugin_host::table=error");
 
@@ -63,7 +77,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(args, settings, spec, plugins_dir));
+    let result = runtime.block_on(serve(args, settings, spec, plugins_dir, admin));
     // Blocking tasks (a stuck agent child's I/O) must not hold the exit.
     runtime.shutdown_timeout(Duration::from_secs(2));
     result
@@ -74,6 +88,7 @@ async fn serve(
     settings: Settings,
     spec: AgentSpec,
     plugins_dir: std::path::PathBuf,
+    admin: Option<admin::AdminOptions>,
 ) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
 
@@ -94,14 +109,14 @@ async fn serve(
 
     let metrics = Arc::new(Metrics::new());
     let relay_slot: Arc<OnceLock<hermes_transport::RelayHandle>> = Arc::new(OnceLock::new());
-    if let Some(addr) = &args.admin {
-        let listener = admin::bind(addr).await?;
+    if let Some(options) = admin {
+        let listener = admin::bind(&options).await?;
         let state = AdminState {
             metrics: Arc::clone(&metrics),
             plugins: host.clone(),
             relay: Arc::clone(&relay_slot),
         };
-        tokio::spawn(admin::serve(listener, state, shutdown.clone()));
+        tokio::spawn(admin::serve(listener, options, state, shutdown.clone()));
     }
 
     gateway_main::drain_on_signals(shutdown.clone(), Some(host.clone()))?;
@@ -129,11 +144,15 @@ async fn serve(
         },
     };
 
-    let mut relay_config = RelayConfig::new(
+    let allow = DevAllowances {
+        unauthenticated: matches!(relay.auth, RelayAuth::Unauthenticated),
+        plaintext: relay.allow_plaintext,
+    };
+    let mut relay_config = RelayConfig::with_allowances(
         &relay.url,
         id.as_deref(),
         secret.as_ref().map(Secret::expose),
-        matches!(relay.auth, RelayAuth::Unauthenticated),
+        allow,
     )
     .map_err(|e| anyhow!("{e}"))?;
     relay_config.identities = vec![Identity::new(relay.platform.clone(), relay.bot_id.clone())];
@@ -158,6 +177,12 @@ async fn serve(
             .openai_api_key
             .as_ref()
             .map(|k| k.expose().to_owned()),
+        exec_env: settings
+            .agent
+            .exec_env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+            .collect(),
         ..AgentOptions::default()
     };
     let agent = AgentBackend::from_spec(&spec, &options).map_err(|e| anyhow!("agent: {e}"))?;

@@ -58,6 +58,21 @@ pub enum SettingsError {
     /// The relay URL has a scheme the gateway cannot dial.
     #[error("relay URL {0:?} must start with http://, https://, ws:// or wss://")]
     BadUrl(String),
+    /// `HERMES_AGENT_ENV` names one of the gateway's own credentials.
+    #[error(
+        "HERMES_AGENT_ENV names {0}, one of the gateway's own credentials: it is never passed to an agent command"
+    )]
+    AgentEnvCredential(String),
+    /// Plaintext to a host that is not this machine, not allowed.
+    #[error(
+        "relay URL {url:?} is plaintext to {host:?}, which is not loopback: the relay secret and every message would cross the network unencrypted; use wss:// or https://, or pass --allow-plaintext (GATEWAY_RELAY_ALLOW_PLAINTEXT=1)"
+    )]
+    Plaintext {
+        /// The URL as configured.
+        url: String,
+        /// The host it names.
+        host: String,
+    },
     /// An id without a usable secret.
     #[error(
         "GATEWAY_RELAY_SECRET is blank while GATEWAY_RELAY_ID is set: set the secret (`hermes-gateway enroll` writes it) or HERMES_IDENTITY_TOKEN to provision one; --allow-unauthenticated dials without credentials (local development only)"
@@ -328,6 +343,9 @@ pub struct RelaySettings {
     pub wake_url: Option<String>,
     /// Provisioning extra.
     pub instance_id: Option<String>,
+    /// Plaintext to a host that is not loopback was allowed
+    /// (`--allow-plaintext`, `GATEWAY_RELAY_ALLOW_PLAINTEXT`).
+    pub allow_plaintext: bool,
 }
 
 /// Session-key settings (`relay-contract.md` §5.3).
@@ -348,6 +366,10 @@ pub struct AgentSettings {
     pub model: Option<String>,
     /// `OPENAI_API_KEY`
     pub openai_api_key: Option<Secret>,
+    /// Variables passed to an `exec:` agent on top of its base environment:
+    /// those `HERMES_AGENT_ENV` names (comma-separated) that are set, from
+    /// the process environment or the env file.
+    pub exec_env: Vec<(String, Secret)>,
 }
 
 /// Everything `run` needs, resolved.
@@ -372,6 +394,8 @@ pub struct Overrides {
     pub model: Option<String>,
     /// `--allow-unauthenticated`
     pub allow_unauthenticated: bool,
+    /// `--allow-plaintext`
+    pub allow_plaintext: bool,
 }
 
 fn nonblank(s: Option<&str>) -> Option<String> {
@@ -416,6 +440,23 @@ pub fn default_gateway_id() -> String {
     )
 }
 
+/// The variables `HERMES_AGENT_ENV` names, with their values where set.
+fn agent_env(env: &EnvLayers) -> Result<Vec<(String, Secret)>, SettingsError> {
+    let Some(names) = env.get("HERMES_AGENT_ENV") else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for name in split_csv(names) {
+        if hermes_gateway_core::agent::NEVER_PASSED.contains(&name.as_str()) {
+            return Err(SettingsError::AgentEnvCredential(name));
+        }
+        if let Some(value) = env.get(&name) {
+            out.push((name.clone(), Secret::new(value)));
+        }
+    }
+    Ok(out)
+}
+
 impl Settings {
     /// Resolves settings from flags, the layered environment and the config
     /// file. `default_gateway_id` is used only when provisioning without a
@@ -440,6 +481,19 @@ impl Settings {
             .or_else(|| nonblank(pick("GATEWAY_RELAY_URL", &g.relay_url).as_deref()))
             .ok_or(SettingsError::MissingUrl)?;
         let url = normalize_relay_url(&url)?;
+        let allow_plaintext = overrides.allow_plaintext
+            || env
+                .get_bool("GATEWAY_RELAY_ALLOW_PLAINTEXT")?
+                .unwrap_or(false);
+        // Checked here, before anything (provisioning, enrollment) sends a
+        // token over the same URL.
+        match hermes_transport::RelayConfig::validate_url(&url, allow_plaintext) {
+            Ok(_) => {}
+            Err(hermes_transport::ConfigError::Plaintext { host }) => {
+                return Err(SettingsError::Plaintext { url, host });
+            }
+            Err(_) => return Err(SettingsError::BadUrl(url)),
+        }
 
         let allow_unauth = overrides.allow_unauthenticated
             || env
@@ -488,6 +542,7 @@ impl Settings {
             route_keys,
             wake_url: nonblank(env.get("GATEWAY_RELAY_WAKE_URL")),
             instance_id: nonblank(env.get("GATEWAY_RELAY_INSTANCE_ID")),
+            allow_plaintext,
         };
 
         let sessions = SessionSettings {
@@ -503,6 +558,7 @@ impl Settings {
             model: nonblank(overrides.model.as_deref())
                 .or_else(|| nonblank(config.agent.model.as_deref())),
             openai_api_key: env.get_nonblank("OPENAI_API_KEY").map(Secret::new),
+            exec_env: agent_env(env)?,
         };
 
         Ok(Self {
@@ -613,14 +669,80 @@ mod tests {
             &[],
             config,
             Overrides {
-                relay_url: Some("http://flag.example/".into()),
+                relay_url: Some("https://flag.example/".into()),
                 agent: Some("openai:http://x".into()),
                 ..Overrides::default()
             },
         )
         .expect("flag");
-        assert_eq!(s.relay.url, "http://flag.example");
+        assert_eq!(s.relay.url, "https://flag.example");
         assert_eq!(s.agent.spec, "openai:http://x");
+    }
+
+    #[test]
+    fn agent_env_names_pass_their_values_but_never_a_credential() {
+        let mut env = PINNED.to_vec();
+        env.push(("HERMES_AGENT_ENV", "DB_URL, UNSET_ONE,,FROM_FILE"));
+        env.push(("DB_URL", "postgres://x"));
+        let s = resolve(&env, &[("FROM_FILE", "f")], "", Overrides::default()).expect("ok");
+        let got: Vec<(&str, &str)> = s
+            .agent
+            .exec_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose()))
+            .collect();
+        assert_eq!(got, [("DB_URL", "postgres://x"), ("FROM_FILE", "f")]);
+        assert!(
+            !format!("{s:?}").contains("postgres://x"),
+            "values print hidden"
+        );
+        for credential in ["GATEWAY_RELAY_SECRET", "HERMES_IDENTITY_TOKEN"] {
+            let mut env = PINNED.to_vec();
+            let names = format!("DB_URL,{credential}");
+            env.push(("HERMES_AGENT_ENV", &names));
+            let e = resolve(&env, &[], "", Overrides::default());
+            assert!(
+                matches!(&e, Err(SettingsError::AgentEnvCredential(n)) if n == credential),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn plaintext_to_a_remote_relay_needs_the_opt_in() {
+        let flag = |url: &str, allow_plaintext: bool| Overrides {
+            relay_url: Some(url.into()),
+            allow_plaintext,
+            ..Overrides::default()
+        };
+        for remote in [
+            "http://relay.example",
+            "ws://10.0.0.7:8080",
+            "ws://localhost@evil.example",
+        ] {
+            let e = resolve(PINNED, &[], "", flag(remote, false));
+            assert!(
+                matches!(&e, Err(SettingsError::Plaintext { url, .. }) if url == remote),
+                "{remote}: {e:?}"
+            );
+            let s = resolve(PINNED, &[], "", flag(remote, true)).expect("--allow-plaintext");
+            assert!(s.relay.allow_plaintext);
+            let mut env = PINNED.to_vec();
+            env.push(("GATEWAY_RELAY_ALLOW_PLAINTEXT", "1"));
+            assert!(
+                resolve(&env, &[], "", flag(remote, false)).is_ok(),
+                "{remote} with env"
+            );
+        }
+        for fine in [
+            "http://127.0.0.1:9",
+            "ws://localhost",
+            "ws://[::1]:1",
+            "https://relay.example",
+        ] {
+            let s = resolve(PINNED, &[], "", flag(fine, false));
+            assert!(s.is_ok_and(|s| !s.relay.allow_plaintext), "{fine}");
+        }
     }
 
     #[test]

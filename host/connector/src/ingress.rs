@@ -16,7 +16,8 @@
 //! | `/hooks/twilio/messaging`, `/hooks/twilio/voice` | `twilio` | empty TwiML `<Response/>`, `text/xml` |
 //! | `/hooks/slack/commands`, `/hooks/slack/interactivity` | `slack` | 200, empty body |
 //!
-//! Anything else is 404; another method on a known route is 405; a body over
+//! Anything else is 404; another method on a known route is 405; a request
+//! from a browser page is 403 (see [`browser_refusal`]); a body over
 //! [`IngressConfig::max_body`] is 413; no connected gateway is 503.
 
 use std::convert::Infallible;
@@ -27,7 +28,7 @@ use hermes_protocol::forward::PassthroughForward;
 use hermes_protocol::frame::ConnectorFrame;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, ORIGIN};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -133,6 +134,28 @@ pub fn forwarded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
             Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
         })
         .collect()
+}
+
+/// Why a request that a browser sent on behalf of some web page is refused,
+/// or `None` for a request that did not come from one.
+///
+/// Loopback is no protection against the developer's own browser: any page
+/// they visit can `POST` a form (a CORS "simple request", sent without a
+/// preflight) to `http://127.0.0.1:8787/hooks/…` and talk to their agent.
+/// Webhook senders and `curl` send neither header, and the ingress serves
+/// no page of its own, so any `Origin` (including `null`, and the
+/// same-origin one a DNS-rebinding page would carry) and a `Sec-Fetch-Site`
+/// other than `none` mark a request to refuse.
+pub fn browser_refusal(headers: &HeaderMap) -> Option<&'static str> {
+    if headers.contains_key(ORIGIN) {
+        return Some("requests from web pages (an Origin header) are refused");
+    }
+    let fetch_site = headers.get("sec-fetch-site")?;
+    if fetch_site.as_bytes().eq_ignore_ascii_case(b"none") {
+        None
+    } else {
+        Some("requests from web pages (Sec-Fetch-Site) are refused")
+    }
 }
 
 /// The status, content type and body the provider gets for `body`.
@@ -344,6 +367,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     };
     if method != Method::POST {
         return refuse(StatusCode::METHOD_NOT_ALLOWED, "hooks accept POST only");
+    }
+    if let Some(reason) = browser_refusal(req.headers()) {
+        return refuse(StatusCode::FORBIDDEN, reason);
     }
     // A declared length over the limit is refused before reading anything.
     let declared = req
@@ -557,6 +583,65 @@ mod tests {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         (status, head.to_ascii_lowercase(), body.to_owned())
+    }
+
+    /// A page in the developer's browser cannot post to the ingress: a
+    /// cross-site form POST is refused before the body is read, and a
+    /// refusal never becomes a forward.
+    #[tokio::test]
+    async fn browser_requests_are_refused_with_403() {
+        let stub = Arc::new(
+            StubConnector::start(StubConfig::with_secrets(["s"]))
+                .await
+                .expect("stub"),
+        );
+        let ingress = Ingress::start(
+            IngressConfig::new("127.0.0.1:0".parse().expect("addr")),
+            Arc::clone(&stub),
+        )
+        .await
+        .expect("ingress");
+        let own_origin = ingress.url();
+        let mut events = ingress.subscribe();
+        let form = [("content-type", "application/x-www-form-urlencoded")];
+        for extra in [
+            ("origin", "https://evil.example"),
+            ("origin", "null"),
+            ("origin", own_origin.as_str()),
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-site", "same-site"),
+        ] {
+            let headers = [form[0], extra];
+            let (status, _, body) = post(
+                ingress.addr(),
+                "POST",
+                "/hooks/slack/commands",
+                &headers,
+                b"command=%2Fask&text=rm",
+            )
+            .await;
+            assert_eq!(status, 403, "{extra:?}: {body}");
+            assert!(
+                matches!(
+                    events.recv().await,
+                    Ok(IngressEvent::Refused { status: 403, .. })
+                ),
+                "{extra:?}"
+            );
+        }
+        // Without those headers (curl, a webhook sender) the request goes on
+        // (to 503 here: no gateway is connected), as does a user-typed one.
+        for headers in [&form[..], &[form[0], ("sec-fetch-site", "none")]] {
+            let (status, _, _) = post(
+                ingress.addr(),
+                "POST",
+                "/hooks/slack/commands",
+                headers,
+                b"command=%2Fask",
+            )
+            .await;
+            assert_eq!(status, 503, "{headers:?}");
+        }
     }
 
     #[tokio::test]

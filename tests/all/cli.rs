@@ -890,7 +890,12 @@ fn admin_get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// One request on the admin endpoint with extra header lines.
-fn admin_request(addr: &str, method: &str, path: &str, headers: &[&str]) -> Option<(u16, String)> {
+pub(crate) fn admin_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
     let mut head = format!(

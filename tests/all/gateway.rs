@@ -46,20 +46,22 @@ const EXIT_REVOKED: i32 = 4;
 // Harness
 
 /// One `hermes-gateway run` process dialling its own stub connector.
-struct Running {
-    stub: StubConnector,
-    child: tokio::process::Child,
+pub(crate) struct Running {
+    pub(crate) stub: StubConnector,
+    pub(crate) child: tokio::process::Child,
     /// The private HOME (plugins dir, log); removed on drop.
     _home: TempDir,
     log: PathBuf,
 }
 
 /// What to start the binary with.
-struct Launch<'a> {
-    stub: StubConfig,
-    agent: String,
-    plugins: &'a [&'a str],
-    env: Vec<(&'a str, String)>,
+pub(crate) struct Launch<'a> {
+    pub(crate) stub: StubConfig,
+    pub(crate) agent: String,
+    pub(crate) plugins: &'a [&'a str],
+    pub(crate) env: Vec<(&'a str, String)>,
+    /// Extra arguments after `run` (e.g. `--admin ADDR`).
+    pub(crate) args: Vec<String>,
 }
 
 impl Default for Launch<'_> {
@@ -69,12 +71,13 @@ impl Default for Launch<'_> {
             agent: "echo".to_owned(),
             plugins: &[],
             env: Vec::new(),
+            args: Vec::new(),
         }
     }
 }
 
 impl Running {
-    async fn start(launch: Launch<'_>) -> Self {
+    pub(crate) async fn start(launch: Launch<'_>) -> Self {
         let stub = StubConnector::start(launch.stub)
             .await
             .expect("stub connector binds 127.0.0.1:0");
@@ -86,6 +89,7 @@ impl Running {
             .arg("--plugins")
             .arg(&plugins)
             .args(["--agent", &launch.agent])
+            .args(&launch.args)
             .env("GATEWAY_RELAY_URL", stub.url())
             .env("GATEWAY_RELAY_ID", GATEWAY_ID)
             .env("GATEWAY_RELAY_SECRET", SECRET)
@@ -108,12 +112,12 @@ impl Running {
     }
 
     /// What the gateway logged so far (for failure messages).
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Awaits `future`, failing with the gateway's log after [`PATIENCE`].
-    async fn within<T>(&self, what: &str, future: impl Future<Output = T>) -> T {
+    pub(crate) async fn within<T>(&self, what: &str, future: impl Future<Output = T>) -> T {
         match tokio::time::timeout(PATIENCE, future).await {
             Ok(value) => value,
             Err(_) => panic!(
@@ -135,13 +139,13 @@ impl Running {
 
     /// The next `hello` after `cursor`: the connection number. The stub
     /// sends its descriptors before anything a test pushes afterwards.
-    async fn hello(&self, cursor: &mut EventCursor) -> u64 {
+    pub(crate) async fn hello(&self, cursor: &mut EventCursor) -> u64 {
         self.frame(cursor, "hello", |f| matches!(f, GatewayFrame::Hello { .. }))
             .await
             .0
     }
 
-    async fn push(&self, line: String) {
+    pub(crate) async fn push(&self, line: String) {
         self.stub
             .push_text(line)
             .await
@@ -203,7 +207,7 @@ impl Running {
     }
 
     /// Every frame the stub received so far.
-    fn frames(&self) -> Vec<(u64, GatewayFrame)> {
+    pub(crate) fn frames(&self) -> Vec<(u64, GatewayFrame)> {
         self.stub
             .events()
             .into_iter()
@@ -215,7 +219,7 @@ impl Running {
     }
 
     /// `(conn, bufferId)` of every `inbound_ack` so far.
-    fn acks(&self) -> Vec<(u64, String)> {
+    pub(crate) fn acks(&self) -> Vec<(u64, String)> {
         self.frames()
             .into_iter()
             .filter_map(|(conn, f)| match f {
@@ -226,7 +230,7 @@ impl Running {
     }
 
     /// `(chat_id, content)` of every `send` so far.
-    fn sends(&self) -> Vec<(String, String)> {
+    pub(crate) fn sends(&self) -> Vec<(String, String)> {
         self.frames()
             .iter()
             .filter_map(|(_, f)| match action(f) {
@@ -298,7 +302,7 @@ impl Running {
     }
 }
 
-fn action(frame: &GatewayFrame) -> Option<&Action> {
+pub(crate) fn action(frame: &GatewayFrame) -> Option<&Action> {
     match frame {
         GatewayFrame::Outbound { action, .. } => Some(action),
         _ => None,
@@ -306,12 +310,17 @@ fn action(frame: &GatewayFrame) -> Option<&Action> {
 }
 
 /// A DM source on the default `relay` platform.
-fn dm(chat: &str) -> Value {
+pub(crate) fn dm(chat: &str) -> Value {
     json!({"platform": "relay", "chat_id": chat, "chat_type": "dm", "user_id": format!("u-{chat}")})
 }
 
 /// An `inbound` frame line in wire form.
-fn inbound(text: &str, message_id: &str, source: Value, buffer_id: Option<&str>) -> String {
+pub(crate) fn inbound(
+    text: &str,
+    message_id: &str,
+    source: Value,
+    buffer_id: Option<&str>,
+) -> String {
     let mut frame = json!({
         "type": "inbound",
         "event": {"text": text, "message_id": message_id, "source": source},

@@ -8,5 +8,6 @@ mod demo;
 mod gateway;
 mod plugins;
 mod relay;
+mod soak;
 mod support;
 mod trust;

@@ -22,6 +22,18 @@ impl Egress for RelayHandle {
         RelayHandle::request(self, action, None).await
     }
 
+    async fn until_connected(&self) {
+        let mut state = self.state();
+        let _ = state
+            .wait_for(|s| {
+                matches!(
+                    s,
+                    LinkState::Connected { .. } | LinkState::Revoked | LinkState::Closed
+                )
+            })
+            .await;
+    }
+
     async fn interrupt(&self, session_key: &str, reason: Option<&str>) {
         if RelayHandle::interrupt(self, session_key, reason.map(str::to_owned)).await
             == SendOutcome::NotConnected

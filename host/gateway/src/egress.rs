@@ -23,6 +23,14 @@ pub trait Egress: Send + Sync + 'static {
     /// hangs and never fails outside the result (relay-contract §4).
     fn request(&self, action: Action) -> impl Future<Output = ActionResult> + Send;
 
+    /// Completes once the link is connected again (at once when it is), or
+    /// when it never will be (closed, revoked). A reply that found no
+    /// connection waits on this and is sent again: `not_connected` means
+    /// nothing was written, so a retry cannot duplicate it.
+    fn until_connected(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Fire-and-forget `interrupt` egress for `session_key` (a local `/stop`).
     /// Completes once the frame is queued (or there is no connection).
     fn interrupt(&self, session_key: &str, reason: Option<&str>)

@@ -69,6 +69,15 @@ pub const STOP_REASON: &str = "user_stop";
 /// finished (sent and answered, failed, or given up).
 pub const MAX_UNCONFIRMED_REPLIES: usize = 8;
 
+/// How long a reply that found no connection waits for the link to come
+/// back before it is given up (counted as failed). The event was acked when
+/// it was queued, so the connector will not redeliver it: giving up at once
+/// would lose the answer to a reconnect of a few hundred milliseconds.
+pub const REPLY_RECONNECT_WAIT: Duration = Duration::from_secs(30);
+
+/// Pause between two attempts of a reply that found no connection.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 /// Limits and settings of the session layer.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -603,11 +612,50 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
                 },
             };
             let op = action.op();
-            let result = inner.egress.request(action).await;
+            let result = self.request_through_reconnects(action, &reply.cancel).await;
             if !self.record_reply(key, op, &result) {
                 // Later pieces without the failed one would read as nonsense,
                 // and an ambiguous failure may have been delivered: stop here.
                 return;
+            }
+        }
+    }
+
+    /// Sends `action`; when nothing was written for want of a connection,
+    /// waits for the link (up to [`REPLY_RECONNECT_WAIT`], unless the turn is
+    /// cancelled) and sends it again. Only `not_connected` is retried: it is
+    /// unambiguous, so the retry cannot deliver the reply twice.
+    async fn request_through_reconnects(
+        &self,
+        action: Action,
+        cancel: &CancellationToken,
+    ) -> ActionResult {
+        let egress = &self.inner.egress;
+        let deadline = tokio::time::Instant::now() + REPLY_RECONNECT_WAIT;
+        loop {
+            let result = egress.request(action.clone()).await;
+            if result != ActionResult::not_connected() {
+                return result;
+            }
+            let reconnected = tokio::select! {
+                () = cancel.cancelled() => false,
+                () = tokio::time::sleep_until(deadline) => false,
+                () = egress.until_connected() => true,
+            };
+            // A link that is closed or revoked answers `not_connected` at
+            // once and for good: stop at the deadline rather than spin.
+            if !reconnected || tokio::time::Instant::now() >= deadline {
+                return result;
+            }
+            debug!(
+                op = action.op(),
+                "relay reconnected; sending the reply again"
+            );
+            // The state may read connected a moment before the new writer is
+            // installed: pace the attempts instead of spinning.
+            tokio::select! {
+                () = cancel.cancelled() => return result,
+                () = tokio::time::sleep(RETRY_PAUSE) => {}
             }
         }
     }

@@ -900,6 +900,49 @@ async fn ambiguous_failure_is_counted_and_not_retried() {
     );
 }
 
+/// The event was acked when queued, so a reply that finds the link down
+/// must not be dropped: `not_connected` wrote nothing, so it is sent again
+/// once the link is back. An ambiguous failure is never retried.
+#[tokio::test]
+async fn a_reply_that_found_no_connection_is_sent_again() {
+    let (agent, probe) = gate_agent();
+    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    no_typing(&relay);
+    relay.script(vec![
+        ActionResult::not_connected(),
+        ActionResult::not_connected(),
+        ActionResult::ok(Some("m9".into())),
+        ActionResult::connection_lost(),
+    ]);
+    probe.release.add_permits(2);
+    sessions
+        .submit(vec![Incoming::inbound(event("c1", "u1", "hi"))], None)
+        .await;
+    for attempt in 0..3 {
+        let Action::Send { content, .. } = next_reply(&mut out).await else {
+            panic!("expected a send");
+        };
+        assert_eq!(content, "re: hi", "attempt {attempt}");
+    }
+    sessions
+        .submit(vec![Incoming::inbound(event("c2", "u2", "lost"))], None)
+        .await;
+    let Action::Send { content, .. } = next_reply(&mut out).await else {
+        panic!("expected a send");
+    };
+    assert_eq!(content, "re: lost");
+    assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
+    assert!(
+        out.try_recv().is_err(),
+        "the ambiguous one is not sent again"
+    );
+    let m = sessions.metrics().snapshot();
+    assert_eq!(
+        (m.replies_ok, m.replies_failed, m.replies_ambiguous),
+        (1, 0, 1)
+    );
+}
+
 #[tokio::test]
 async fn failed_reply_is_counted() {
     let (agent, probe) = gate_agent();

@@ -40,6 +40,8 @@
 #![cfg_attr(not(target_arch = "wasm32"), forbid(unsafe_code))]
 
 pub mod form;
+#[cfg(any(test, feature = "testing"))]
+pub mod fuzz;
 pub mod json;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -453,3 +453,47 @@ pub fn assert_corpus_passes(
 pub fn corpus_dir(manifest_dir: &str, name: &str) -> std::path::PathBuf {
     Path::new(manifest_dir).join("../../tests/data").join(name)
 }
+
+/// Fuzzes `convert` with mutants of the bodies of every `platform` case in
+/// both corpora (see [`crate::fuzz`]), in both modes, for
+/// [`fuzz::budget`](crate::fuzz::budget): no input may panic the
+/// converter, and whatever it returns must pass the output caps check.
+///
+/// # Panics
+///
+/// When the converter panics (the input is saved; see [`crate::fuzz::run`])
+/// or a corpus cannot be loaded.
+pub fn fuzz_converter(
+    manifest_dir: &str,
+    platform: &str,
+    convert: impl Fn(&Request, &dyn Config) -> Outcome,
+) -> crate::fuzz::Report {
+    let mut cases = Vec::new();
+    for corpus in ["corpus", "corpus-outside"] {
+        let dir = corpus_dir(manifest_dir, corpus);
+        let loaded = load_corpus(&dir).unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()));
+        cases.extend(loaded.into_iter().filter(|c| c.platform == platform));
+    }
+    assert!(!cases.is_empty(), "no {platform} cases to start from");
+    let seeds: Vec<Vec<u8>> = cases.iter().map(|c| c.request.body.clone()).collect();
+    let mut request = cases[0].request.clone();
+    let mut next = 0usize;
+    crate::fuzz::run(
+        &format!("converter-{platform}"),
+        &seeds,
+        crate::fuzz::budget(),
+        |body| {
+            // Headers (content type, signatures already stripped) rotate with
+            // the cases, so each shape of request sees mutated bodies.
+            let case = &cases[next % cases.len()];
+            next += 1;
+            request.headers.clone_from(&case.request.headers);
+            request.body.clear();
+            request.body.extend_from_slice(body);
+            for mode in Mode::ALL {
+                let outcome = convert(&request, mode.config());
+                let _ = crate::check_output_caps(outcome);
+            }
+        },
+    )
+}

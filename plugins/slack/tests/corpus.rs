@@ -14,3 +14,11 @@ fn outside_corpus() {
     let dir = testing::corpus_dir(env!("CARGO_MANIFEST_DIR"), "corpus-outside");
     testing::assert_corpus_passes(&dir, "slack", Slack::convert);
 }
+
+/// Mutants of every slack corpus body, both modes: no input panics the
+/// converter (HERMES_FUZZ_SECS, default 2 s; a crash is saved under
+/// target/fuzz-crashes and becomes a regression test).
+#[test]
+fn fuzz_smoke() {
+    testing::fuzz_converter(env!("CARGO_MANIFEST_DIR"), "slack", Slack::convert);
+}

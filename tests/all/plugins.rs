@@ -296,6 +296,74 @@ async fn garbage_files_are_reported_and_skipped() {
     assert_eq!(host.plugins().len(), 1);
 }
 
+/// Whoever can write a plugin file, the plugins directory or the policy
+/// chooses the code that converts every tenant's traffic: a file or policy
+/// writable by others is refused, and a directory like that is not used at
+/// all (group write by another group too: host/plugin-host/src/ownership.rs).
+#[tokio::test(flavor = "multi_thread")]
+async fn files_others_can_write_are_not_loaded() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    let dir = plugins_dir(&[
+        ("discord.wasm", hermes_plugin_artifacts::DISCORD),
+        ("twilio.wasm", hermes_plugin_artifacts::TWILIO),
+    ]);
+    mode(&dir.path().join("twilio.wasm"), 0o666);
+    let (host, report) = load_with(dir.path(), limits());
+    assert!(
+        matches!(report.errors.as_slice(), [LoadError::Untrusted { file, message }]
+            if file.ends_with("twilio.wasm") && message.contains("every user")),
+        "{:?}",
+        report.errors
+    );
+    assert_eq!(host.plugins().len(), 1, "the other file still loads");
+
+    // A policy others can write is not read: the previous one stays.
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[platform.discord]\nplugin = \"discord-interactions\"\n",
+    )
+    .expect("policy");
+    mode(&policy, 0o646);
+    let report = host.reload().await;
+    assert!(
+        report.errors.iter().any(
+            |e| matches!(e, LoadError::Policy { message, .. } if message.contains("every user"))
+        ),
+        "{:?}",
+        report.errors
+    );
+
+    // A directory others can write: nothing new is loaded from it on a
+    // reload, and a fresh start refuses it.
+    mode(&policy, 0o644);
+    mode(&dir.path().join("twilio.wasm"), 0o644);
+    mode(dir.path(), 0o777);
+    let report = host.reload().await;
+    assert!(
+        matches!(report.errors.as_slice(), [LoadError::Untrusted { .. }]),
+        "{:?}",
+        report.errors
+    );
+    assert_eq!(host.plugins().len(), 1, "still serving what was loaded");
+    let mut config = PluginHostConfig::new(dir.path());
+    config.limits = limits();
+    let refused = PluginHost::load(config).err().map(|e| e.to_string());
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|e| e.contains("not used") && e.contains("every user")),
+        "{refused:?}"
+    );
+    mode(dir.path(), 0o755);
+    let report = host.reload().await;
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert_eq!(host.plugins().len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_plugins_claiming_a_platform_without_policy_is_an_error_naming_both() {
     let dir = plugins_dir(&[

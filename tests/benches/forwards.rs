@@ -23,6 +23,13 @@
 //! instead of half the saturated one, `HERMES_BENCH_NO_TYPING=1` a descriptor
 //! without the `typing` op, `HERMES_GATEWAY_BIN` a prebuilt binary to
 //! run instead of building one.
+//!
+//! `HERMES_BENCH_SLOW_FLOOD=N` measures fairness instead (conversion.md
+//! §3.1): a slow but legitimate third-party converter (the hostile test
+//! guest's `spin` mode, `HERMES_BENCH_SLOW_SPIN` million iterations,
+//! default 50 ≈ 50 ms) is loaded beside the first-party ones and flooded at
+//! N forwards/s for the whole run, while only the Discord workload is
+//! measured.
 
 #[path = "../all/support.rs"]
 #[allow(dead_code)] // the bench uses only the binary locator and ChildGuard
@@ -63,6 +70,8 @@ struct Tally {
     typing: AtomicU64,
     /// Replies whose marker did not parse or matched no pending push.
     unmatched: AtomicU64,
+    /// Replies to the slow plugin's flood (`HERMES_BENCH_SLOW_FLOOD`).
+    slow_replies: AtomicU64,
     /// Push time of the forward with each marker, in ns since `epoch` (0 = none).
     pushed_at: Vec<AtomicU64>,
     /// Latencies (ns) recorded while `recording` is set.
@@ -78,6 +87,7 @@ impl Tally {
             replied: AtomicU64::new(0),
             typing: AtomicU64::new(0),
             unmatched: AtomicU64::new(0),
+            slow_replies: AtomicU64::new(0),
             pushed_at: (0..markers).map(|_| AtomicU64::new(0)).collect(),
             latencies: Mutex::new(Vec::new()),
             recording: AtomicBool::new(false),
@@ -110,6 +120,11 @@ async fn watch_replies(mut cursor: EventCursor, tally: Arc<Tally>) {
             continue;
         };
         let content = match &action {
+            // Replies to the slow flood are not measured.
+            Action::Send { chat_id, .. } if chat_id == "hostile-chat" => {
+                tally.slow_replies.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             Action::FollowUp { content, .. } | Action::Send { content, .. } => content,
             Action::Typing { .. } => {
                 tally.typing.fetch_add(1, Ordering::Relaxed);
@@ -534,9 +549,10 @@ fn main() {
         descriptor.supported_ops.retain(|op| op != "typing");
         stub_config.descriptors = vec![descriptor_value(&descriptor)];
     }
-    let stub = rt
-        .block_on(StubConnector::start(stub_config))
-        .expect("stub connector");
+    let stub = Arc::new(
+        rt.block_on(StubConnector::start(stub_config))
+            .expect("stub connector"),
+    );
     let home = tempfile::tempdir().expect("tempdir");
     let plugins = home.path().join("plugins");
     std::fs::create_dir_all(&plugins).expect("mkdir plugins");
@@ -547,6 +563,20 @@ fn main() {
         let src = Path::new(c);
         std::fs::copy(src, plugins.join(src.file_name().expect("file name")))
             .expect("copy component");
+    }
+    let slow_rate = env_or("HERMES_BENCH_SLOW_FLOOD", 0);
+    if slow_rate > 0 {
+        // The hostile guest also lists `discord`: pin Discord's default.
+        std::fs::copy(
+            hermes_plugin_artifacts::HOSTILE,
+            plugins.join("hostile.wasm"),
+        )
+        .expect("copy component");
+        std::fs::write(
+            plugins.join("policy.toml"),
+            "[platform.discord]\nplugin = \"discord-interactions\"\n",
+        )
+        .expect("policy");
     }
     let admin = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
@@ -594,11 +624,59 @@ fn main() {
         );
 
         let mut results = Vec::new();
-        for workload in [&discord_only, &twilio_only, &mixed] {
+        if slow_rate > 0 {
+            // The baseline in the same run: Discord alone, no flood.
             results.push((
-                workload.name,
+                "discord, no flood",
+                run_workload(&stub, &tally, &discord_only, phase, window, &gateway_pid).await,
+            ));
+        }
+        let flood_stop = Arc::new(AtomicBool::new(false));
+        let flood = (slow_rate > 0).then(|| {
+            let spin = env_or("HERMES_BENCH_SLOW_SPIN", 50);
+            let line = encode(PassthroughForward {
+                platform: "hostile".to_owned(),
+                method: "POST".to_owned(),
+                body: format!("spin {spin}").into_bytes(),
+                ..PassthroughForward::default()
+            });
+            let (stub, stop) = (Arc::clone(&stub), Arc::clone(&flood_stop));
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let mut sent = 0_u64;
+                while !stop.load(Ordering::Acquire) {
+                    let due = (start.elapsed().as_secs_f64() * slow_rate as f64) as u64;
+                    while sent < due {
+                        let _ = stub.push_text(line.clone()).await;
+                        sent += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                sent
+            })
+        });
+        let workloads: Vec<(&str, &Workload)> = if flood.is_some() {
+            vec![("discord + slow flood", &discord_only)]
+        } else {
+            vec![
+                (discord_only.name, &discord_only),
+                (twilio_only.name, &twilio_only),
+                (mixed.name, &mixed),
+            ]
+        };
+        for (name, workload) in workloads {
+            results.push((
+                name,
                 run_workload(&stub, &tally, workload, phase, window, &gateway_pid).await,
             ));
+        }
+        flood_stop.store(true, Ordering::Release);
+        if let Some(flood) = flood {
+            let sent = flood.await.unwrap_or(0);
+            println!(
+                "slow plugin flood: {sent} forwards pushed at {slow_rate}/s, {} answered during the run",
+                tally.slow_replies.load(Ordering::Relaxed)
+            );
         }
         results
     });

@@ -251,6 +251,15 @@ pub enum LoadError {
         /// Every file claiming it, sorted.
         files: Vec<PathBuf>,
     },
+    /// The file (or the plugins directory) is writable by others or owned
+    /// by another user: not loaded.
+    #[error("{file}: not loaded: {message}")]
+    Untrusted {
+        /// The file or directory.
+        file: PathBuf,
+        /// Who else could write it.
+        message: String,
+    },
     /// Two plugins claim a platform and the policy does not pin one.
     #[error(
         "platform `{platform}` is claimed by both `{first}` and `{second}`; pin one in the policy with [platform.{platform}] plugin = \"...\""
@@ -282,6 +291,14 @@ pub enum HostError {
         /// The directory.
         dir: PathBuf,
         /// The OS error.
+        message: String,
+    },
+    /// The plugins directory is writable by others or owned by another user.
+    #[error("plugins directory {dir} not used: {message}")]
+    UntrustedDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Who else could write it.
         message: String,
     },
     /// Wasmtime refused the engine configuration.

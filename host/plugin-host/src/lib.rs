@@ -95,6 +95,7 @@ pub mod artifact_cache;
 mod bindings;
 mod engine;
 mod error;
+mod ownership;
 pub mod policy;
 mod pool;
 mod sandbox;
@@ -386,6 +387,10 @@ impl PluginHost {
     /// are reported in the [`LoadReport`] and skipped; only an unreadable
     /// directory, a malformed policy or an engine failure is fatal.
     pub fn load(config: PluginHostConfig) -> Result<(Self, LoadReport), HostError> {
+        ownership::check(&config.plugins_dir).map_err(|message| HostError::UntrustedDir {
+            dir: config.plugins_dir.clone(),
+            message,
+        })?;
         let files = table::wasm_files(&config.plugins_dir).map_err(|e| HostError::PluginsDir {
             dir: config.plugins_dir.clone(),
             message: e.to_string(),
@@ -450,6 +455,17 @@ impl PluginHost {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut errors = Vec::new();
+        if let Err(message) = ownership::check(&self.inner.config.plugins_dir) {
+            // Made writable to others since the start: keep serving what is
+            // loaded, load nothing new from it.
+            let mut report = LoadReport::default();
+            report.errors.push(LoadError::Untrusted {
+                file: self.inner.config.plugins_dir.clone(),
+                message,
+            });
+            report.loaded = self.plugins();
+            return report;
+        }
         let files = match table::wasm_files(&self.inner.config.plugins_dir) {
             Ok(files) => files,
             Err(e) => {

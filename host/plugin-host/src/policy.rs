@@ -170,6 +170,7 @@ impl Policy {
 
     /// Read the policy file; a missing file is the empty policy.
     pub fn load(path: &Path) -> Result<Self, String> {
+        crate::ownership::check(path)?;
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),

@@ -288,6 +288,10 @@ impl Loader<'_> {
         previous: &Table,
         report: &mut LoadReport,
     ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        crate::ownership::check(file).map_err(|message| LoadError::Untrusted {
+            file: file.to_owned(),
+            message,
+        })?;
         let bytes = std::fs::read(file).map_err(|e| LoadError::Io {
             file: file.to_owned(),
             message: e.to_string(),

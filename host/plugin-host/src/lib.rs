@@ -159,6 +159,11 @@ pub struct Limits {
     pub max_output_bytes: usize,
     /// Captured guest stdout + stderr per conversion, bytes.
     pub max_guest_output_bytes: usize,
+    /// Host-side WASI resources (streams, pollables) one conversion may
+    /// hold at once. They live in host memory, outside the linear-memory
+    /// limiter, so a guest that opens handles without closing them is
+    /// stopped by this count instead (the call fails with a trap).
+    pub max_host_resources: usize,
     /// `log` lines per call (the rest are counted and dropped).
     pub max_log_lines: u32,
     /// Bytes per `log` line (longer lines are truncated).
@@ -201,6 +206,7 @@ impl Default for Limits {
             max_event_text_bytes: 64 << 10,
             max_output_bytes: 256 << 10,
             max_guest_output_bytes: 16 << 10,
+            max_host_resources: 256,
             max_log_lines: 32,
             max_log_line_bytes: 1024,
             log_lines_per_second: 100,

@@ -461,6 +461,15 @@ pub(crate) struct Session {
     limits: Limits,
 }
 
+/// The store's WASI resource table, capped at
+/// [`Limits::max_host_resources`] entries: its entries are host memory the
+/// linear-memory limiter does not see.
+fn resource_table(limits: &Limits) -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(limits.max_host_resources.max(1));
+    table
+}
+
 impl Session {
     /// Create a store with its limits and instantiate the plugin in it.
     pub(crate) fn new(
@@ -472,7 +481,7 @@ impl Session {
         let output = CappedPipe::new(limits.max_guest_output_bytes);
         let state = StoreState {
             wasi: empty_wasi(&output),
-            table: ResourceTable::new(),
+            table: resource_table(limits),
             limiter: CallLimiter::new(limits),
             plugin: cx.plugin,
             tenant: cx.tenant,
@@ -639,6 +648,20 @@ mod tests {
     use wasmtime::ResourceLimiter;
 
     use super::*;
+
+    #[test]
+    fn the_wasi_resource_table_is_capped() {
+        let limits = Limits {
+            max_host_resources: 3,
+            ..Limits::default()
+        };
+        let mut table = resource_table(&limits);
+        for i in 0..3 {
+            assert!(table.push(i).is_ok(), "entry {i} fits");
+        }
+        assert!(table.push(3).is_err(), "the fourth entry is refused");
+        assert!(resource_table(&Limits::default()).max_capacity() <= 256);
+    }
 
     #[test]
     fn log_lines_are_one_escaped_capped_line() {

@@ -92,6 +92,11 @@ pub struct SessionConfig {
     pub queue_per_session: usize,
     /// Messages that may wait across all sessions.
     pub max_queued_total: usize,
+    /// Bytes those messages may hold across all sessions (text, media URLs,
+    /// ids and metadata, estimated). A count alone does not bound memory:
+    /// 4096 messages of a 16 MiB line each would be 64 GiB. Past it a
+    /// delivery waits for room like a full queue (backpressure, no drop).
+    pub max_queued_bytes: usize,
     /// Turns that may run at the same time across all sessions.
     pub max_concurrent_turns: usize,
     /// How many recent `bufferId`s are remembered for de-duplication.
@@ -108,6 +113,7 @@ impl Default for SessionConfig {
             session_keys: SessionKeySettings::default(),
             queue_per_session: 256,
             max_queued_total: 4096,
+            max_queued_bytes: 64 << 20,
             max_concurrent_turns: 32,
             recent_buffer_ids: 4096,
             scope_chats: 10_000,
@@ -181,6 +187,8 @@ pub enum DrainOutcome {
 
 struct Queued {
     incoming: Incoming,
+    /// [`weight`] of `incoming`, counted in [`State::queued_bytes`].
+    bytes: usize,
     /// Cancelled once the delivery's `inbound_ack` is queued on the link: the
     /// turn waits for it, so the ack always goes out before any reply to the
     /// delivery (and a connection lost right after a reply cannot have lost
@@ -255,6 +263,8 @@ struct State {
     accepting: bool,
     sessions: HashMap<SessionKey, Session>,
     queued_total: usize,
+    /// Sum of [`Queued::bytes`] across all sessions.
+    queued_bytes: usize,
     recent: RecentIds,
 }
 
@@ -300,6 +310,7 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             accepting: true,
             sessions: HashMap::new(),
             queued_total: 0,
+            queued_bytes: 0,
             recent: RecentIds::new(config.recent_buffer_ids),
         };
         let inner = Inner {
@@ -436,13 +447,17 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
     /// Whether every session in `need` (and the gateway-wide bound) has room
     /// for its share of a delivery. An empty queue always takes a delivery,
     /// so one larger than a bound cannot wait forever.
-    fn fits(&self, state: &State, need: &[(SessionKey, usize)]) -> bool {
+    fn fits(&self, state: &State, need: &[(SessionKey, usize, usize)]) -> bool {
         let config = &self.inner.config;
-        let total: usize = need.iter().map(|(_, n)| n).sum();
+        let total: usize = need.iter().map(|(_, n, _)| n).sum();
+        let bytes: usize = need.iter().map(|(_, _, b)| b).sum();
         let total_fits = state.queued_total == 0
             || state.queued_total.saturating_add(total) <= config.max_queued_total;
+        let bytes_fit = state.queued_bytes == 0
+            || state.queued_bytes.saturating_add(bytes) <= config.max_queued_bytes;
         total_fits
-            && need.iter().all(|(key, n)| {
+            && bytes_fit
+            && need.iter().all(|(key, n, _)| {
                 let waiting = state.sessions.get(key).map_or(0, |s| s.waiting.len());
                 waiting == 0 || waiting.saturating_add(*n) <= config.queue_per_session
             })
@@ -486,10 +501,16 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             .sessions
             .entry(key.clone())
             .or_insert_with(Session::new);
-        session.waiting.push_back(Queued { incoming, acked });
+        let bytes = weight(&incoming);
+        session.waiting.push_back(Queued {
+            incoming,
+            bytes,
+            acked,
+        });
         let spawn_worker = !session.worker;
         session.worker = true;
         state.queued_total += 1;
+        state.queued_bytes += bytes;
         if spawn_worker {
             let this = self.clone();
             self.inner.tasks.spawn(async move { this.work(key).await });
@@ -543,6 +564,7 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
                 let cancel = inner.all_turns.child_token();
                 session.running = Some(cancel.clone());
                 state.queued_total = state.queued_total.saturating_sub(1);
+                state.queued_bytes = state.queued_bytes.saturating_sub(queued.bytes);
                 (queued, cancel)
             };
             inner.room.notify_waiters();
@@ -667,9 +689,12 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
     fn abandon(&self, key: &SessionKey) {
         let mut state = lock(&self.inner.state);
         if let Some(session) = state.sessions.get_mut(key) {
-            let dropped = std::mem::take(&mut session.waiting).len();
+            let waiting = std::mem::take(&mut session.waiting);
+            let dropped = waiting.len();
+            let bytes: usize = waiting.iter().map(|q| q.bytes).sum();
             session.worker = false;
             state.queued_total = state.queued_total.saturating_sub(dropped);
+            state.queued_bytes = state.queued_bytes.saturating_sub(bytes);
             for _ in 0..dropped {
                 self.inner.metrics.turn_cancelled();
             }
@@ -935,18 +960,51 @@ fn is_stop(incoming: &Incoming) -> bool {
 
 /// How many queue places each session needs for a delivery (`/stop`s take
 /// none).
-fn room_needed(keyed: &[(SessionKey, Incoming)]) -> Vec<(SessionKey, usize)> {
-    let mut need: Vec<(SessionKey, usize)> = Vec::new();
+/// Per session of a delivery: how many messages it queues there and their
+/// [`weight`] in bytes.
+fn room_needed(keyed: &[(SessionKey, Incoming)]) -> Vec<(SessionKey, usize, usize)> {
+    let mut need: Vec<(SessionKey, usize, usize)> = Vec::new();
     for (key, incoming) in keyed {
         if is_stop(incoming) {
             continue;
         }
-        match need.iter_mut().find(|(k, _)| k == key) {
-            Some((_, n)) => *n += 1,
-            None => need.push((key.clone(), 1)),
+        let bytes = weight(incoming);
+        match need.iter_mut().find(|(k, _, _)| k == key) {
+            Some((_, n, b)) => {
+                *n += 1;
+                *b += bytes;
+            }
+            None => need.push((key.clone(), 1, bytes)),
         }
     }
     need
+}
+
+/// What a queued message holds in memory, estimated without serializing
+/// it: its strings plus a fixed allowance for the rest of the struct and
+/// each metadata entry.
+fn weight(incoming: &Incoming) -> usize {
+    let event = &incoming.event;
+    let source = &event.source;
+    let strings = [
+        Some(&event.text),
+        event.message_id.as_ref(),
+        event.reply_to_message_id.as_ref(),
+        Some(&source.chat_id),
+        source.user_id.as_ref(),
+        source.chat_name.as_ref(),
+        source.user_name.as_ref(),
+        source.thread_id.as_ref(),
+        source.chat_topic.as_ref(),
+    ];
+    let text: usize = strings.iter().flatten().map(|s| s.len()).sum();
+    let media: usize = event.media_urls.iter().map(String::len).sum();
+    let metadata: usize = incoming
+        .metadata
+        .iter()
+        .map(|(k, v)| k.len() + v.as_str().map_or(64, str::len) + 32)
+        .sum();
+    text + media + metadata + 256
 }
 
 /// `base` with an event's own scope and author attached (§5.6).

@@ -495,6 +495,21 @@ async fn full_queue_waits(config: SessionConfig, chats: [&str; 3]) {
     assert_eq!(acks(&mut out), ["b9"]);
 }
 
+/// The byte budget holds a delivery back like a full queue: 300 bytes take
+/// one small queued message but not a second.
+#[tokio::test]
+async fn a_full_byte_budget_holds_the_delivery_unacked_until_there_is_room() {
+    full_queue_waits(
+        SessionConfig {
+            max_queued_bytes: 300,
+            max_concurrent_turns: 1,
+            ..SessionConfig::default()
+        },
+        ["cb1", "cb2", "cb3"],
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_full_session_queue_holds_the_delivery_unacked_until_there_is_room() {
     let config = SessionConfig {

@@ -26,6 +26,7 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -163,28 +164,20 @@ fn mac_key(dir: &Path, euid: u32) -> Result<[u8; 32], String> {
     }
 }
 
-/// HMAC-SHA-256 (RFC 2104) over the concatenation of `parts`.
-fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
-    let mut ipad = [0x36u8; 64];
-    let mut opad = [0x5cu8; 64];
-    for (i, k) in key.iter().enumerate() {
-        ipad[i] ^= k;
-        opad[i] ^= k;
-    }
-    let mut inner = Sha256::new();
-    inner.update(ipad);
+/// HMAC-SHA-256 over the concatenation of `parts`, ready to finish or verify.
+fn mac_of(key: &[u8; 32], parts: &[&[u8]]) -> Hmac<Sha256> {
+    // A 32-byte key is always accepted (HMAC takes any length).
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
     for p in parts {
-        inner.update(p);
+        mac.update(p);
     }
-    let mut outer = Sha256::new();
-    outer.update(opad);
-    outer.update(inner.finalize());
-    outer.finalize().into()
+    mac
 }
 
-/// Equality without an early exit, so timing does not reveal a MAC prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// HMAC-SHA-256 (RFC 2104) over the concatenation of `parts`.
+fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    mac_of(key, parts).finalize().into_bytes().into()
 }
 
 impl ArtifactCache {
@@ -283,7 +276,11 @@ impl ArtifactCache {
             return None;
         };
         let (mac, payload) = rest.split_at_checked(32)?;
-        if !constant_time_eq(mac, &hmac(&self.mac_key, &[&header, payload])) {
+        // verify_slice compares in constant time: timing reveals no prefix.
+        if mac_of(&self.mac_key, &[&header, payload])
+            .verify_slice(mac)
+            .is_err()
+        {
             tracing::warn!(path = %path.display(), "compiled-artifact cache entry fails authentication; recompiling");
             return None;
         }

@@ -45,6 +45,11 @@ pub const LOG_FILTER: &str = "warn,hermes_plugin_host::table=error";
 /// connector (plugins are already loaded by then).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Events the embedded connector remembers: `dev` reads them as they come,
+/// so the newest few thousand are plenty, and an all-day session keeps
+/// neither every frame nor every bearer token.
+const DEV_RECORD_LIMIT: usize = 4096;
+
 /// Runs `hermes-gateway dev` until SIGINT/SIGTERM, then drains and exits 0.
 pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     // Checked before anything starts (the ingress checks again when it binds).
@@ -169,6 +174,7 @@ impl DevSetup {
         let connector = Arc::new(
             StubConnector::start(StubConfig {
                 descriptors: vec![descriptor_value(&dev_descriptor())],
+                record_limit: Some(DEV_RECORD_LIMIT),
                 ..StubConfig::with_secrets([secret.clone()])
             })
             .await

@@ -1,6 +1,7 @@
 //! The stub's record of everything it saw, with async waits on it (tests
 //! await events; they never sleep).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hermes_protocol::frame::GatewayFrame;
@@ -101,11 +102,22 @@ impl StubEvent {
     }
 }
 
-/// Append-only event log plus a change signal.
+/// Append-only event log plus a change signal. With a limit, only the
+/// newest `limit` events are kept (a long `dev` session must not keep every
+/// frame, and every bearer token, for as long as it runs); positions stay
+/// absolute, and a cursor left behind the oldest kept event resumes there.
 #[derive(Debug)]
 pub(crate) struct Record {
-    events: Mutex<Vec<StubEvent>>,
+    events: Mutex<Events>,
     len: watch::Sender<usize>,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Default)]
+struct Events {
+    kept: VecDeque<StubEvent>,
+    /// Absolute position of `kept[0]` (how many were forgotten).
+    base: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,32 +125,47 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Record {
-    pub(crate) fn new() -> Self {
+    /// A record keeping everything (`limit` `None`) or the newest `limit`
+    /// events.
+    pub(crate) fn new(limit: Option<usize>) -> Self {
         Self {
-            events: Mutex::new(Vec::new()),
+            events: Mutex::new(Events::default()),
             len: watch::Sender::new(0),
+            limit: limit.map(|l| l.max(1)),
         }
     }
 
     pub(crate) fn push(&self, event: StubEvent) {
         let len = {
             let mut events = lock(&self.events);
-            events.push(event);
-            events.len()
+            events.kept.push_back(event);
+            if let Some(limit) = self.limit {
+                while events.kept.len() > limit {
+                    events.kept.pop_front();
+                    events.base += 1;
+                }
+            }
+            events.base + events.kept.len()
         };
         self.len.send_replace(len);
     }
 
+    /// The events still kept, oldest first.
     pub(crate) fn snapshot(&self) -> Vec<StubEvent> {
-        lock(&self.events).clone()
+        lock(&self.events).kept.iter().cloned().collect()
     }
 
-    fn get(&self, index: usize) -> Option<StubEvent> {
-        lock(&self.events).get(index).cloned()
+    /// The event at absolute position `index`, or the oldest kept one after
+    /// it when `index` was forgotten: `(its position, the event)`.
+    fn get(&self, index: usize) -> Option<(usize, StubEvent)> {
+        let events = lock(&self.events);
+        let at = index.max(events.base);
+        events.kept.get(at - events.base).map(|e| (at, e.clone()))
     }
 
     fn len(&self) -> usize {
-        lock(&self.events).len()
+        let events = lock(&self.events);
+        events.base + events.kept.len()
     }
 }
 
@@ -164,8 +191,8 @@ impl EventCursor {
     pub async fn next(&mut self) -> StubEvent {
         let mut changed = self.record.len.subscribe();
         loop {
-            if let Some(event) = self.record.get(self.position) {
-                self.position += 1;
+            if let Some((at, event)) = self.record.get(self.position) {
+                self.position = at + 1;
                 return event;
             }
             // The record lives as long as this cursor holds it, so the
@@ -208,9 +235,44 @@ impl EventCursor {
     /// advancing.
     pub fn peek_ready(&self) -> Vec<StubEvent> {
         let events = lock(&self.record.events);
-        events
-            .get(self.position..)
-            .map(<[_]>::to_vec)
-            .unwrap_or_default()
+        let from = self.position.saturating_sub(events.base);
+        events.kept.iter().skip(from).cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ping(conn: u64) -> StubEvent {
+        StubEvent::Ping { conn }
+    }
+
+    #[tokio::test]
+    async fn a_limited_record_keeps_the_newest_and_cursors_resume_at_the_oldest_kept() {
+        let record = Arc::new(Record::new(Some(3)));
+        let mut early = EventCursor::new(Arc::clone(&record), 0);
+        for conn in 1..=5 {
+            record.push(ping(conn));
+        }
+        assert_eq!(record.snapshot(), [ping(3), ping(4), ping(5)]);
+        assert_eq!(record.len(), 5, "positions stay absolute");
+        assert_eq!(early.peek_ready(), [ping(3), ping(4), ping(5)]);
+        assert_eq!(early.next().await, ping(3), "forgotten events are skipped");
+        assert_eq!(early.next().await, ping(4));
+        let mut late = EventCursor::at_end(Arc::clone(&record));
+        record.push(ping(6));
+        assert_eq!(late.next().await, ping(6));
+        assert_eq!(early.next().await, ping(5));
+
+        let all = Record::new(None);
+        for conn in 1..=5 {
+            all.push(ping(conn));
+        }
+        assert_eq!(
+            all.snapshot().len(),
+            5,
+            "without a limit nothing is forgotten"
+        );
     }
 }

@@ -102,6 +102,10 @@ pub struct StubConfig {
     pub default_answer: Answer,
     /// `going_idle` behaviour.
     pub going_idle: GoingIdle,
+    /// Events the record keeps: `None` keeps all (tests read the whole
+    /// record back); `dev` keeps the newest few thousand, so a long session
+    /// holds neither every frame nor every bearer token it saw.
+    pub record_limit: Option<usize>,
 }
 
 impl StubConfig {
@@ -113,6 +117,7 @@ impl StubConfig {
             descriptors: vec![descriptor_value(&Descriptor::placeholder("relay"))],
             default_answer: Answer::Success,
             going_idle: GoingIdle::Ack,
+            record_limit: None,
         }
     }
 }
@@ -183,11 +188,12 @@ impl StubConnector {
     pub async fn start(config: StubConfig) -> std::io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
+        let record_limit = config.record_limit;
         let inner = Arc::new(Inner {
             config: Mutex::new(config),
             script: Mutex::new(VecDeque::new()),
             per_op: Mutex::new(HashMap::new()),
-            record: Arc::new(Record::new()),
+            record: Arc::new(Record::new(record_limit)),
             current: Mutex::new(None),
             connections: AtomicU64::new(0),
             message_ids: AtomicU64::new(0),

@@ -1,0 +1,111 @@
+//! One turn: the agent's answer to one event, split for its platform.
+
+use super::*;
+
+impl<E: Egress, A: Agent> Sessions<E, A> {
+    /// Runs one turn up to its computed answer, split into chunks: the reply
+    /// to hand to delivery (with its `place`), or `None` when there is none.
+    pub(super) async fn run_turn(
+        &self,
+        key: &SessionKey,
+        incoming: Incoming,
+        cancel: CancellationToken,
+        place: OwnedSemaphorePermit,
+    ) -> Option<Reply> {
+        let inner = &self.inner;
+        inner.metrics.turn_started();
+        let chat_id = incoming.event.source.chat_id.clone();
+        // Every action of this turn carries the event's own scope and
+        // author, whatever the chat's memory holds by then (§5.6).
+        let scope = ChatScope::of(&incoming.event.source);
+        let descriptor = inner.egress.descriptor(&incoming.event.source.platform);
+        let turn = TurnInput {
+            session_key: key.clone(),
+            event: incoming.event,
+        };
+
+        // Typing runs alongside the agent but never delays the reply: once the
+        // agent answers, an unfinished typing request is simply dropped.
+        let typing = async {
+            if descriptor.supports_op("typing") && !chat_id.is_empty() {
+                let metadata = with_scope(&incoming.metadata, &scope);
+                let result = inner
+                    .egress
+                    .request(Action::Typing {
+                        chat_id: chat_id.clone(),
+                        content: None,
+                        metadata,
+                    })
+                    .await;
+                if !result.success {
+                    debug!(
+                        error = result.error.as_deref().unwrap_or(""),
+                        "typing indicator failed"
+                    );
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        let timeout = inner.config.turn_timeout;
+        let answer = async {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => Err(AgentError::Cancelled),
+                result = tokio::time::timeout(timeout, inner.agent.respond(&turn, cancel.clone())) => {
+                    result.unwrap_or(Err(AgentError::TimedOut(timeout)))
+                }
+            }
+        };
+        // Biased so the typing request is issued before the agent first runs.
+        let answer = tokio::select! {
+            biased;
+            () = typing => Err(AgentError::Cancelled),
+            answer = answer => answer,
+        };
+
+        let text = match answer {
+            _ if cancel.is_cancelled() => {
+                inner.metrics.turn_cancelled();
+                info!(session_key = key.as_str(), "turn cancelled");
+                return None;
+            }
+            Err(AgentError::Cancelled) => {
+                inner.metrics.turn_cancelled();
+                return None;
+            }
+            Ok(text) => {
+                inner.metrics.turn_completed();
+                text
+            }
+            Err(error) => {
+                inner.metrics.turn_failed();
+                warn!(session_key = key.as_str(), %error, "agent failed; sending an error reply");
+                error.user_message().to_owned()
+            }
+        };
+        if text.is_empty() {
+            debug!(
+                session_key = key.as_str(),
+                "agent answered nothing; no reply sent"
+            );
+            return None;
+        }
+
+        let chunks = split_message(
+            &text,
+            descriptor.max_message_length,
+            descriptor.len_unit,
+            descriptor.code_blocks(),
+        );
+        Some(Reply {
+            chunks,
+            chat_id,
+            reply_to: turn.event.message_id,
+            route: incoming.route,
+            metadata: incoming.metadata,
+            scope,
+            cancel,
+            _place: place,
+        })
+    }
+}

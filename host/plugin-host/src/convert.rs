@@ -1,0 +1,357 @@
+//! One conversion: route, input checks, admission, a fresh sandbox on a
+//! worker, the trust boundary, and the mapping of what happened to an
+//! [`Outcome`].
+
+use super::*;
+
+impl PluginHost {
+    /// The lane `forward` is converted in, known before any guest runs: the
+    /// plugin its platform (and profile) enters through — the one asked for
+    /// the tenant key where tenant routes exist — or the platform when no
+    /// plugin routes it. Forwards of one conversation always share a lane.
+    pub fn lane_of(&self, forward: &PassthroughForward) -> Arc<str> {
+        match self
+            .table()
+            .entry_plugin(&forward.platform, forward.profile.as_deref())
+        {
+            Some(entry) => Arc::clone(&entry.plugin.name),
+            None => Arc::from(forward.platform.as_str()),
+        }
+    }
+
+    /// Convert one forward. Waits for a free worker (backpressure), runs the
+    /// conversion in a fresh sandbox, and never fails other than through
+    /// [`Outcome::Failed`].
+    pub async fn convert(&self, forward: &PassthroughForward) -> Conversion {
+        self.convert_inner(forward, None).await
+    }
+
+    /// [`convert`](Self::convert) with this tenant configuration instead of
+    /// the policy's (what `hermes-gateway convert --config key=value` does).
+    pub async fn convert_with_config(
+        &self,
+        forward: &PassthroughForward,
+        config: BTreeMap<String, String>,
+    ) -> Conversion {
+        self.convert_inner(forward, Some(Arc::new(config))).await
+    }
+
+    async fn convert_inner(
+        &self,
+        forward: &PassthroughForward,
+        config_override: Option<ConfigMap>,
+    ) -> Conversion {
+        let limits = &self.inner.config.limits;
+        let table = self.table();
+        let platform = forward.platform.as_str();
+        let profile = forward.profile.as_deref();
+        let Some(entry) = table.entry_plugin(platform, profile) else {
+            return no_route(platform, None);
+        };
+        // Input caps, before any guest runs.
+        if let Some((kind, message)) = input_reject(forward, limits) {
+            entry.plugin.stats.record_rejected();
+            return Conversion::new(
+                Some(&entry.plugin.name),
+                None,
+                Outcome::Rejected { kind, message },
+            );
+        }
+        drop(entry);
+        let request = Arc::new(bindings::request(forward));
+        let (tenant, target) = if table.routes_by_tenant(platform) {
+            let now = Instant::now();
+            let usable = |p: &LoadedPlugin| p.stats.check(now).is_ok();
+            let Some(asked) = table.tenant_plugin(platform, profile, usable) else {
+                return no_route(platform, None);
+            };
+            if usable(&asked.plugin) {
+                let (table, request, config_override) = (
+                    Arc::clone(&table),
+                    Arc::clone(&request),
+                    config_override.clone(),
+                );
+                let plugin = Arc::clone(&asked.plugin);
+                let step = self
+                    .on_worker(&plugin, None, move |inner| {
+                        inner.tenant_then_convert(&table, &request, asked, config_override)
+                    })
+                    .await;
+                match step {
+                    Step::Done(conversion) => return conversion,
+                    Step::Routed { tenant, target } => (tenant, Some(target)),
+                }
+            } else {
+                // Every converter of the platform sits out a quarantine: the
+                // route by platform and profile alone is the best we know.
+                (None, table.resolve(platform, profile, None))
+            }
+        } else {
+            (None, table.resolve(platform, profile, None))
+        };
+        let Some(target) = target else {
+            return no_route(platform, tenant);
+        };
+        let plugin = Arc::clone(&target.plugin);
+        let probe_every = limits.quarantine.probe_every;
+        if let Err(remaining) = plugin.stats.admit(Instant::now(), probe_every) {
+            return self.inner.failed(
+                &plugin.stats,
+                &plugin.name,
+                tenant,
+                PluginError::Quarantined { remaining },
+            );
+        }
+        let config = config_override.unwrap_or_else(|| Arc::clone(&target.config));
+        let step = self
+            .on_worker(&plugin, tenant.clone(), move |inner| {
+                Step::Done(inner.convert_fresh(&request, &target, config, tenant))
+            })
+            .await;
+        match step {
+            Step::Done(conversion) => conversion,
+            Step::Routed { tenant, .. } => no_route(platform, tenant),
+        }
+    }
+
+    /// Runs `work` on a worker thread once `plugin` may run another
+    /// conversion (its [`Admission`](admission::Admission): its own share
+    /// of the workers and its own bounded line) and a worker is free, and
+    /// waits for it with the outer timeout.
+    async fn on_worker(
+        &self,
+        plugin: &Arc<LoadedPlugin>,
+        tenant: Option<String>,
+        work: impl FnOnce(&Inner) -> Step + Send + 'static,
+    ) -> Step {
+        let inner = &self.inner;
+        let outer = inner.config.limits.outer_timeout;
+        let place = match plugin.stats.admission.enter().await {
+            Ok(place) => place,
+            Err(e) => return Step::Done(inner.failed(&plugin.stats, &plugin.name, tenant, e)),
+        };
+        let Ok(worker) = Arc::clone(&inner.permits).acquire_owned().await else {
+            let e = PluginError::Unavailable("closed".to_owned());
+            return Step::Done(inner.failed(&plugin.stats, &plugin.name, tenant, e));
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job_inner = Arc::clone(inner);
+        let job = Box::new(move || {
+            let _ = tx.send(work(&job_inner));
+            // Both places are released only when the worker is free again,
+            // even if the caller stopped waiting.
+            drop((worker, place));
+        });
+        if let Err(e) = inner.pool.submit(job) {
+            let e = PluginError::Unavailable(e.to_owned());
+            return Step::Done(inner.failed(&plugin.stats, &plugin.name, tenant, e));
+        }
+        match tokio::time::timeout(outer, rx).await {
+            Ok(Ok(step)) => step,
+            Ok(Err(_)) => {
+                let e = PluginError::Unavailable("the worker dropped the conversion".to_owned());
+                Step::Done(inner.failed(&plugin.stats, &plugin.name, tenant, e))
+            }
+            // A guest cannot block a worker (no blocking WASI call is
+            // linked, and its CPU budget stops wasm code), so this is a badly
+            // overloaded machine: counted, never a fault (see `failed`).
+            Err(_) => Step::Done(inner.failed(
+                &plugin.stats,
+                &plugin.name,
+                tenant,
+                PluginError::Timeout { after: outer },
+            )),
+        }
+    }
+}
+
+/// What one job on a worker came to.
+enum Step {
+    /// The conversion is over.
+    Done(Conversion),
+    /// The tenant key is known and routes to another plugin (or another
+    /// configuration), which converts in a job of its own.
+    Routed {
+        tenant: Option<String>,
+        target: Resolved,
+    },
+}
+
+fn no_route(platform: &str, tenant: Option<String>) -> Conversion {
+    Conversion::new(
+        None,
+        tenant,
+        Outcome::Failed(PluginError::NoRoute {
+            platform: platform.to_owned(),
+        }),
+    )
+}
+
+/// The input caps checked before any guest runs.
+fn input_reject(forward: &PassthroughForward, limits: &Limits) -> Option<(RejectKind, String)> {
+    if forward.body.is_empty() {
+        Some((RejectKind::EmptyBody, "the body is empty".to_owned()))
+    } else if forward.body.len() > limits.max_body_bytes {
+        Some((
+            RejectKind::PayloadTooLarge,
+            format!(
+                "the body is {} bytes, at most {} allowed",
+                forward.body.len(),
+                limits.max_body_bytes
+            ),
+        ))
+    } else {
+        None
+    }
+}
+
+impl Inner {
+    /// On a worker: the tenant key from `asked`, the final route, and — when
+    /// that is the same plugin with the same configuration — the conversion
+    /// in the same instance (a guest may have cached what `config` answered
+    /// during tenant-of, so another configuration gets a fresh instance).
+    fn tenant_then_convert(
+        &self,
+        table: &Table,
+        req: &bindings::Request,
+        asked: Resolved,
+        config_override: Option<ConfigMap>,
+    ) -> Step {
+        let limits = &self.config.limits;
+        let plugin = &asked.plugin;
+        let cx = CallContext {
+            plugin: Arc::clone(&plugin.name),
+            stats: Some(Arc::clone(&plugin.stats)),
+            tenant: None,
+            config: Arc::clone(&asked.config),
+        };
+        let mut session = match Session::new(&self.engine, &plugin.pre, limits, cx) {
+            Ok(s) => s,
+            Err(e) => return Step::Done(self.failed(&plugin.stats, &plugin.name, None, e)),
+        };
+        plugin.stats.record_tenant_of();
+        let tenant = match session.tenant_of(req) {
+            Ok(t) => t,
+            Err(e) => return Step::Done(self.failed(&plugin.stats, &plugin.name, None, e)),
+        };
+        let Some(target) = table.resolve(&req.platform, req.profile.as_deref(), tenant.as_deref())
+        else {
+            return Step::Done(no_route(&req.platform, tenant));
+        };
+        let config = config_override.unwrap_or_else(|| Arc::clone(&target.config));
+        if !Arc::ptr_eq(&target.plugin, plugin) || *config != *asked.config {
+            return Step::Routed { tenant, target };
+        }
+        let probe_every = limits.quarantine.probe_every;
+        if let Err(remaining) = target.plugin.stats.admit(Instant::now(), probe_every) {
+            let e = PluginError::Quarantined { remaining };
+            return Step::Done(self.failed(&plugin.stats, &plugin.name, tenant, e));
+        }
+        session.set_tenant(tenant.clone(), config);
+        Step::Done(self.convert_in(session, req, &target, tenant))
+    }
+
+    /// On a worker: convert in a fresh instance of `target`.
+    fn convert_fresh(
+        &self,
+        req: &bindings::Request,
+        target: &Resolved,
+        config: ConfigMap,
+        tenant: Option<String>,
+    ) -> Conversion {
+        let plugin = &target.plugin;
+        let cx = CallContext {
+            plugin: Arc::clone(&plugin.name),
+            stats: Some(Arc::clone(&plugin.stats)),
+            tenant: tenant.clone(),
+            config,
+        };
+        match Session::new(&self.engine, &plugin.pre, &self.config.limits, cx) {
+            Ok(session) => self.convert_in(session, req, target, tenant),
+            Err(e) => self.failed(&plugin.stats, &plugin.name, tenant, e),
+        }
+    }
+
+    /// Convert in `session`, then check the output against the caps and the
+    /// trust boundary ([`trust`]) before anything is handed on.
+    fn convert_in(
+        &self,
+        mut session: Session,
+        req: &bindings::Request,
+        target: &Resolved,
+        tenant: Option<String>,
+    ) -> Conversion {
+        let limits = &self.config.limits;
+        let plugin = &target.plugin;
+        let outcome = session.convert(req);
+        drop(session);
+        let fail = |e| self.failed(&plugin.stats, &plugin.name, tenant.clone(), e);
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => return fail(e),
+        };
+        let outcome = match outcome {
+            bindings::Outcome::Events(events) => {
+                let events = match bindings::events(events, limits) {
+                    Ok(events) => events,
+                    Err(why) => return fail(PluginError::BadOutput(why)),
+                };
+                let profile = req.profile.as_deref();
+                if let Err(why) = trust::check(&req.platform, profile, &target.grant, &events) {
+                    return fail(PluginError::Overreach(why));
+                }
+                plugin.stats.record_events(events.len());
+                Outcome::Events(events)
+            }
+            bindings::Outcome::Ignored(reason) => {
+                if reason.len() > 64 {
+                    let why = "ignore reason longer than 64 bytes".to_owned();
+                    return fail(PluginError::BadOutput(why));
+                }
+                plugin.stats.record_ignored();
+                Outcome::Ignored(reason)
+            }
+            bindings::Outcome::Error(e) => {
+                plugin.stats.record_rejected();
+                let mut message = e.message;
+                message.truncate(message.floor_char_boundary(1024));
+                Outcome::Rejected {
+                    kind: bindings::reject_kind(e.kind),
+                    message,
+                }
+            }
+        };
+        Conversion::new(Some(&plugin.name), tenant, outcome)
+    }
+
+    /// Counts a failure (a fault may start a quarantine) and logs it, within
+    /// the plugin's log rate: a failure quotes the guest (its panic message,
+    /// its output), so it shares the bucket of the plugin's own lines.
+    /// The outer timeout is the machine being overloaded, not the plugin
+    /// misbehaving: counted, never a fault.
+    fn failed(
+        &self,
+        stats: &PluginStats,
+        plugin: &str,
+        tenant: Option<String>,
+        error: PluginError,
+    ) -> Conversion {
+        let limits = &self.config.limits;
+        let outer =
+            matches!(error, PluginError::Timeout { after } if after == limits.outer_timeout);
+        let now = Instant::now();
+        let q = stats.record_failure(
+            error.kind(),
+            error.is_fault() && !outer,
+            &limits.quarantine,
+            now,
+        );
+        if stats.allow_log_line(now, limits.log_lines_per_second, limits.log_burst) {
+            tracing::warn!(plugin, tenant = tenant.as_deref().unwrap_or(""), kind = error.kind().as_str(), error = %error, "plugin conversion failed");
+        }
+        if let Some(backoff) = q {
+            tracing::error!(plugin, ?backoff, "plugin quarantined after repeated faults");
+        }
+        Conversion::new(Some(plugin), tenant, Outcome::Failed(error))
+    }
+}

@@ -3,7 +3,6 @@
 
 mod cli;
 mod corpus;
-mod data;
 mod demo;
 mod gateway;
 mod plugins;

@@ -160,7 +160,7 @@ async fn play(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (slow_started, mut slow_turns) = mpsc::unbounded_channel();
     let loopback = IngressConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     let setup = DevSetup::start(&args.plugins, None, DemoAgent { slow_started }, loopback).await?;
-    crate::gateway_main::drain_on_signals(setup.shutdown.clone(), None)?;
+    crate::serving::drain_on_signals(setup.shutdown.clone(), None)?;
     // Fail at once, not after a reply timeout, when a converter is missing.
     for platform in ["discord", "twilio"] {
         if !setup

@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{DevArgs, LogFormat};
-use crate::gateway_main;
+use crate::serving;
 
 /// Default log filter of `dev` and `demo`: the live print is the output;
 /// logs (stderr) show only what went wrong unless `RUST_LOG` asks for more.
@@ -84,7 +84,7 @@ async fn serve(args: DevArgs, agent: AgentBackend) -> anyhow::Result<ExitCode> {
     let mut ingress = IngressConfig::new(args.listen);
     ingress.allow_non_loopback = args.allow_non_loopback;
     let setup = DevSetup::start(&args.plugins, args.policy.clone(), agent, ingress).await?;
-    gateway_main::drain_on_signals(setup.shutdown.clone(), None)?;
+    serving::drain_on_signals(setup.shutdown.clone(), None)?;
 
     let base = setup.ingress.url();
     println!("hermes-gateway dev");
@@ -163,7 +163,7 @@ impl DevSetup {
         agent: A,
         ingress: IngressConfig,
     ) -> anyhow::Result<Self> {
-        let (host, report) = gateway_main::load_plugins(plugins, policy).await?;
+        let (host, report) = serving::load_plugins(plugins, policy).await?;
         crate::admin::log_report(&report);
         if report.loaded.is_empty() {
             tracing::warn!(dir = %plugins.display(), "no plugins loaded: every webhook will be dropped");
@@ -190,7 +190,7 @@ impl DevSetup {
             drain_grace: Duration::from_secs(5),
             ..GatewayConfig::default()
         };
-        let gateway = tokio::spawn(gateway_main::serve_relay(
+        let gateway = tokio::spawn(serving::serve_relay(
             relay,
             host,
             agent,

@@ -13,11 +13,11 @@ mod demo;
 mod dev;
 mod enroll;
 mod env_file;
-mod gateway_main;
 mod logging;
 mod plugins_check;
 mod run;
 mod scaffold;
+mod serving;
 mod settings;
 
 use std::process::ExitCode;

@@ -18,8 +18,8 @@ use tracing::{error, info, warn};
 use crate::admin::{self, AdminState};
 use crate::args::RunArgs;
 use crate::connector_api;
-use crate::gateway_main;
 use crate::logging;
+use crate::serving;
 use crate::settings::{self, ConfigFile, EnvLayers, Overrides, RelayAuth, Secret, Settings};
 
 /// Runs the gateway until a signal or revocation.
@@ -93,7 +93,7 @@ async fn serve(
     let shutdown = CancellationToken::new();
 
     // Plugins: compile off the async threads; a bad file is a warning.
-    let (host, report) = gateway_main::load_plugins(&plugins_dir, args.policy.clone()).await?;
+    let (host, report) = serving::load_plugins(&plugins_dir, args.policy.clone()).await?;
     admin::log_report(&report);
     if report.loaded.is_empty() {
         warn!(dir = %plugins_dir.display(), "no plugins loaded: passthrough forwards will be dropped");
@@ -119,7 +119,7 @@ async fn serve(
         tokio::spawn(admin::serve(listener, options, state, shutdown.clone()));
     }
 
-    gateway_main::drain_on_signals(shutdown.clone(), Some(host.clone()))?;
+    serving::drain_on_signals(shutdown.clone(), Some(host.clone()))?;
 
     let relay = &settings.relay;
     if relay.delivery_key.is_some() {
@@ -164,7 +164,7 @@ async fn serve(
     );
     let (handle, inbound) = RelayLink::spawn(relay_config);
     let _ = relay_slot.set(handle.clone());
-    gateway_main::stop_when_revoked(&handle, &shutdown);
+    serving::stop_when_revoked(&handle, &shutdown);
 
     let options = AgentOptions {
         model: settings

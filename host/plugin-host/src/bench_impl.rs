@@ -11,7 +11,7 @@ use wasmtime::component::{Component, Linker};
 
 use crate::artifact_cache::ArtifactCache;
 use crate::bindings::{self, ConverterPluginPre};
-use crate::sandbox::{CallContext, ConfigMap, Session, StoreState};
+use crate::sandbox::{CallContext, ConfigMap, Sandbox, StoreState};
 use crate::{Allocator, Limits, RejectKind};
 
 /// One plugin, compiled and pre-instantiated outside a host.
@@ -52,7 +52,7 @@ impl BenchOutcome {
 /// not do; measured for comparison).
 pub struct WarmInstance<'a> {
     plugin: &'a BenchPlugin,
-    session: Session,
+    session: Sandbox,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -110,14 +110,14 @@ impl BenchPlugin {
             .map_err(|e| format!("{e:#}"))
     }
 
-    fn session(&self) -> Result<Session, String> {
+    fn session(&self) -> Result<Sandbox, String> {
         let cx = CallContext {
             plugin: Arc::clone(&self.name),
             stats: None,
             tenant: None,
             config: ConfigMap::default(),
         };
-        Session::new(&self.engine, &self.pre, &self.limits, cx).map_err(err)
+        Sandbox::new(&self.engine, &self.pre, &self.limits, cx).map_err(err)
     }
 
     /// Create a store and instantiate (then drop both).

@@ -225,7 +225,7 @@ impl Inner {
             tenant: None,
             config: Arc::clone(&asked.config),
         };
-        let mut session = match Session::new(&self.engine, &plugin.pre, limits, cx) {
+        let mut session = match Sandbox::new(&self.engine, &plugin.pre, limits, cx) {
             Ok(s) => s,
             Err(e) => return Step::Done(self.failed(&plugin.stats, &plugin.name, None, e)),
         };
@@ -266,7 +266,7 @@ impl Inner {
             tenant: tenant.clone(),
             config,
         };
-        match Session::new(&self.engine, &plugin.pre, &self.config.limits, cx) {
+        match Sandbox::new(&self.engine, &plugin.pre, &self.config.limits, cx) {
             Ok(session) => self.convert_in(session, req, target, tenant),
             Err(e) => self.failed(&plugin.stats, &plugin.name, tenant, e),
         }
@@ -276,7 +276,7 @@ impl Inner {
     /// trust boundary ([`trust`]) before anything is handed on.
     fn convert_in(
         &self,
-        mut session: Session,
+        mut session: Sandbox,
         req: &bindings::Request,
         target: &Resolved,
         tenant: Option<String>,

@@ -129,7 +129,7 @@ pub use crate::watch::WatchHandle;
 
 use crate::artifact_cache::ArtifactCache;
 use crate::pool::WorkerPool;
-use crate::sandbox::{CallContext, ConfigMap, Session, StoreState};
+use crate::sandbox::{CallContext, ConfigMap, Sandbox, StoreState};
 use crate::stats::PluginStats;
 use crate::table::{LoadedPlugin, Loader, Resolved, Table};
 

@@ -453,7 +453,7 @@ pub(crate) struct CallContext {
 }
 
 /// A fresh store and instance of one plugin.
-pub(crate) struct Session {
+pub(crate) struct Sandbox {
     store: Store<StoreState>,
     instance: ConverterPlugin,
     deadline_ticks: u64,
@@ -470,7 +470,7 @@ fn resource_table(limits: &Limits) -> ResourceTable {
     table
 }
 
-impl Session {
+impl Sandbox {
     /// Create a store with its limits and instantiate the plugin in it.
     pub(crate) fn new(
         engine: &Engine,

@@ -14,7 +14,7 @@ use wasmtime::component::{Component, Linker};
 use crate::artifact_cache::{ArtifactCache, CacheOutcome};
 use crate::bindings::{self, ConverterPluginPre};
 use crate::policy::{Grant, Policy, RouteRule};
-use crate::sandbox::{CallContext, ConfigMap, Session, StoreState};
+use crate::sandbox::{CallContext, ConfigMap, Sandbox, StoreState};
 use crate::stats::PluginStats;
 use crate::{Limits, LoadError};
 
@@ -401,7 +401,7 @@ impl Loader<'_> {
             config: ConfigMap::default(),
         };
         let mut session =
-            Session::new(self.engine, pre, self.limits, cx).map_err(|e| err(e.to_string()))?;
+            Sandbox::new(self.engine, pre, self.limits, cx).map_err(|e| err(e.to_string()))?;
         let info = session.describe().map_err(|e| err(e.to_string()))?;
         let valid_name = |s: &str| {
             !s.is_empty()

@@ -176,14 +176,7 @@ impl bindings::hermes::converter::host::Host for StoreState {
 
 /// The longest prefix of `s` of at most `max` bytes, on a char boundary.
 fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    s.get(..s.floor_char_boundary(max)).unwrap_or(s)
 }
 
 /// Caps what one store may allocate.

@@ -238,10 +238,7 @@ impl OpenAiAgent {
                         if piece.len() >= room {
                             // Cut at a char boundary; dropping the stream
                             // closes the connection.
-                            let mut cut = room;
-                            while !piece.is_char_boundary(cut) {
-                                cut -= 1;
-                            }
+                            let cut = piece.floor_char_boundary(room);
                             reply.push_str(piece.get(..cut).unwrap_or_default());
                             break 'read;
                         }

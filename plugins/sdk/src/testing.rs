@@ -455,7 +455,7 @@ pub fn corpus_dir(manifest_dir: &str, name: &str) -> std::path::PathBuf {
 }
 
 /// Fuzzes `convert` with mutants of the bodies of every `platform` case in
-/// both corpora (see [`crate::fuzz`]), in both modes, for
+/// both corpora under `data_dir` (`tests/data`; see [`crate::fuzz`]), in both modes, for
 /// [`fuzz::budget`](crate::fuzz::budget): no input may panic the
 /// converter, and whatever it returns must pass the output caps check.
 ///
@@ -464,13 +464,13 @@ pub fn corpus_dir(manifest_dir: &str, name: &str) -> std::path::PathBuf {
 /// When the converter panics (the input is saved; see [`crate::fuzz::run`])
 /// or a corpus cannot be loaded.
 pub fn fuzz_converter(
-    manifest_dir: &str,
+    data_dir: &Path,
     platform: &str,
     convert: impl Fn(&Request, &dyn Config) -> Outcome,
 ) -> crate::fuzz::Report {
     let mut cases = Vec::new();
     for corpus in ["corpus", "corpus-outside"] {
-        let dir = corpus_dir(manifest_dir, corpus);
+        let dir = data_dir.join(corpus);
         let loaded = load_corpus(&dir).unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()));
         cases.extend(loaded.into_iter().filter(|c| c.platform == platform));
     }

@@ -30,6 +30,13 @@ pub struct GatewayConfig {
     /// in arrival order within a lane (see [`crate::lanes`]) whatever order
     /// the conversions finish in.
     pub conversions: LaneLimits,
+    /// How long a live forward (one without a `bufferId`, which the
+    /// connector cannot redeliver) keeps being retried while the plugin host
+    /// cannot convert it now (quarantine, a full line, a busy pool): a
+    /// buffered forward is left unacked instead, but a live one would
+    /// otherwise be lost. Retries back off from 250 ms to 2 s; a quarantined
+    /// plugin admits one probe per second.
+    pub live_retry: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -39,6 +46,7 @@ impl Default for GatewayConfig {
             going_idle_timeout: Duration::from_secs(10),
             drain_grace: Duration::from_secs(30),
             conversions: LaneLimits::default(),
+            live_retry: Duration::from_secs(10),
         }
     }
 }
@@ -99,10 +107,18 @@ impl Gateway {
             Arc::clone(&self.metrics),
         );
         let mut conversions = Lanes::new(self.config.conversions);
+        let live_retry = self.config.live_retry;
         let convert = |forward: hermes_protocol::forward::PassthroughForward,
                        buffer_id: Option<String>| {
             let converter = &converter;
-            async move { (converter.convert(&forward).await, buffer_id) }
+            async move {
+                let converted = if buffer_id.is_some() {
+                    converter.convert(&forward).await
+                } else {
+                    convert_live(converter, &forward, live_retry).await
+                };
+                (converted, buffer_id)
+            }
         };
 
         // Serving. The `inbound` branch is disabled while the conversion
@@ -279,6 +295,44 @@ impl Gateway {
                 }
             }
         }
+    }
+}
+
+/// Converts a live forward (no `bufferId`: nobody will redeliver it),
+/// retrying while the outcome is [`ForwardDrop::Deferred`] for up to
+/// `window`, backing off from 250 ms to 2 s.
+async fn convert_live<C: Converter>(
+    converter: &C,
+    forward: &hermes_protocol::forward::PassthroughForward,
+    window: Duration,
+) -> Converted {
+    let deadline = tokio::time::Instant::now() + window;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let converted = converter.convert(forward).await;
+        let deferred = matches!(
+            converted,
+            Converted::Dropped {
+                reason: ForwardDrop::Deferred,
+                ..
+            }
+        );
+        if !deferred || tokio::time::Instant::now() + pause > deadline {
+            if deferred {
+                warn!(
+                    platform = forward.platform,
+                    "live forward (no bufferId) still not convertible after {window:?}; it is lost"
+                );
+            }
+            return converted;
+        }
+        debug!(
+            platform = forward.platform,
+            ?pause,
+            "live forward not convertible now; retrying"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
 

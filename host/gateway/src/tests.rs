@@ -1119,6 +1119,110 @@ async fn gateway_routes_forwards_acks_drops_and_drains() {
     );
 }
 
+/// Answers `Deferred` (the host cannot convert now: quarantine, full line)
+/// for the first `deferrals` calls, then converts like [`FakeConverter`].
+struct FlakyConverter {
+    deferrals: std::sync::atomic::AtomicUsize,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Converter for FlakyConverter {
+    async fn convert(&self, forward: &PassthroughForward) -> Converted {
+        use std::sync::atomic::Ordering;
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let left = self.deferrals.load(Ordering::SeqCst);
+        if left > 0 {
+            self.deferrals.store(left - 1, Ordering::SeqCst);
+            return Converted::Dropped {
+                reason: ForwardDrop::Deferred,
+                detail: "quarantined".into(),
+            };
+        }
+        FakeConverter.convert(forward).await
+    }
+}
+
+/// A live forward has no `bufferId`, so nobody would redeliver it: while
+/// the host cannot convert it now, the gateway retries (bounded) instead of
+/// losing it. A buffered one is left unacked for the connector instead.
+#[tokio::test]
+async fn a_live_forward_is_retried_while_the_host_cannot_convert_it_now() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (relay, mut out) = FakeRelay::new();
+    let (agent, mut probe) = gate_agent();
+    probe.release.add_permits(1);
+    let (tx, rx) = mpsc::channel(8);
+    let shutdown = CancellationToken::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let converter = FlakyConverter {
+        deferrals: AtomicUsize::new(2),
+        calls: Arc::clone(&calls),
+    };
+    let gateway = Gateway::new(GatewayConfig::default(), Arc::new(Metrics::new()));
+    let run = tokio::spawn(gateway.run(relay, rx, converter, agent, shutdown.clone()));
+    tx.send(InboundItem::Forward {
+        forward: forward("/interaction"),
+        buffer_id: None,
+    })
+    .await
+    .expect("send");
+    assert_eq!(
+        next(&mut probe.started).await.1,
+        "slash",
+        "converted on the third try"
+    );
+    assert!(matches!(
+        next_reply(&mut out).await,
+        Action::FollowUp { .. }
+    ));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // A buffered forward is tried once and left for redelivery.
+    let calls_before = calls.load(Ordering::SeqCst);
+    shutdown.cancel();
+    tokio::time::timeout(SAFETY, run)
+        .await
+        .expect("run ends")
+        .expect("no panic");
+    let (relay, mut out) = FakeRelay::new();
+    let (agent, _probe) = gate_agent();
+    let (tx, rx) = mpsc::channel(8);
+    let shutdown = CancellationToken::new();
+    let buffered_calls = Arc::new(AtomicUsize::new(0));
+    let converter = FlakyConverter {
+        deferrals: AtomicUsize::new(1),
+        calls: Arc::clone(&buffered_calls),
+    };
+    let metrics = Arc::new(Metrics::new());
+    let gateway = Gateway::new(GatewayConfig::default(), Arc::clone(&metrics));
+    let run = tokio::spawn(gateway.run(relay, rx, converter, agent, shutdown.clone()));
+    for (path, id) in [("/interaction", "b1"), ("/ping", "b2")] {
+        tx.send(InboundItem::Forward {
+            forward: forward(path),
+            buffer_id: Some(id.into()),
+        })
+        .await
+        .expect("send");
+    }
+    assert_eq!(
+        next(&mut out).await,
+        Out::Ack("b2".into()),
+        "b1 is not acked"
+    );
+    assert_eq!(
+        buffered_calls.load(Ordering::SeqCst),
+        2,
+        "b1 was tried once"
+    );
+    assert_eq!(metrics.snapshot().forwards_deferred, 1);
+    shutdown.cancel();
+    tokio::time::timeout(SAFETY, run)
+        .await
+        .expect("run ends")
+        .expect("no panic");
+    assert!(calls_before >= 3);
+}
+
 #[tokio::test]
 async fn a_forward_the_host_cannot_convert_now_is_left_unacked() {
     let (relay, mut out) = FakeRelay::new();

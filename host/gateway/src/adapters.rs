@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::egress::{Converted, Converter, Egress, Relay};
 use crate::metrics::ForwardDrop;
-use crate::session::{Incoming, ReplyRoute};
+use crate::session::Incoming;
 
 impl Egress for RelayHandle {
     async fn request(&self, action: Action) -> ActionResult {
@@ -139,12 +139,7 @@ pub fn converted_from(
                 .into_iter()
                 .map(|e| Incoming {
                     event: e.event,
-                    route: match e.reply_route {
-                        hermes_plugin_host::ReplyRoute::Send => ReplyRoute::Send,
-                        hermes_plugin_host::ReplyRoute::FollowUp { kind } => {
-                            ReplyRoute::FollowUp { kind }
-                        }
-                    },
+                    route: e.reply_route,
                     metadata: Metadata::new(),
                     profile: profile.map(str::to_owned),
                 })

@@ -5,19 +5,7 @@ use serde::Serialize;
 
 use crate::error::PluginError;
 
-/// How the host must answer an event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum ReplyRoute {
-    /// `send` to the event's chat.
-    Send,
-    /// `follow_up` through a capability the connector vaulted, by kind
-    /// (`discord.interaction_token`, `slack.response_url`).
-    FollowUp {
-        /// The capability kind.
-        kind: String,
-    },
-}
+pub use hermes_protocol::event::ReplyRoute;
 
 /// One event a plugin produced. Serializes to the wire MessageEvent with
 /// every optional key written, plus `is_bot`, `reply_route` and `metadata`

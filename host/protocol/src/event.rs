@@ -361,6 +361,23 @@ impl<'de> Deserialize<'de> for MessageEvent {
     }
 }
 
+/// How the answer to an event goes back: one model for the plugin host
+/// (what a converter asked for) and the session layer (what a turn sends).
+/// Serializes as `{"op":"send"}` / `{"op":"follow_up","kind":…}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ReplyRoute {
+    /// `send` to the event's chat, with `reply_to` = the event's message id.
+    Send,
+    /// `follow_up` on a capability the connector vaulted for the session, by
+    /// kind (`discord.interaction_token`, `slack.response_url`); the gateway
+    /// never sees the credential.
+    FollowUp {
+        /// The capability kind.
+        kind: String,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,7 +86,7 @@ pub use auth::{
 };
 pub use decoder::{DecodeError, DecodeLimits, FrameDecoder};
 pub use descriptor::{Descriptor, DescriptorError};
-pub use event::{MessageEvent, MessageType, PromptResponse, SessionSource};
+pub use event::{MessageEvent, MessageType, PromptResponse, ReplyRoute, SessionSource};
 pub use forward::{DEFAULT_MAX_BODY_BYTES, ForwardError, PassthroughForward};
 pub use frame::{CommandSpec, ConnectorFrame, GatewayFrame, WireFrame};
 pub use session::{SessionKey, SessionKeySettings, session_key};

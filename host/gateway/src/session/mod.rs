@@ -127,18 +127,7 @@ impl Default for SessionConfig {
     }
 }
 
-/// How the answer to an event goes back (a converter's reply route).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplyRoute {
-    /// `send` to the event's chat with `reply_to` = the event's message id.
-    Send,
-    /// `follow_up` on a capability the connector vaulted for the session
-    /// (e.g. `discord.interaction_token`); the gateway never sees the credential.
-    FollowUp {
-        /// The capability kind.
-        kind: String,
-    },
-}
+pub use hermes_protocol::event::ReplyRoute;
 
 /// One event on its way into a session, with how to answer it.
 #[derive(Debug, Clone)]

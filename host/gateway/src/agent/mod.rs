@@ -160,6 +160,10 @@ impl FromStr for AgentSpec {
     }
 }
 
+/// The longest one turn may take, for the session layer and for the `exec:`
+/// child alike (one number, one place).
+pub const DEFAULT_TURN_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Settings shared by the backends built from a spec. `Debug` never prints
 /// the API key.
 #[derive(Clone)]
@@ -195,7 +199,7 @@ impl std::fmt::Debug for AgentOptions {
 impl Default for AgentOptions {
     fn default() -> Self {
         Self {
-            turn_timeout: Duration::from_secs(300),
+            turn_timeout: DEFAULT_TURN_TIMEOUT,
             model: "gpt-4o-mini".to_owned(),
             api_key: None,
             history_messages: 20,

@@ -122,7 +122,7 @@ impl Default for SessionConfig {
             max_concurrent_turns: 32,
             recent_buffer_ids: 4096,
             scope_chats: 10_000,
-            turn_timeout: Duration::from_secs(300),
+            turn_timeout: crate::agent::DEFAULT_TURN_TIMEOUT,
         }
     }
 }

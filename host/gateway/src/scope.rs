@@ -13,7 +13,9 @@
 //! changes what is remembered for another's chat, and it is a bounded LRU so
 //! a flood of distinct chats cannot grow it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
 
 use serde_json::{Map, Value};
 
@@ -61,32 +63,15 @@ type ChatKey = (String, String);
 /// Bounded LRU of [`ChatScope`] by platform and `chat_id`.
 #[derive(Debug)]
 pub struct ScopeCache {
-    capacity: usize,
-    tick: u64,
-    entries: HashMap<ChatKey, (ChatScope, u64)>,
-    // Recency index: tick of last use → chat. The smallest tick is evicted.
-    by_use: BTreeMap<u64, ChatKey>,
+    entries: LruCache<ChatKey, ChatScope>,
 }
 
 impl ScopeCache {
     /// An empty cache remembering at most `capacity` chats (at least one).
     pub fn new(capacity: usize) -> Self {
         Self {
-            capacity: capacity.max(1),
-            tick: 0,
-            entries: HashMap::new(),
-            by_use: BTreeMap::new(),
+            entries: LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN)),
         }
-    }
-
-    fn touch(&mut self, key: &ChatKey) -> Option<&mut ChatScope> {
-        self.tick += 1;
-        let tick = self.tick;
-        let (scope, used) = self.entries.get_mut(key)?;
-        self.by_use.remove(used);
-        *used = tick;
-        self.by_use.insert(tick, key.clone());
-        Some(scope)
     }
 
     /// Records what an inbound event of `platform` says about its chat. The
@@ -105,30 +90,22 @@ impl ScopeCache {
         if chat_id.is_empty() || (scope_id.is_none() && user_id.is_none()) {
             return;
         }
-        let key = (platform.to_owned(), chat_id.to_owned());
-        if self.touch(&key).is_none() {
-            if self.entries.len() >= self.capacity
-                && let Some((_, oldest)) = self.by_use.pop_first()
-            {
-                self.entries.remove(&oldest);
-            }
-            self.entries
-                .insert(key.clone(), (ChatScope::default(), self.tick));
-            self.by_use.insert(self.tick, key.clone());
+        let entry = self.entries.get_or_insert_mut(
+            (platform.to_owned(), chat_id.to_owned()),
+            ChatScope::default,
+        );
+        if let Some(s) = scope_id {
+            entry.scope_id = Some(s.to_owned());
         }
-        if let Some((entry, _)) = self.entries.get_mut(&key) {
-            if let Some(s) = scope_id {
-                entry.scope_id = Some(s.to_owned());
-            }
-            if let Some(u) = user_id {
-                entry.user_id = Some(u.to_owned());
-            }
+        if let Some(u) = user_id {
+            entry.user_id = Some(u.to_owned());
         }
     }
 
     /// What is known about `chat_id` of `platform`, if it was seen inbound.
     pub fn get(&mut self, platform: &str, chat_id: &str) -> Option<ChatScope> {
-        self.touch(&(platform.to_owned(), chat_id.to_owned()))
+        self.entries
+            .get(&(platform.to_owned(), chat_id.to_owned()))
             .cloned()
     }
 

@@ -12,7 +12,8 @@
 //! key **and** scope (relay-contract §5.6: two tenants never share one), at
 //! most `history_messages` messages and [`MAX_HISTORY_BYTES`] per history.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -66,16 +67,15 @@ impl Default for OpenAiOptions {
     }
 }
 
-struct History {
-    messages: VecDeque<(&'static str, String)>,
-    last_used: u64,
-}
+/// One conversation's recent messages, oldest first.
+type History = VecDeque<(&'static str, String)>;
 
 /// Streams answers from an OpenAI-compatible server.
 pub struct OpenAiAgent {
     options: OpenAiOptions,
     client: reqwest::Client,
-    histories: Mutex<(u64, HashMap<String, History>)>,
+    /// Per session key and scope; the least recently used is forgotten.
+    histories: Mutex<lru::LruCache<String, History>>,
 }
 
 impl std::fmt::Debug for OpenAiAgent {
@@ -136,22 +136,22 @@ impl OpenAiAgent {
             .connect_timeout(options.connect_timeout)
             .build()
             .map_err(|e| AgentError::Http(e.to_string()))?;
+        let sessions = NonZeroUsize::new(options.history_sessions).unwrap_or(NonZeroUsize::MIN);
         Ok(Self {
             options,
             client,
-            histories: Mutex::new((0, HashMap::new())),
+            histories: Mutex::new(lru::LruCache::new(sessions)),
         })
     }
 
     fn history_of(&self, key: &str) -> Vec<(&'static str, String)> {
-        let guard = self
+        let mut guard = self
             .histories
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         guard
-            .1
             .get(key)
-            .map(|h| h.messages.iter().cloned().collect())
+            .map(|h| h.iter().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -160,29 +160,14 @@ impl OpenAiAgent {
             .histories
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (tick, map) = &mut *guard;
-        *tick += 1;
-        if !map.contains_key(key)
-            && map.len() >= self.options.history_sessions.max(1)
-            && let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, h)| h.last_used)
-                .map(|(k, _)| k.clone())
+        let history = guard.get_or_insert_mut(key.to_owned(), History::new);
+        history.push_back(("user", user));
+        history.push_back(("assistant", assistant));
+        let mut bytes: usize = history.iter().map(|(_, m)| m.len()).sum();
+        while history.len() > self.options.history_messages
+            || (bytes > MAX_HISTORY_BYTES && !history.is_empty())
         {
-            map.remove(&oldest);
-        }
-        let history = map.entry(key.to_owned()).or_insert_with(|| History {
-            messages: VecDeque::new(),
-            last_used: 0,
-        });
-        history.last_used = *tick;
-        history.messages.push_back(("user", user));
-        history.messages.push_back(("assistant", assistant));
-        let mut bytes: usize = history.messages.iter().map(|(_, m)| m.len()).sum();
-        while history.messages.len() > self.options.history_messages
-            || (bytes > MAX_HISTORY_BYTES && !history.messages.is_empty())
-        {
-            if let Some((_, dropped)) = history.messages.pop_front() {
+            if let Some((_, dropped)) = history.pop_front() {
                 bytes -= dropped.len();
             }
         }

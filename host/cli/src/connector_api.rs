@@ -214,7 +214,7 @@ fn server_error_text(text: &str) -> Option<String> {
             .find_map(|k| v.get(*k).and_then(Value::as_str).map(str::to_owned))
     });
     let raw = from_json.unwrap_or_else(|| text.to_owned());
-    let line = raw.split_whitespace().collect::<Vec<_>>().join(" ");
+    let line = crate::text::one_line(&raw);
     if line.is_empty() {
         return None;
     }

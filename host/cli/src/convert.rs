@@ -75,11 +75,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     // run inside a runtime's `block_on`.
     let (host, report) = PluginHost::load(config)?;
     for e in &report.errors {
-        let line = e
-            .to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
+        let line = crate::text::one_line(&e.to_string());
         eprintln!("warning: plugin file skipped: {line}");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -19,6 +19,7 @@ mod run;
 mod scaffold;
 mod serving;
 mod settings;
+mod text;
 
 use std::process::ExitCode;
 
@@ -79,8 +80,5 @@ fn new_plugin(name: &str) -> anyhow::Result<ExitCode> {
 
 /// An error and its causes on one line (`outer: inner: root`).
 fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    text::one_line(&format!("{e:#}"))
 }

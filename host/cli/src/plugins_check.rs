@@ -38,11 +38,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut err = std::io::stderr().lock();
     for e in &report.errors {
         // One line per file, whatever the underlying message looks like.
-        let line = e
-            .to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
+        let line = crate::text::one_line(&e.to_string());
         let _ = writeln!(err, "error: {line}");
     }
     let _ = writeln!(

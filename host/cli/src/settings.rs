@@ -284,11 +284,7 @@ impl ConfigFile {
     pub fn parse(text: &str, path: &Path) -> Result<Self, SettingsError> {
         toml::from_str(text).map_err(|e| SettingsError::ConfigParse {
             path: path.to_path_buf(),
-            message: e
-                .to_string()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
+            message: crate::text::one_line(&e.to_string()),
         })
     }
 

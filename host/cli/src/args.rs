@@ -427,7 +427,7 @@ pub struct DevArgs {
     pub plugins: PathBuf,
     /// Address of the webhook ingress; port 0 picks a free port (the banner
     /// prints the bound address).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787", value_parser = crate::dev::parse_listen)]
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787", value_parser = parse_listen)]
     pub listen: std::net::SocketAddr,
     /// The agent that answers: `echo`, `exec:COMMAND` or `openai:BASE_URL`
     /// (as for `run`).
@@ -459,6 +459,12 @@ pub struct DemoArgs {
     /// Seconds to wait for each expected reply before failing (exit 1).
     #[arg(long, value_name = "SECS", default_value_t = 20)]
     pub timeout: u64,
+}
+
+/// Parses `--listen`.
+fn parse_listen(raw: &str) -> Result<std::net::SocketAddr, String> {
+    raw.parse()
+        .map_err(|e| format!("{raw:?} is not an IP address and port (e.g. 127.0.0.1:8787): {e}"))
 }
 
 #[cfg(test)]

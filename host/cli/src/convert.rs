@@ -68,7 +68,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     };
 
     let mut config = PluginHostConfig::new(&args.plugins);
-    config.cache_dir = crate::run::plugin_cache_dir();
+    config.cache_dir = crate::serving::plugin_cache_dir();
     config.policy_file = Some(temp_policy.as_ref().map_or(policy_path, |t| t.path.clone()));
     // Load outside any async runtime: loading runs guest code (`describe`)
     // whose stdio goes through WASI's synchronous bindings, which must not

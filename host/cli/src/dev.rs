@@ -12,7 +12,6 @@
 //! unless `--allow-non-loopback` is given.
 
 use std::io::{IsTerminal, Read};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -385,12 +384,6 @@ pub fn describe_request(event: &IngressEvent) -> String {
             format!("← {method} {path} refused {status}: {reason}")
         }
     }
-}
-
-/// Parses `--listen`.
-pub fn parse_listen(raw: &str) -> Result<SocketAddr, String> {
-    raw.parse()
-        .map_err(|e| format!("{raw:?} is not an IP address and port (e.g. 127.0.0.1:8787): {e}"))
 }
 
 #[cfg(test)]

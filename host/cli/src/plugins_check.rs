@@ -15,7 +15,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     crate::logging::init(crate::args::LogFormat::Human, "error");
     let mut config = PluginHostConfig::new(&args.dir);
     config.policy_file = args.policy.clone();
-    config.cache_dir = crate::run::plugin_cache_dir();
+    config.cache_dir = crate::serving::plugin_cache_dir();
     // An explicit --policy must exist (a typo would otherwise check the
     // directory against an empty policy and report success).
     if let Some(p) = &args.policy

@@ -217,19 +217,6 @@ async fn serve(
     }
 }
 
-/// Where compiled plugin artifacts are cached: `~/.hermes/cache/plugins`
-/// (owned by the user, since the host trusts what it deserializes there).
-/// Shared by `run`, `plugins check` and `convert`.
-pub fn plugin_cache_dir() -> Option<std::path::PathBuf> {
-    let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
-    Some(
-        std::path::PathBuf::from(home)
-            .join(".hermes")
-            .join("cache")
-            .join("plugins"),
-    )
-}
-
 /// Provisioning at start (§7.4): retried with capped backoff until it works
 /// or shutdown is requested (`None`). Never fatal.
 async fn provision(

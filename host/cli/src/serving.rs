@@ -29,7 +29,7 @@ pub async fn load_plugins(
         .with_context(|| format!("cannot read plugins directory {}", dir.display()))?;
     let mut config = PluginHostConfig::new(dir);
     config.policy_file = policy;
-    config.cache_dir = crate::run::plugin_cache_dir();
+    config.cache_dir = plugin_cache_dir();
     let loaded = tokio::task::spawn_blocking(move || PluginHost::load(config))
         .await
         .context("plugin loading panicked")??;
@@ -118,4 +118,17 @@ pub fn drain_on_signals(
         }
     });
     Ok(())
+}
+
+/// Where compiled plugin artifacts are cached: `~/.hermes/cache/plugins`
+/// (owned by the user, since the host trusts what it deserializes there).
+/// Shared by `run`, `plugins check` and `convert`.
+pub fn plugin_cache_dir() -> Option<std::path::PathBuf> {
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+    Some(
+        std::path::PathBuf::from(home)
+            .join(".hermes")
+            .join("cache")
+            .join("plugins"),
+    )
 }

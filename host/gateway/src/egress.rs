@@ -14,8 +14,8 @@ use hermes_protocol::action::{Action, ActionResult};
 use hermes_protocol::descriptor::Descriptor;
 use hermes_protocol::forward::PassthroughForward;
 
+use crate::incoming::Incoming;
 use crate::metrics::ForwardDrop;
-use crate::session::Incoming;
 
 /// The relay side: where replies, interrupts and acks go.
 pub trait Egress: Send + Sync + 'static {

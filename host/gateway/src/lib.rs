@@ -43,6 +43,7 @@ pub mod adapters;
 pub mod agent;
 mod egress;
 mod gateway;
+mod incoming;
 pub mod lanes;
 mod metrics;
 mod recent;

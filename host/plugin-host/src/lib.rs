@@ -95,6 +95,7 @@ pub mod artifact_cache;
 mod bindings;
 mod convert;
 mod engine;
+mod epoch;
 mod error;
 mod limits;
 mod outcome;

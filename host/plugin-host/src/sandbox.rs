@@ -99,7 +99,7 @@ impl CpuBudget {
         if used >= self.budget || self.wall_start.elapsed() >= self.wall_cap {
             return UpdateDeadline::Interrupt;
         }
-        UpdateDeadline::Continue(crate::engine::deadline_ticks(self.budget - used))
+        UpdateDeadline::Continue(crate::epoch::deadline_ticks(self.budget - used))
     }
 }
 
@@ -493,7 +493,7 @@ impl Sandbox {
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|store| Ok(store.data().budget.on_deadline()));
-        let deadline_ticks = crate::engine::deadline_ticks(limits.epoch_deadline);
+        let deadline_ticks = crate::epoch::deadline_ticks(limits.epoch_deadline);
         // Instantiation runs guest start functions: it gets a deadline too.
         store.set_epoch_deadline(deadline_ticks);
         // Caps what wasmtime copies out of the guest per call (results and

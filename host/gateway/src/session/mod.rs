@@ -129,31 +129,7 @@ impl Default for SessionConfig {
 
 pub use hermes_protocol::event::ReplyRoute;
 
-/// One event on its way into a session, with how to answer it.
-#[derive(Debug, Clone)]
-pub struct Incoming {
-    /// The user's message.
-    pub event: MessageEvent,
-    /// `send` to the chat or `follow_up` on a vaulted capability.
-    pub route: ReplyRoute,
-    /// Metadata every reply carries (scope is re-attached on top, §5.6).
-    pub metadata: Metadata,
-    /// The session namespace of a forward (its `profile`); `None` uses the
-    /// source's own `profile`.
-    pub profile: Option<String>,
-}
-
-impl Incoming {
-    /// An event from an `inbound` frame: replies are `send`s, profile from its source.
-    pub fn inbound(event: MessageEvent) -> Self {
-        Self {
-            event,
-            route: ReplyRoute::Send,
-            metadata: Metadata::new(),
-            profile: None,
-        }
-    }
-}
+pub use crate::incoming::Incoming;
 
 /// What [`Sessions::submit`] did with a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::PluginError;
+use crate::error::PluginError;
 
 /// One plugin's share of the workers and its bounded waiting line.
 #[derive(Debug)]

@@ -11,8 +11,10 @@ use wasmtime::component::{Component, Linker};
 
 use crate::artifact_cache::ArtifactCache;
 use crate::bindings::{self, ConverterPluginPre};
+use crate::engine::Allocator;
+use crate::limits::Limits;
+use crate::outcome::RejectKind;
 use crate::sandbox::{CallContext, ConfigMap, Sandbox, StoreState};
-use crate::{Allocator, Limits, RejectKind};
 
 /// One plugin, compiled and pre-instantiated outside a host.
 pub struct BenchPlugin {

@@ -3,7 +3,8 @@
 
 use hermes_protocol::event::{MessageEvent, MessageType, PromptResponse, SessionSource};
 
-use crate::{ConvertedEvent, Limits, RejectKind, ReplyRoute};
+use crate::limits::Limits;
+use crate::outcome::{ConvertedEvent, RejectKind, ReplyRoute};
 
 wasmtime::component::bindgen!({
     world: "converter-plugin",

@@ -9,8 +9,9 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use crate::bindings::ConverterPlugin;
 use crate::epoch::EPOCH_TICK;
+use crate::error::HostError;
+use crate::limits::Limits;
 use crate::sandbox::StoreState;
-use crate::{HostError, Limits};
 
 /// Which instance allocator the engine ended up with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-use crate::HostError;
+use crate::error::HostError;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 

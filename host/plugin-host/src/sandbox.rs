@@ -18,8 +18,9 @@ use wasmtime_wasi::{
 };
 
 use crate::bindings::{self, ConverterPlugin, ConverterPluginPre, Outcome, PluginInfo, Request};
+use crate::error::{HostError, PluginError};
+use crate::limits::Limits;
 use crate::stats::PluginStats;
-use crate::{HostError, Limits, PluginError};
 
 /// The prefix the SDK's panic hook writes through `log` before the guest
 /// traps (see `hermes_converter_sdk::guest::PANIC_LOG_PREFIX`).

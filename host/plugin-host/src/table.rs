@@ -13,10 +13,11 @@ use wasmtime::component::{Component, Linker};
 
 use crate::artifact_cache::{ArtifactCache, CacheOutcome};
 use crate::bindings::{self, ConverterPluginPre};
+use crate::error::LoadError;
+use crate::limits::Limits;
 use crate::policy::{Grant, Policy, RouteRule};
 use crate::sandbox::{CallContext, ConfigMap, Sandbox, StoreState};
 use crate::stats::PluginStats;
-use crate::{Limits, LoadError};
 
 /// What a loaded plugin says about itself, plus where it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

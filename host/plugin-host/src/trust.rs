@@ -19,8 +19,8 @@
 //!
 //! [`PluginError::Overreach`]: crate::PluginError::Overreach
 
+use crate::outcome::{ConvertedEvent, ReplyRoute};
 use crate::policy::Grant;
-use crate::{ConvertedEvent, ReplyRoute};
 
 /// The source platforms a forward of `platform` may produce by default.
 pub fn default_platforms(platform: &str) -> &'static [&'static str] {

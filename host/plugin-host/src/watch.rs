@@ -8,7 +8,8 @@ use std::time::Duration;
 use notify::event::ModifyKind;
 use notify::{EventKind, RecursiveMode, Watcher};
 
-use crate::{HostError, PluginHost};
+use crate::PluginHost;
+use crate::error::HostError;
 
 /// Keeps the watch alive; dropping it stops watching.
 pub struct WatchHandle {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use hermes_protocol::event::{MessageEvent, MessageType, SessionSource};
 use serde::{Serialize, Serializer};
 
-use crate::{ConvertedEvent, ReplyRoute};
+use crate::outcome::{ConvertedEvent, ReplyRoute};
 
 impl Serialize for ConvertedEvent {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

@@ -1,4 +1,9 @@
 //! A relay connector on loopback that behaves like the production one.
+//!
+//! Why one file of this length: the listener, the per-connection loop and
+//! the controls a test drives (answers, pushes, closes, stalls) all act on one
+//! shared `Inner`; the record of what happened lives in `record.rs` and the
+//! webhook ingress in `ingress.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;

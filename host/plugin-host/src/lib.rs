@@ -98,6 +98,7 @@ mod engine;
 mod epoch;
 mod error;
 mod limits;
+mod loader;
 mod outcome;
 mod ownership;
 pub mod policy;
@@ -129,10 +130,11 @@ pub use crate::table::{LoadReport, PluginDescription, RoutingTable};
 pub use crate::watch::WatchHandle;
 
 use crate::artifact_cache::ArtifactCache;
+use crate::loader::Loader;
 use crate::pool::WorkerPool;
 use crate::sandbox::{CallContext, ConfigMap, Sandbox, StoreState};
 use crate::stats::PluginStats;
-use crate::table::{LoadedPlugin, Loader, Resolved, Table};
+use crate::table::{LoadedPlugin, Resolved, Table};
 
 /// The version of `hermes:converter` this host implements.
 pub const API_VERSION: &str = bindings::API_VERSION;
@@ -212,7 +214,7 @@ impl PluginHost {
             dir: config.plugins_dir.clone(),
             message,
         })?;
-        let files = table::wasm_files(&config.plugins_dir).map_err(|e| HostError::PluginsDir {
+        let files = loader::wasm_files(&config.plugins_dir).map_err(|e| HostError::PluginsDir {
             dir: config.plugins_dir.clone(),
             message: e.to_string(),
         })?;
@@ -287,7 +289,7 @@ impl PluginHost {
             report.loaded = self.plugins();
             return report;
         }
-        let files = match table::wasm_files(&self.inner.config.plugins_dir) {
+        let files = match loader::wasm_files(&self.inner.config.plugins_dir) {
             Ok(files) => files,
             Err(e) => {
                 // The directory vanished: keep serving what is loaded.

@@ -1,6 +1,11 @@
 //! One conversion's sandbox: the store data, the limiter, the captured
 //! stdout/stderr, the empty WASI context, and the calls into a fresh
 //! instance with their errors classified.
+//!
+//! Why one file of this length: everything here is the state of one store
+//! (`StoreState`) and what wasmtime calls back into it (limiter, epoch
+//! deadline, host imports, captured pipes); the engine and linker setup are
+//! in `engine.rs`, the deadline clock in `epoch.rs`.
 
 use std::collections::BTreeMap;
 use std::io;

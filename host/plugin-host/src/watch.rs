@@ -48,7 +48,7 @@ struct Fingerprint(Vec<(PathBuf, u64, Option<std::time::SystemTime>)>);
 
 impl Fingerprint {
     fn of(dir: &Path, policy: &Path) -> Self {
-        let mut paths: Vec<PathBuf> = crate::table::wasm_files(dir).unwrap_or_default();
+        let mut paths: Vec<PathBuf> = crate::loader::wasm_files(dir).unwrap_or_default();
         paths.push(policy.to_owned());
         Self(
             paths

@@ -22,6 +22,11 @@
 //! assert_eq!(v.get("n").and_then(json::Value::as_number).map(|n| n.as_str()), Some("2.50"));
 //! assert!(json::parse(r#"{"a":1,"a":2}"#).is_err());
 //! ```
+//!
+//! Why one file of this length: a parser is one state machine (lexer, the
+//! duplicate-key and surrogate rules, the depth bound, the borrowed tree);
+//! split, its invariants would be spread over files that only make sense
+//! together.
 
 use std::borrow::Cow;
 

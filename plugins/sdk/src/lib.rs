@@ -36,6 +36,10 @@
 //!
 //! The types mirror `wit/converter.wit` one to one; see that file for the
 //! meaning of every field.
+//!
+//! (Why one file of this length: it is the SDK's whole public surface, the
+//! native mirror of `wit/converter.wit` in one place, and most of it is this
+//! guide and the types' documentation.)
 
 #![cfg_attr(not(target_arch = "wasm32"), forbid(unsafe_code))]
 

@@ -142,6 +142,9 @@ pub enum StubError {
 
 /// Something to do on the current connection.
 #[derive(Debug)]
+// Without `test-controls` only `Text` is sent (the shipped `dev` pushes
+// frames); the other variants stay so the connection loop reads the same.
+#[cfg_attr(not(any(test, feature = "test-controls")), allow(dead_code))]
 enum Command {
     Text(String),
     Binary(Vec<u8>),
@@ -222,26 +225,31 @@ impl StubConnector {
         format!("ws://{}", self.addr)
     }
 
+    #[cfg(any(test, feature = "test-controls"))]
     /// Replace the token rotation list / auth mode for future upgrades.
     pub fn set_auth(&self, auth: StubAuth) {
         lock(&self.inner.config).auth = auth;
     }
 
+    #[cfg(any(test, feature = "test-controls"))]
     /// Replace the descriptors sent on future handshakes.
     pub fn set_descriptors(&self, descriptors: Vec<Value>) {
         lock(&self.inner.config).descriptors = descriptors;
     }
 
+    #[cfg(any(test, feature = "test-controls"))]
     /// Replace the default answer.
     pub fn set_default_answer(&self, answer: Answer) {
         lock(&self.inner.config).default_answer = answer;
     }
 
+    #[cfg(any(test, feature = "test-controls"))]
     /// Replace the `going_idle` behaviour.
     pub fn set_going_idle(&self, going_idle: GoingIdle) {
         lock(&self.inner.config).going_idle = going_idle;
     }
 
+    #[cfg(any(test, feature = "test-controls"))]
     /// Answer every `outbound` of `op` (`send`, `edit`, `typing`,
     /// `follow_up`, `get_chat_info`) with `answer` unless a scripted answer is
     /// queued; `None` goes back to the default answer. For example
@@ -255,6 +263,7 @@ impl StubConnector {
         };
     }
 
+    #[cfg(any(test, feature = "test-controls"))]
     /// Queue answers for the next `outbound` actions, in arrival order.
     pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
         lock(&self.inner.script).extend(answers);
@@ -265,26 +274,31 @@ impl StubConnector {
         self.command(Command::Text(frame.encode())).await
     }
 
+    #[cfg(any(test, feature = "test-controls"))]
     /// Send raw text as one WebSocket text message.
     pub async fn push_text(&self, text: impl Into<String>) -> Result<(), StubError> {
         self.command(Command::Text(text.into())).await
     }
 
+    #[cfg(any(test, feature = "test-controls"))]
     /// Send raw bytes as one WebSocket binary message.
     pub async fn push_binary(&self, bytes: impl Into<Vec<u8>>) -> Result<(), StubError> {
         self.command(Command::Binary(bytes.into())).await
     }
 
+    #[cfg(any(test, feature = "test-controls"))]
     /// Close the current connection with `code` and `reason`.
     pub async fn close(&self, code: u16, reason: impl Into<String>) -> Result<(), StubError> {
         self.command(Command::Close(code, reason.into())).await
     }
 
+    #[cfg(any(test, feature = "test-controls"))]
     /// Drop the current connection's TCP socket without a close frame.
     pub async fn drop_connection(&self) -> Result<(), StubError> {
         self.command(Command::Drop).await
     }
 
+    #[cfg(any(test, feature = "test-controls"))]
     /// Stop reading the current connection (a wedged connector): pings go
     /// unanswered and frames pile up in the socket until the gateway gives
     /// up on it. `close`/`drop_connection` still work.
@@ -292,11 +306,13 @@ impl StubConnector {
         self.command(Command::Stall).await
     }
 
+    #[cfg(any(test, feature = "test-controls"))]
     /// WebSocket upgrades so far (accepted or rejected by token).
     pub fn connection_count(&self) -> u64 {
         self.inner.connections.load(Ordering::SeqCst)
     }
 
+    #[cfg(any(test, feature = "test-controls"))]
     /// The number of the current authenticated connection.
     pub fn current_connection(&self) -> Option<u64> {
         lock(&self.inner.current).as_ref().map(|c| c.conn)
@@ -307,6 +323,7 @@ impl StubConnector {
         self.inner.record.snapshot()
     }
 
+    #[cfg(any(test, feature = "test-controls"))]
     /// Every bearer token presented so far, in upgrade order.
     pub fn tokens_seen(&self) -> Vec<Option<String>> {
         self.events()

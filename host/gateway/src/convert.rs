@@ -15,11 +15,9 @@
 //! as the corpus lists it) and the plugin's informational `metadata`.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
-use hermes_plugin_host::policy::Policy;
 use hermes_plugin_host::{ConvertedEvent, Outcome, PluginError, PluginHost, PluginHostConfig};
 use hermes_protocol::forward::PassthroughForward;
 use serde::Serialize;
@@ -45,8 +43,8 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         profile: args.profile.clone(),
     };
 
-    // `--config` becomes tenant config the way a policy file gives it: an
-    // effective policy is written to a private temporary file.
+    // `--config` pairs go on top of the configuration the policy gives the
+    // routed plugin (PluginHost::convert_with_config).
     // An explicit --policy must exist: silently converting with an empty
     // policy would answer a different question than the one asked.
     if let Some(p) = &args.policy
@@ -58,18 +56,9 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         .policy
         .clone()
         .unwrap_or_else(|| args.plugins.join("policy.toml"));
-    let temp_policy = if args.config.is_empty() {
-        None
-    } else {
-        let policy = Policy::load(&policy_path)
-            .map_err(|e| anyhow!("policy {}: {e}", policy_path.display()))?;
-        let merged = with_config(policy, &args.platform, &args.config);
-        Some(TempPolicy::write(&merged)?)
-    };
-
     let mut config = PluginHostConfig::new(&args.plugins);
     config.cache_dir = crate::serving::plugin_cache_dir();
-    config.policy_file = Some(temp_policy.as_ref().map_or(policy_path, |t| t.path.clone()));
+    config.policy_file = Some(policy_path);
     // Load outside any async runtime: loading runs guest code (`describe`)
     // whose stdio goes through WASI's synchronous bindings, which must not
     // run inside a runtime's `block_on`.
@@ -83,8 +72,12 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let conversion = runtime.block_on(host.convert(&forward));
-    drop(temp_policy);
+    let conversion = if args.config.is_empty() {
+        runtime.block_on(host.convert(&forward))
+    } else {
+        let extra = args.config.iter().cloned().collect();
+        runtime.block_on(host.convert_with_config(&forward, extra))
+    };
 
     let (line, code) = render(conversion.plugin.as_deref(), &conversion.outcome);
     let mut out = std::io::stdout().lock();
@@ -108,53 +101,6 @@ fn read_body(args: &ConvertArgs) -> anyhow::Result<Vec<u8>> {
         Some(p) => {
             std::fs::read(p).with_context(|| format!("cannot read body file {}", p.display()))
         }
-    }
-}
-
-/// The policy with `pairs` added to the configuration the plugin would see
-/// for `platform`: the platform's own config and every route that can match
-/// it (a route's config replaces the platform's, so both must carry them).
-fn with_config(mut policy: Policy, platform: &str, pairs: &[(String, String)]) -> Policy {
-    let entry = policy.platform.entry(platform.to_owned()).or_default();
-    entry.config.extend(pairs.iter().cloned());
-    for route in &mut policy.route {
-        if route.platform.as_deref().is_none_or(|p| p == platform) {
-            route.config.extend(pairs.iter().cloned());
-        }
-    }
-    policy
-}
-
-/// A policy file only this process uses, removed on drop.
-struct TempPolicy {
-    path: PathBuf,
-}
-
-impl TempPolicy {
-    fn write(policy: &Policy) -> anyhow::Result<Self> {
-        let text = toml::to_string(policy).context("cannot serialize the effective policy")?;
-        let dir = std::env::temp_dir();
-        let path = dir.join(format!("hermes-convert-policy-{}.toml", std::process::id()));
-        write_new(&path, &text)
-            .with_context(|| format!("cannot write the effective policy to {}", path.display()))?;
-        Ok(Self { path })
-    }
-}
-
-fn write_new(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())
-}
-
-impl Drop for TempPolicy {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -226,18 +172,6 @@ enum Output<'a> {
 mod tests {
     use super::*;
     use hermes_plugin_host::RejectKind;
-
-    #[test]
-    fn config_reaches_platform_and_matching_routes() {
-        let policy = Policy::parse(
-            "[[route]]\nplatform = \"discord\"\ntenant = \"t\"\nplugin = \"p\"\n[[route]]\nplatform = \"slack\"\ntenant = \"u\"\nplugin = \"q\"\n",
-        )
-        .expect("policy");
-        let merged = with_config(policy, "discord", &[("options".into(), "named".into())]);
-        assert_eq!(merged.platform["discord"].config["options"], "named");
-        assert_eq!(merged.route[0].config["options"], "named");
-        assert!(merged.route[1].config.is_empty());
-    }
 
     #[test]
     fn outcomes_map_to_exit_codes() {

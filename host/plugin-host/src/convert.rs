@@ -26,8 +26,9 @@ impl PluginHost {
         self.convert_inner(forward, None).await
     }
 
-    /// [`convert`](Self::convert) with this tenant configuration instead of
-    /// the policy's (what `hermes-gateway convert --config key=value` does).
+    /// [`convert`](Self::convert) with `config` on top of the configuration
+    /// the policy gives the routed plugin (a key in both takes `config`'s
+    /// value): what `hermes-gateway convert --config key=value` does.
     pub async fn convert_with_config(
         &self,
         forward: &PassthroughForward,
@@ -102,7 +103,7 @@ impl PluginHost {
                 PluginError::Quarantined { remaining },
             );
         }
-        let config = config_override.unwrap_or_else(|| Arc::clone(&target.config));
+        let config = with_extra(&target.config, config_override.as_deref());
         let step = self
             .on_worker(&plugin, tenant.clone(), move |inner| {
                 Step::Done(inner.convert_fresh(&request, &target, config, tenant))
@@ -161,6 +162,18 @@ impl PluginHost {
                 tenant,
                 PluginError::Timeout { after: outer },
             )),
+        }
+    }
+}
+
+/// The routed configuration with `extra` on top, or the routed one itself.
+fn with_extra(routed: &ConfigMap, extra: Option<&BTreeMap<String, String>>) -> ConfigMap {
+    match extra {
+        None => Arc::clone(routed),
+        Some(extra) => {
+            let mut merged = (**routed).clone();
+            merged.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Arc::new(merged)
         }
     }
 }
@@ -238,7 +251,7 @@ impl Inner {
         else {
             return Step::Done(no_route(&req.platform, tenant));
         };
-        let config = config_override.unwrap_or_else(|| Arc::clone(&target.config));
+        let config = with_extra(&target.config, config_override.as_deref());
         if !Arc::ptr_eq(&target.plugin, plugin) || *config != *asked.config {
             return Step::Routed { tenant, target };
         }

@@ -93,6 +93,7 @@
 mod admission;
 pub mod artifact_cache;
 mod bindings;
+mod budget;
 mod convert;
 mod engine;
 mod epoch;
@@ -101,6 +102,7 @@ mod limits;
 mod loader;
 mod outcome;
 mod ownership;
+mod pipe;
 pub mod policy;
 mod pool;
 mod sandbox;

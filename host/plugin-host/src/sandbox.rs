@@ -2,29 +2,26 @@
 //! stdout/stderr, the empty WASI context, and the calls into a fresh
 //! instance with their errors classified.
 //!
-//! Why one file of this length: everything here is the state of one store
-//! (`StoreState`) and what wasmtime calls back into it (limiter, epoch
-//! deadline, host imports, captured pipes); the engine and linker setup are
-//! in `engine.rs`, the deadline clock in `epoch.rs`.
+//! What a call may consume is in `budget.rs`, the captured pipes in
+//! `pipe.rs`, the engine and linker in `engine.rs`, the deadline clock in
+//! `epoch.rs`.
 
 use std::collections::BTreeMap;
-use std::io;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Linker, Resource, ResourceTable};
-use wasmtime::{Engine, Store, StoreContextMut, Trap, UpdateDeadline};
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamError};
+use wasmtime::{Engine, Store, StoreContextMut, Trap};
+use wasmtime_wasi::p2::{DynPollable, Pollable};
 use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
 };
 
 use crate::bindings::{self, ConverterPlugin, ConverterPluginPre, Outcome, PluginInfo, Request};
+use crate::budget::{CallLimiter, CpuBudget};
 use crate::error::{HostError, PluginError};
 use crate::limits::Limits;
+use crate::pipe::CappedPipe;
 use crate::stats::PluginStats;
 
 /// The prefix the SDK's panic hook writes through `log` before the guest
@@ -54,59 +51,6 @@ pub(crate) struct StoreState {
     panic_message: Option<String>,
     output: CappedPipe,
     budget: CpuBudget,
-}
-
-/// The guest's CPU budget for one call, measured in CPU time of the worker
-/// thread rather than wall-clock time: on a busy machine a guest that is
-/// preempted is not charged for the time it did not run, so a legitimate
-/// converter is never timed out (and quarantined) because the machine is
-/// loaded. The epoch deadline fires at the wall-clock deadline as before;
-/// its callback then looks at the thread's CPU clock and either extends the
-/// deadline by what is left of the budget or interrupts the guest. A guest
-/// that spins uses its budget in CPU time and is stopped as before. A wall
-/// cap bounds a call that somehow cannot get the CPU at all.
-struct CpuBudget {
-    budget: Duration,
-    wall_cap: Duration,
-    cpu_start: Duration,
-    wall_start: Instant,
-}
-
-/// This thread's CPU time.
-fn thread_cpu_time() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(
-        u64::try_from(t.tv_sec).unwrap_or(0),
-        u32::try_from(t.tv_nsec).unwrap_or(0),
-    )
-}
-
-impl CpuBudget {
-    fn new(budget: Duration) -> Self {
-        Self {
-            budget,
-            // Generous: only a machine that gives the worker almost no CPU
-            // for this long ends a call that has budget left.
-            wall_cap: budget.saturating_mul(20),
-            cpu_start: thread_cpu_time(),
-            wall_start: Instant::now(),
-        }
-    }
-
-    /// A new call starts now, with the whole budget.
-    fn restart(&mut self) {
-        self.cpu_start = thread_cpu_time();
-        self.wall_start = Instant::now();
-    }
-
-    /// What to do when the epoch deadline is reached.
-    fn on_deadline(&self) -> UpdateDeadline {
-        let used = thread_cpu_time().saturating_sub(self.cpu_start);
-        if used >= self.budget || self.wall_start.elapsed() >= self.wall_cap {
-            return UpdateDeadline::Interrupt;
-        }
-        UpdateDeadline::Continue(crate::epoch::deadline_ticks(self.budget - used))
-    }
 }
 
 /// `s` as one log line: control characters (newlines, carriage returns,
@@ -183,171 +127,6 @@ impl bindings::hermes::converter::host::Host for StoreState {
 /// The longest prefix of `s` of at most `max` bytes, on a char boundary.
 fn truncate(s: &str, max: usize) -> &str {
     s.get(..s.floor_char_boundary(max)).unwrap_or(s)
-}
-
-/// Caps what one store may allocate.
-struct CallLimiter {
-    /// The cap on the sum of all linear memories of the store (a component
-    /// may define several memories; a per-memory cap would multiply).
-    max_memory_bytes: usize,
-    /// Bytes of linear memory granted so far, across every memory.
-    memory_bytes: usize,
-    max_table_elements: usize,
-    max_instances: usize,
-    memory_limit_hit: bool,
-}
-
-impl CallLimiter {
-    fn new(limits: &Limits) -> Self {
-        Self {
-            max_memory_bytes: limits.max_memory_bytes,
-            memory_bytes: 0,
-            max_table_elements: limits.max_table_elements,
-            max_instances: limits.max_instances,
-            memory_limit_hit: false,
-        }
-    }
-}
-
-impl wasmtime::ResourceLimiter for CallLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        // A memory's creation is reported as growth from 0, so the running
-        // total covers every memory of the store.
-        let growth = desired.saturating_sub(current);
-        let total = self.memory_bytes.saturating_add(growth);
-        if total > self.max_memory_bytes {
-            // Refuse the growth (memory.grow returns -1) and remember it, so
-            // the abort that usually follows is reported as a memory limit.
-            self.memory_limit_hit = true;
-            return Ok(false);
-        }
-        self.memory_bytes = total;
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= self.max_table_elements)
-    }
-
-    fn instances(&self) -> usize {
-        self.max_instances
-    }
-
-    fn tables(&self) -> usize {
-        self.max_instances
-    }
-
-    fn memories(&self) -> usize {
-        self.max_instances
-    }
-}
-
-/// A bounded in-memory stdout/stderr: keeps the first `capacity` bytes and
-/// silently drops the rest. Unlike wasmtime-wasi's `MemoryOutputPipe` it never
-/// reports the stream closed or traps when full, so a chatty guest is not
-/// turned into a failing one.
-#[derive(Clone)]
-pub(crate) struct CappedPipe {
-    inner: Arc<Mutex<CappedBuf>>,
-}
-
-struct CappedBuf {
-    bytes: Vec<u8>,
-    capacity: usize,
-    dropped: usize,
-}
-
-impl CappedPipe {
-    fn new(capacity: usize) -> Self {
-        Self {
-            inner: Arc::new(Mutex::new(CappedBuf {
-                bytes: Vec::new(),
-                capacity,
-                dropped: 0,
-            })),
-        }
-    }
-
-    fn push(&self, data: &[u8]) {
-        let mut buf = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let room = buf.capacity.saturating_sub(buf.bytes.len());
-        let take = room.min(data.len());
-        buf.bytes.extend_from_slice(&data[..take]);
-        buf.dropped = buf.dropped.saturating_add(data.len() - take);
-    }
-
-    /// The captured text (lossy UTF-8), with a note when some was dropped.
-    fn text(&self) -> String {
-        let buf = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut s = String::from_utf8_lossy(&buf.bytes).into_owned();
-        if buf.dropped > 0 {
-            s.push_str(&format!("\n[{} more bytes dropped]", buf.dropped));
-        }
-        s
-    }
-}
-
-/// The permit offered to the guest per write; the real cap is in `push`.
-const PIPE_PERMIT: usize = 4096;
-
-impl OutputStream for CappedPipe {
-    fn write(&mut self, bytes: bytes::Bytes) -> Result<(), StreamError> {
-        self.push(&bytes);
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), StreamError> {
-        Ok(())
-    }
-    fn check_write(&mut self) -> Result<usize, StreamError> {
-        Ok(PIPE_PERMIT)
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for CappedPipe {
-    async fn ready(&mut self) {}
-}
-
-impl IsTerminal for CappedPipe {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for CappedPipe {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
-    }
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-impl tokio::io::AsyncWrite for CappedPipe {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.push(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
 }
 
 /// A wall clock frozen at the Unix epoch and a monotonic clock that never
@@ -644,6 +423,8 @@ fn classify(
 
 #[cfg(test)]
 mod tests {
+    use crate::budget::thread_cpu_time;
+    use wasmtime::UpdateDeadline;
     use wasmtime::ResourceLimiter;
 
     use super::*;

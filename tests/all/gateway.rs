@@ -23,7 +23,6 @@ use hermes_protocol::action::Action;
 use hermes_protocol::auth::verify_token;
 use hermes_protocol::descriptor::Descriptor;
 use hermes_protocol::event::SessionSource;
-use hermes_protocol::forward::PassthroughForward;
 use hermes_protocol::frame::{ConnectorFrame, GatewayFrame};
 use hermes_protocol::session::{SessionKeySettings, session_key};
 use hermes_protocol::split::LenUnit;
@@ -32,7 +31,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
 
-use crate::support::{corpus_case, corpus_dir, gateway, plugins_dir};
+use crate::support::{corpus_case, corpus_forward, gateway, plugins_dir};
 
 const GATEWAY_ID: &str = "gw-e2e";
 const SECRET: &str = "e2e-gateway-secret";
@@ -360,31 +359,10 @@ fn assert_token_is_ours(token: &str) {
 
 /// A `passthrough_forward` line for a corpus case, body base64-encoded.
 fn forward_line(case: &Value, buffer_id: &str) -> (String, Vec<u8>) {
-    let body = std::fs::read(corpus_dir().join(case["file"].as_str().expect("file")))
-        .expect("corpus body");
-    let f = &case["forward"];
-    let text = |k: &str| f[k].as_str().expect("forward field").to_owned();
-    let headers = f["headers"]
-        .as_array()
-        .expect("headers")
-        .iter()
-        .map(|h| {
-            (
-                h[0].as_str().expect("name").to_owned(),
-                h[1].as_str().expect("value").to_owned(),
-            )
-        })
-        .collect();
+    let forward = corpus_forward(case);
+    let body = forward.body.clone();
     let frame = ConnectorFrame::PassthroughForward {
-        forward: PassthroughForward {
-            platform: text("platform"),
-            bot_id: String::new(),
-            method: text("method"),
-            path: text("path"),
-            headers,
-            body: body.clone(),
-            profile: None,
-        },
+        forward,
         buffer_id: Some(buffer_id.to_owned()),
     };
     let line = frame.encode();

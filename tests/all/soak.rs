@@ -18,32 +18,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hermes_connector::{Answer, EventCursor};
+use hermes_converter_sdk::fuzz::Rng;
 use hermes_protocol::action::Action;
 use hermes_protocol::forward::PassthroughForward;
 use hermes_protocol::frame::{ConnectorFrame, GatewayFrame};
 
 use crate::cli::admin_request;
 use crate::gateway::{Launch, Running, action, dm, inbound};
-use crate::support::{corpus_case, corpus_dir};
-
-/// A small deterministic generator (xorshift64*), so a failing run can be
-/// replayed from its printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use crate::support::{corpus_case, corpus_forward};
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
@@ -57,29 +39,8 @@ struct SmsTemplate {
 
 impl SmsTemplate {
     fn load() -> Self {
-        let case = corpus_case("twilio/sms.form");
-        let body = std::fs::read_to_string(corpus_dir().join(case["file"].as_str().expect("file")))
-            .expect("corpus body");
-        let f = &case["forward"];
-        let text = |k: &str| f[k].as_str().expect("forward field").to_owned();
-        let headers = f["headers"]
-            .as_array()
-            .expect("headers")
-            .iter()
-            .map(|h| {
-                (
-                    h[0].as_str().expect("name").to_owned(),
-                    h[1].as_str().expect("value").to_owned(),
-                )
-            })
-            .collect();
-        let forward = PassthroughForward {
-            platform: text("platform"),
-            method: text("method"),
-            path: text("path"),
-            headers,
-            ..PassthroughForward::default()
-        };
+        let mut forward = corpus_forward(&corpus_case("twilio/sms.form"));
+        let body = String::from_utf8(std::mem::take(&mut forward.body)).expect("a form body");
         Self { forward, body }
     }
 
@@ -184,7 +145,7 @@ async fn chaos_soak_handles_every_buffered_item_exactly_once() {
             | 1
     });
     println!("chaos soak: {secs}s, HERMES_SOAK_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let admin = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         l.local_addr().expect("addr").to_string()
@@ -273,7 +234,7 @@ async fn chaos_soak_handles_every_buffered_item_exactly_once() {
                 soak.gw.stub.set_default_answer(Answer::Never);
             }
             6..=10 => {
-                let ms = rng.below(400);
+                let ms = rng.below(400) as u64;
                 soak.gw.stub.set_default_answer(Answer::Delay(
                     Duration::from_millis(ms),
                     Box::new(Answer::Success),
@@ -283,7 +244,7 @@ async fn chaos_soak_handles_every_buffered_item_exactly_once() {
             _ => {}
         }
         // Pacing of the load generator (not a synchronisation).
-        tokio::time::sleep(Duration::from_millis(20 + rng.below(80))).await;
+        tokio::time::sleep(Duration::from_millis(20 + rng.below(80) as u64)).await;
     }
 
     let chaos = started.elapsed();

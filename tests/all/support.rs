@@ -84,6 +84,34 @@ pub fn corpus_case(file: &str) -> Value {
         .unwrap_or_else(|| panic!("{file} is not in the corpus manifest"))
 }
 
+/// The `passthrough_forward` a corpus case describes: its `forward` fields
+/// (platform, method, path, headers) and its body file's exact bytes.
+pub fn corpus_forward(case: &Value) -> hermes_protocol::forward::PassthroughForward {
+    let body = std::fs::read(corpus_dir().join(case["file"].as_str().expect("file")))
+        .expect("corpus body");
+    let f = &case["forward"];
+    let text = |k: &str| f[k].as_str().expect("forward field").to_owned();
+    let headers = f["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .map(|h| {
+            (
+                h[0].as_str().expect("name").to_owned(),
+                h[1].as_str().expect("value").to_owned(),
+            )
+        })
+        .collect();
+    hermes_protocol::forward::PassthroughForward {
+        platform: text("platform"),
+        method: text("method"),
+        path: text("path"),
+        headers,
+        body,
+        ..Default::default()
+    }
+}
+
 /// A plugins directory holding copies of the given components.
 pub fn plugins_dir(parent: &Path, components: &[&str]) -> PathBuf {
     let dir = parent.join("plugins");

@@ -1,9 +1,8 @@
 //! A relay connector on loopback that behaves like the production one.
 //!
-//! Why one file of this length: the listener, the per-connection loop and
-//! the controls a test drives (answers, pushes, closes, stalls) all act on one
-//! shared `Inner`; the record of what happened lives in `record.rs` and the
-//! webhook ingress in `ingress.rs`.
+//! The controls a test drives are in `stub/controls.rs` (feature
+//! `test-controls`), the record of what happened in `record.rs`, the webhook
+//! ingress in `ingress.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -38,6 +37,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+
+#[cfg(any(test, feature = "test-controls"))]
+mod controls;
 
 use crate::record::{EventCursor, Record, StubEvent, TokenVerdict};
 
@@ -225,114 +227,14 @@ impl StubConnector {
         format!("ws://{}", self.addr)
     }
 
-    #[cfg(any(test, feature = "test-controls"))]
-    /// Replace the token rotation list / auth mode for future upgrades.
-    pub fn set_auth(&self, auth: StubAuth) {
-        lock(&self.inner.config).auth = auth;
-    }
-
-    #[cfg(any(test, feature = "test-controls"))]
-    /// Replace the descriptors sent on future handshakes.
-    pub fn set_descriptors(&self, descriptors: Vec<Value>) {
-        lock(&self.inner.config).descriptors = descriptors;
-    }
-
-    #[cfg(any(test, feature = "test-controls"))]
-    /// Replace the default answer.
-    pub fn set_default_answer(&self, answer: Answer) {
-        lock(&self.inner.config).default_answer = answer;
-    }
-
-    #[cfg(any(test, feature = "test-controls"))]
-    /// Replace the `going_idle` behaviour.
-    pub fn set_going_idle(&self, going_idle: GoingIdle) {
-        lock(&self.inner.config).going_idle = going_idle;
-    }
-
-    #[cfg(any(test, feature = "test-controls"))]
-    /// Answer every `outbound` of `op` (`send`, `edit`, `typing`,
-    /// `follow_up`, `get_chat_info`) with `answer` unless a scripted answer is
-    /// queued; `None` goes back to the default answer. For example
-    /// `set_answer_for("follow_up", Some(Answer::Failure("no capability
-    /// vaulted".into())))` behaves like a connector holding no capability.
-    pub fn set_answer_for(&self, op: &str, answer: Option<Answer>) {
-        let mut per_op = lock(&self.inner.per_op);
-        match answer {
-            Some(answer) => per_op.insert(op.to_owned(), answer),
-            None => per_op.remove(op),
-        };
-    }
-
-    #[cfg(any(test, feature = "test-controls"))]
-    /// Queue answers for the next `outbound` actions, in arrival order.
-    pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
-        lock(&self.inner.script).extend(answers);
-    }
-
     /// Send a frame to the connected gateway.
     pub async fn push_frame(&self, frame: &ConnectorFrame) -> Result<(), StubError> {
         self.command(Command::Text(frame.encode())).await
     }
 
-    #[cfg(any(test, feature = "test-controls"))]
-    /// Send raw text as one WebSocket text message.
-    pub async fn push_text(&self, text: impl Into<String>) -> Result<(), StubError> {
-        self.command(Command::Text(text.into())).await
-    }
-
-    #[cfg(any(test, feature = "test-controls"))]
-    /// Send raw bytes as one WebSocket binary message.
-    pub async fn push_binary(&self, bytes: impl Into<Vec<u8>>) -> Result<(), StubError> {
-        self.command(Command::Binary(bytes.into())).await
-    }
-
-    #[cfg(any(test, feature = "test-controls"))]
-    /// Close the current connection with `code` and `reason`.
-    pub async fn close(&self, code: u16, reason: impl Into<String>) -> Result<(), StubError> {
-        self.command(Command::Close(code, reason.into())).await
-    }
-
-    #[cfg(any(test, feature = "test-controls"))]
-    /// Drop the current connection's TCP socket without a close frame.
-    pub async fn drop_connection(&self) -> Result<(), StubError> {
-        self.command(Command::Drop).await
-    }
-
-    #[cfg(any(test, feature = "test-controls"))]
-    /// Stop reading the current connection (a wedged connector): pings go
-    /// unanswered and frames pile up in the socket until the gateway gives
-    /// up on it. `close`/`drop_connection` still work.
-    pub async fn stall(&self) -> Result<(), StubError> {
-        self.command(Command::Stall).await
-    }
-
-    #[cfg(any(test, feature = "test-controls"))]
-    /// WebSocket upgrades so far (accepted or rejected by token).
-    pub fn connection_count(&self) -> u64 {
-        self.inner.connections.load(Ordering::SeqCst)
-    }
-
-    #[cfg(any(test, feature = "test-controls"))]
-    /// The number of the current authenticated connection.
-    pub fn current_connection(&self) -> Option<u64> {
-        lock(&self.inner.current).as_ref().map(|c| c.conn)
-    }
-
     /// Everything recorded so far.
     pub fn events(&self) -> Vec<StubEvent> {
         self.inner.record.snapshot()
-    }
-
-    #[cfg(any(test, feature = "test-controls"))]
-    /// Every bearer token presented so far, in upgrade order.
-    pub fn tokens_seen(&self) -> Vec<Option<String>> {
-        self.events()
-            .into_iter()
-            .filter_map(|e| match e {
-                StubEvent::Upgraded { token, .. } => Some(token),
-                _ => None,
-            })
-            .collect()
     }
 
     /// A cursor at the start of the record.

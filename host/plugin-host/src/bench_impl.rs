@@ -54,7 +54,7 @@ impl BenchOutcome {
 /// not do; measured for comparison).
 pub struct WarmInstance<'a> {
     plugin: &'a BenchPlugin,
-    session: Sandbox,
+    sandbox: Sandbox,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -112,7 +112,7 @@ impl BenchPlugin {
             .map_err(|e| format!("{e:#}"))
     }
 
-    fn session(&self) -> Result<Sandbox, String> {
+    fn sandbox(&self) -> Result<Sandbox, String> {
         let cx = CallContext {
             plugin: Arc::clone(&self.name),
             stats: None,
@@ -124,7 +124,7 @@ impl BenchPlugin {
 
     /// Create a store and instantiate (then drop both).
     pub fn instantiate(&self) -> Result<(), String> {
-        self.session().map(drop)
+        self.sandbox().map(drop)
     }
 
     /// What the host does per forward: fresh store, instantiate, `tenant-of`,
@@ -132,7 +132,7 @@ impl BenchPlugin {
     /// Errs only on a plugin failure (trap, timeout, bad output).
     pub fn fresh_convert(&self, forward: &PassthroughForward) -> Result<BenchOutcome, String> {
         let req = bindings::request(forward);
-        let mut s = self.session()?;
+        let mut s = self.sandbox()?;
         s.tenant_of(&req).map_err(err)?;
         outcome(s.convert(&req).map_err(err)?, &self.limits)
     }
@@ -141,7 +141,7 @@ impl BenchPlugin {
     pub fn warm(&self) -> Result<WarmInstance<'_>, String> {
         Ok(WarmInstance {
             plugin: self,
-            session: self.session()?,
+            sandbox: self.sandbox()?,
         })
     }
 }
@@ -151,7 +151,7 @@ impl WarmInstance<'_> {
     pub fn convert(&mut self, forward: &PassthroughForward) -> Result<BenchOutcome, String> {
         let req = bindings::request(forward);
         outcome(
-            self.session.convert(&req).map_err(err)?,
+            self.sandbox.convert(&req).map_err(err)?,
             &self.plugin.limits,
         )
     }

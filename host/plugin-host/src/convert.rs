@@ -238,12 +238,12 @@ impl Inner {
             tenant: None,
             config: Arc::clone(&asked.config),
         };
-        let mut session = match Sandbox::new(&self.engine, &plugin.pre, limits, cx) {
+        let mut sandbox = match Sandbox::new(&self.engine, &plugin.pre, limits, cx) {
             Ok(s) => s,
             Err(e) => return Step::Done(self.failed(&plugin.stats, &plugin.name, None, e)),
         };
         plugin.stats.record_tenant_of();
-        let tenant = match session.tenant_of(req) {
+        let tenant = match sandbox.tenant_of(req) {
             Ok(t) => t,
             Err(e) => return Step::Done(self.failed(&plugin.stats, &plugin.name, None, e)),
         };
@@ -260,8 +260,8 @@ impl Inner {
             let e = PluginError::Quarantined { remaining };
             return Step::Done(self.failed(&plugin.stats, &plugin.name, tenant, e));
         }
-        session.set_tenant(tenant.clone(), config);
-        Step::Done(self.convert_in(session, req, &target, tenant))
+        sandbox.set_tenant(tenant.clone(), config);
+        Step::Done(self.convert_in(sandbox, req, &target, tenant))
     }
 
     /// On a worker: convert in a fresh instance of `target`.
@@ -280,24 +280,24 @@ impl Inner {
             config,
         };
         match Sandbox::new(&self.engine, &plugin.pre, &self.config.limits, cx) {
-            Ok(session) => self.convert_in(session, req, target, tenant),
+            Ok(sandbox) => self.convert_in(sandbox, req, target, tenant),
             Err(e) => self.failed(&plugin.stats, &plugin.name, tenant, e),
         }
     }
 
-    /// Convert in `session`, then check the output against the caps and the
+    /// Convert in `sandbox`, then check the output against the caps and the
     /// trust boundary ([`trust`]) before anything is handed on.
     fn convert_in(
         &self,
-        mut session: Sandbox,
+        mut sandbox: Sandbox,
         req: &bindings::Request,
         target: &Resolved,
         tenant: Option<String>,
     ) -> Conversion {
         let limits = &self.config.limits;
         let plugin = &target.plugin;
-        let outcome = session.convert(req);
-        drop(session);
+        let outcome = sandbox.convert(req);
+        drop(sandbox);
         let fail = |e| self.failed(&plugin.stats, &plugin.name, tenant.clone(), e);
         let outcome = match outcome {
             Ok(o) => o,

@@ -286,9 +286,9 @@ impl Loader<'_> {
             tenant: None,
             config: ConfigMap::default(),
         };
-        let mut session =
+        let mut sandbox =
             Sandbox::new(self.engine, pre, self.limits, cx).map_err(|e| err(e.to_string()))?;
-        let info = session.describe().map_err(|e| err(e.to_string()))?;
+        let info = sandbox.describe().map_err(|e| err(e.to_string()))?;
         let valid_name = |s: &str| {
             !s.is_empty()
                 && s.len() <= 64

@@ -424,8 +424,8 @@ fn classify(
 #[cfg(test)]
 mod tests {
     use crate::budget::thread_cpu_time;
-    use wasmtime::UpdateDeadline;
     use wasmtime::ResourceLimiter;
+    use wasmtime::UpdateDeadline;
 
     use super::*;
 

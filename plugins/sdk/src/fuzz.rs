@@ -73,11 +73,18 @@ const INTERESTING: &[u8] = &[
 /// reaches a converter).
 const MAX_INPUT: usize = 64 * 1024;
 
-/// xorshift64*: small, fast, replayable.
-struct Rng(u64);
+/// xorshift64*: small, fast, replayable from its seed (also drives the
+/// end-to-end chaos soak's choices).
+pub struct Rng(u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    /// A generator from `seed` (a zero seed is made odd: xorshift stays at 0).
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -86,8 +93,9 @@ impl Rng {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next() % (n.max(1) as u64)).unwrap_or(0)
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next_u64() % (n.max(1) as u64)).unwrap_or(0)
     }
 }
 
@@ -175,7 +183,7 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, seeds: &[Vec<u8>]) {
             }
             _ => {
                 let at = rng.below(len + 1);
-                input.insert(at, (rng.next() & 0xff) as u8);
+                input.insert(at, (rng.next_u64() & 0xff) as u8);
             }
         }
     }
@@ -191,7 +199,7 @@ pub fn run(
     mut target: impl FnMut(&[u8]),
 ) -> Report {
     let seed = seed();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let started = Instant::now();
     let mut iterations = 0u64;
     let mut current = seeds.first().cloned().unwrap_or_default();

@@ -4,20 +4,16 @@
 use std::io::{BufRead, Write};
 
 use anyhow::{Context, bail};
+use hermes_protocol::enroll::{EnrollRequest, IssuedCredentials};
 use hermes_protocol::url::{Endpoint, http_endpoint};
+use hermes_transport::connector_api;
 
 use crate::args::EnrollArgs;
-use crate::connector_api::{self, Credentials};
 use crate::env_file;
-use crate::settings::{self, Secret};
+use crate::settings::{self, EnvLayers, Secret};
 
 /// Runs `enroll`; errors are one-line messages (exit 1).
 pub fn run(args: EnrollArgs) -> anyhow::Result<()> {
-    if std::env::var_os("HERMES_MANAGED").is_some_and(|v| !v.is_empty()) {
-        bail!(
-            "this is a managed install (HERMES_MANAGED is set): its manager enrolls it; enroll is refused"
-        );
-    }
     let env_path = match args.env_file.clone() {
         Some(p) => p,
         None => env_file::default_path()
@@ -26,13 +22,13 @@ pub fn run(args: EnrollArgs) -> anyhow::Result<()> {
     let existing = env_file::read(&env_path)
         .with_context(|| format!("cannot read env file {}", env_path.display()))?
         .unwrap_or_default();
-    let from_file = |key: &str| {
-        existing
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-    };
+    // The process environment over the env file, as `run` reads them.
+    let env = EnvLayers::over_file(existing);
+    if env.get_nonblank("HERMES_MANAGED").is_some() {
+        bail!(
+            "this is a managed install (HERMES_MANAGED is set): its manager enrolls it; enroll is refused"
+        );
+    }
 
     let given_url = args
         .connector_url
@@ -42,10 +38,7 @@ pub fn run(args: EnrollArgs) -> anyhow::Result<()> {
         .map(str::to_owned);
     let url = given_url
         .clone()
-        .or_else(|| std::env::var("GATEWAY_RELAY_URL").ok())
-        .or_else(|| from_file("GATEWAY_RELAY_URL"))
-        .map(|u| u.trim().to_owned())
-        .filter(|u| !u.is_empty())
+        .or_else(|| env.get_nonblank("GATEWAY_RELAY_URL").map(str::to_owned))
         .context("no connector URL: pass --connector-url or set GATEWAY_RELAY_URL")?;
     let url = settings::normalize_relay_url(&url)?;
     // The URL is written the way it is read back (§7.1: trimmed, no trailing `/`).
@@ -76,14 +69,18 @@ pub fn run(args: EnrollArgs) -> anyhow::Result<()> {
         .filter(|w| !w.is_empty())
         .map(str::to_owned);
 
-    let body = connector_api::enroll_body(&token, &gateway_id, wake_url.as_deref());
+    let body = EnrollRequest {
+        enrollment_token: token.expose(),
+        gateway_id: &gateway_id,
+        wake_url: wake_url.as_deref(),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let creds = runtime.block_on(connector_api::request_credentials(
         &endpoint,
-        &identity,
+        identity.expose(),
         &body,
         &gateway_id,
     ))?;
@@ -172,16 +169,16 @@ fn check_gateway_id(id: &str) -> anyhow::Result<()> {
 /// as `<hidden>`).
 fn write_credentials(
     path: &std::path::Path,
-    creds: &Credentials,
+    creds: &IssuedCredentials,
     url: Option<&str>,
     wake_url: Option<&str>,
 ) -> anyhow::Result<Vec<String>> {
     let mut updates: Vec<(&str, &str, bool)> = vec![
         ("GATEWAY_RELAY_ID", creds.gateway_id.as_str(), false),
-        ("GATEWAY_RELAY_SECRET", creds.secret.expose(), true),
+        ("GATEWAY_RELAY_SECRET", creds.secret.as_str(), true),
     ];
     if let Some(key) = &creds.delivery_key {
-        updates.push(("GATEWAY_RELAY_DELIVERY_KEY", key.expose(), true));
+        updates.push(("GATEWAY_RELAY_DELIVERY_KEY", key.as_str(), true));
     }
     if let Some(url) = url {
         updates.push(("GATEWAY_RELAY_URL", url, false));

@@ -7,7 +7,6 @@
 
 mod admin;
 mod args;
-mod connector_api;
 mod convert;
 mod demo;
 mod dev;

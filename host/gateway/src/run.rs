@@ -7,17 +7,17 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use hermes_gateway_core::agent::{AgentBackend, AgentOptions, AgentSpec};
-use hermes_gateway_core::{ExitReason, Gateway, GatewayConfig, Metrics, SessionConfig};
+use hermes_gateway_core::agent::AgentSpec;
+use hermes_gateway_core::{ExitReason, GatewayConfig, Metrics, SessionConfig};
+use hermes_protocol::enroll::{IssuedCredentials, ProvisionRequest};
 use hermes_protocol::session::SessionKeySettings;
 use hermes_protocol::url::{Endpoint, http_endpoint};
-use hermes_transport::{DevAllowances, Identity, RelayConfig, RelayLink};
+use hermes_transport::{BackoffConfig, DevAllowances, Identity, RelayConfig, connector_api};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::args::RunArgs;
-use crate::connector_api;
 use crate::logging;
 use crate::serving;
 use crate::settings::{self, ConfigFile, EnvLayers, Overrides, RelayAuth, Secret, Settings};
@@ -48,17 +48,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .parse()
         .map_err(|e| anyhow!("--agent / HERMES_AGENT: {e}"))?;
     let plugins_dir = args.plugins.clone().context("--plugins DIR is required")?;
-    std::fs::read_dir(&plugins_dir).map_err(|e| {
-        anyhow!(
-            "cannot read plugins directory {}: {e}",
-            plugins_dir.display()
-        )
-    })?;
-    if let Some(policy) = &args.policy
-        && let Err(e) = std::fs::metadata(policy)
-    {
-        return Err(anyhow!("cannot read policy file {}: {e}", policy.display()));
-    }
 
     let admin = match &args.admin {
         Some(addr) => Some(admin::AdminOptions::resolve(
@@ -121,86 +110,23 @@ async fn serve(
 
     serving::drain_on_signals(shutdown.clone(), Some(host.clone()))?;
 
-    let relay = &settings.relay;
-    if relay.delivery_key.is_some() {
-        // Inbound rides the WebSocket; the key only matters to an HTTP ingress.
-        info!("GATEWAY_RELAY_DELIVERY_KEY is set; not needed while inbound rides the relay link");
-    }
-    let (id, secret) = match &relay.auth {
-        RelayAuth::Pinned { id, secret } => (Some(id.clone()), Some(secret.clone())),
-        RelayAuth::Unauthenticated => {
-            warn!(
-                "dialling the relay WITHOUT credentials (explicitly allowed; local development only)"
-            );
-            (None, None)
-        }
-        RelayAuth::Provision {
-            gateway_id,
-            identity_token,
-        } => match provision(relay, gateway_id, identity_token, &shutdown).await {
-            Some(creds) => (Some(creds.gateway_id), Some(creds.secret)),
-            // Shut down while provisioning: nothing was started, nothing to drain.
-            None => return Ok(ExitCode::SUCCESS),
+    // Shut down while provisioning: nothing was started, nothing to drain.
+    let Some(relay_config) = relay_config(&settings.relay, &shutdown).await? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let agent = serving::agent_backend(&settings.agent, &spec)?;
+    let exit = serving::serve_relay(
+        relay_config,
+        host,
+        agent,
+        gateway_config(&settings.sessions),
+        metrics,
+        shutdown.clone(),
+        |handle| {
+            let _ = relay_slot.set(handle.clone());
         },
-    };
-
-    let allow = DevAllowances {
-        unauthenticated: matches!(relay.auth, RelayAuth::Unauthenticated),
-        plaintext: relay.allow_plaintext,
-    };
-    let mut relay_config = RelayConfig::with_allowances(
-        &relay.url,
-        id.as_deref(),
-        secret.as_ref().map(Secret::expose),
-        allow,
     )
-    .map_err(|e| anyhow!("{e}"))?;
-    relay_config.identities = vec![Identity::new(relay.platform.clone(), relay.bot_id.clone())];
-    info!(
-        url = %relay_config.dial_url(),
-        gateway_id = relay_config.gateway_id().unwrap_or("-"),
-        platform = %relay.platform,
-        "dialling the relay connector"
-    );
-    let (handle, inbound) = RelayLink::spawn(relay_config);
-    let _ = relay_slot.set(handle.clone());
-    serving::stop_when_revoked(&handle, &shutdown);
-
-    let options = AgentOptions {
-        model: settings
-            .agent
-            .model
-            .clone()
-            .unwrap_or_else(|| AgentOptions::default().model),
-        api_key: settings
-            .agent
-            .openai_api_key
-            .as_ref()
-            .map(|k| k.expose().to_owned()),
-        exec_env: settings
-            .agent
-            .exec_env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
-            .collect(),
-        ..AgentOptions::default()
-    };
-    let agent = AgentBackend::from_spec(&spec, &options).map_err(|e| anyhow!("agent: {e}"))?;
-    info!(agent = %settings.agent.spec, "agent ready");
-
-    let gateway_config = GatewayConfig {
-        sessions: SessionConfig {
-            session_keys: SessionKeySettings {
-                group_sessions_per_user: settings.sessions.group_sessions_per_user,
-                thread_sessions_per_user: settings.sessions.thread_sessions_per_user,
-            },
-            ..SessionConfig::default()
-        },
-        ..GatewayConfig::default()
-    };
-    let exit = Gateway::new(gateway_config, Arc::clone(&metrics))
-        .run(handle, inbound, host, agent, shutdown.clone())
-        .await;
+    .await;
     shutdown.cancel();
     match exit {
         ExitReason::Shutdown(outcome) => {
@@ -217,41 +143,90 @@ async fn serve(
     }
 }
 
-/// Provisioning at start (§7.4): retried with capped backoff until it works
-/// or shutdown is requested (`None`). Never fatal.
+/// The link's configuration: pinned credentials, provisioned ones (retried
+/// until they come; `None` when shutdown comes first) or none at all.
+async fn relay_config(
+    relay: &settings::RelaySettings,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<RelayConfig>> {
+    if relay.delivery_key.is_some() {
+        // Inbound rides the WebSocket; the key only matters to an HTTP ingress.
+        info!("GATEWAY_RELAY_DELIVERY_KEY is set; not needed while inbound rides the relay link");
+    }
+    let (id, secret) = match &relay.auth {
+        RelayAuth::Pinned { id, secret } => (Some(id.clone()), Some(secret.clone())),
+        RelayAuth::Unauthenticated => {
+            warn!(
+                "dialling the relay WITHOUT credentials (explicitly allowed; local development only)"
+            );
+            (None, None)
+        }
+        RelayAuth::Provision {
+            gateway_id,
+            identity_token,
+        } => match provision(relay, gateway_id, identity_token, shutdown).await {
+            Some(creds) => (Some(creds.gateway_id), Some(Secret::new(creds.secret))),
+            None => return Ok(None),
+        },
+    };
+    let allow = DevAllowances {
+        unauthenticated: matches!(relay.auth, RelayAuth::Unauthenticated),
+        plaintext: relay.allow_plaintext,
+    };
+    let mut config = RelayConfig::with_allowances(
+        &relay.url,
+        id.as_deref(),
+        secret.as_ref().map(Secret::expose),
+        allow,
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    config.identities = vec![Identity::new(relay.platform.clone(), relay.bot_id.clone())];
+    info!(
+        url = %config.dial_url(),
+        gateway_id = config.gateway_id().unwrap_or("-"),
+        platform = %relay.platform,
+        "dialling the relay connector"
+    );
+    Ok(Some(config))
+}
+
+fn gateway_config(sessions: &settings::SessionSettings) -> GatewayConfig {
+    GatewayConfig {
+        sessions: SessionConfig {
+            session_keys: SessionKeySettings {
+                group_sessions_per_user: sessions.group_sessions_per_user,
+                thread_sessions_per_user: sessions.thread_sessions_per_user,
+            },
+            ..SessionConfig::default()
+        },
+        ..GatewayConfig::default()
+    }
+}
+
+/// Provisioning at start (§7.4), retried on the link's reconnect ladder
+/// until it works or shutdown is requested (`None`).
 async fn provision(
     relay: &settings::RelaySettings,
     gateway_id: &str,
     identity: &Secret,
     shutdown: &CancellationToken,
-) -> Option<connector_api::Credentials> {
-    let endpoint = http_endpoint(&relay.url, Endpoint::Provision);
-    let body = connector_api::provision_body(
+) -> Option<IssuedCredentials> {
+    let request = ProvisionRequest {
         gateway_id,
-        &relay.platform,
-        &relay.bot_id,
-        &relay.route_keys,
-        relay.instance_id.as_deref(),
-        relay.wake_url.as_deref(),
-    );
-    let mut delay = Duration::from_secs(1);
-    loop {
-        info!(%endpoint, gateway_id, "provisioning relay credentials");
-        let attempt = tokio::select! {
-            () = shutdown.cancelled() => return None,
-            r = connector_api::request_credentials(&endpoint, identity, &body, gateway_id) => r,
-        };
-        match attempt {
-            Ok(creds) => {
-                info!(gateway_id = %creds.gateway_id, "provisioned (credentials held in memory only)");
-                return Some(creds);
-            }
-            Err(e) => warn!(retry_in_secs = delay.as_secs(), "provisioning failed: {e}"),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return None,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(30));
-    }
+        platform: &relay.platform,
+        bot_id: &relay.bot_id,
+        gateway_endpoint: "",
+        route_keys: &relay.route_keys,
+        instance_id: relay.instance_id.as_deref(),
+        wake_url: relay.wake_url.as_deref(),
+    };
+    let endpoint = http_endpoint(&relay.url, Endpoint::Provision);
+    connector_api::provision(
+        &endpoint,
+        identity.expose(),
+        &request,
+        BackoffConfig::default(),
+        shutdown,
+    )
+    .await
 }

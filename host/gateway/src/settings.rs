@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use hermes_transport::{ConfigError, RelayConfig};
 use serde::Deserialize;
 
 use crate::env_file;
@@ -63,31 +64,10 @@ pub enum SettingsError {
         "HERMES_AGENT_ENV names {0}, one of the gateway's own credentials: it is never passed to an agent command"
     )]
     AgentEnvCredential(String),
-    /// Plaintext to a host that is not this machine, not allowed.
-    #[error(
-        "relay URL {url:?} is plaintext to {host:?}, which is not loopback: the relay secret and every message would cross the network unencrypted; use wss:// or https://, or pass --allow-plaintext (GATEWAY_RELAY_ALLOW_PLAINTEXT=1)"
-    )]
-    Plaintext {
-        /// The URL as configured.
-        url: String,
-        /// The host it names.
-        host: String,
-    },
-    /// An id without a usable secret.
-    #[error(
-        "GATEWAY_RELAY_SECRET is blank while GATEWAY_RELAY_ID is set: set the secret (`hermes-gateway enroll` writes it) or HERMES_IDENTITY_TOKEN to provision one; --allow-unauthenticated dials without credentials (local development only)"
-    )]
-    BlankSecret,
-    /// A secret without a usable id.
-    #[error(
-        "GATEWAY_RELAY_ID is blank while GATEWAY_RELAY_SECRET is set: set the id (`hermes-gateway enroll` writes both)"
-    )]
-    BlankId,
-    /// Neither credentials nor a way to get them.
-    #[error(
-        "no relay credentials: set GATEWAY_RELAY_ID and GATEWAY_RELAY_SECRET (`hermes-gateway enroll` writes them) or HERMES_IDENTITY_TOKEN to provision them; --allow-unauthenticated dials without credentials (local development only)"
-    )]
-    NoCredentials,
+    /// The relay URL or credentials break the link's rules (plaintext to a
+    /// remote host, an id without a secret, …): the transport's one check.
+    #[error(transparent)]
+    Relay(#[from] hermes_transport::ConfigError),
     /// A file could not be read.
     #[error("cannot read {what} {path}: {source}")]
     Read {
@@ -136,9 +116,6 @@ impl EnvLayers {
     /// when unreadable or missing) or at the default path (skipped when
     /// missing).
     pub fn load(explicit: Option<&Path>) -> Result<Self, SettingsError> {
-        let process: HashMap<String, String> = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .collect();
         let (path, must_exist) = match explicit {
             Some(p) => (Some(p.to_path_buf()), true),
             None => (env_file::default_path(), false),
@@ -162,7 +139,19 @@ impl EnvLayers {
                 None => {}
             }
         }
-        Ok(Self { process, file })
+        Ok(Self::over_file(file))
+    }
+
+    /// The process environment over the pairs of an env file already read
+    /// (`enroll` reads the file it is about to rewrite).
+    pub fn over_file(file: impl IntoIterator<Item = (String, String)>) -> Self {
+        let process = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        Self {
+            process,
+            file: file.into_iter().collect(),
+        }
     }
 
     /// The value of `key`: the process environment first, then the env file.
@@ -368,6 +357,23 @@ pub struct AgentSettings {
     pub exec_env: Vec<(String, Secret)>,
 }
 
+impl AgentSettings {
+    /// The agent `spec` with `model`, and its key and `exec:` environment
+    /// from `env` (`run` and `dev` read them the same way).
+    pub fn from_env(
+        spec: String,
+        model: Option<String>,
+        env: &EnvLayers,
+    ) -> Result<Self, SettingsError> {
+        Ok(Self {
+            spec,
+            model,
+            openai_api_key: env.get_nonblank("OPENAI_API_KEY").map(Secret::new),
+            exec_env: agent_env(env)?,
+        })
+    }
+}
+
 /// Everything `run` needs, resolved.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -483,13 +489,10 @@ impl Settings {
                 .unwrap_or(false);
         // Checked here, before anything (provisioning, enrollment) sends a
         // token over the same URL.
-        match hermes_transport::RelayConfig::validate_url(&url, allow_plaintext) {
-            Ok(_) => {}
-            Err(hermes_transport::ConfigError::Plaintext { host }) => {
-                return Err(SettingsError::Plaintext { url, host });
-            }
-            Err(_) => return Err(SettingsError::BadUrl(url)),
-        }
+        match RelayConfig::validate_url(&url, allow_plaintext) {
+            Err(ConfigError::InvalidUrl { .. }) => return Err(SettingsError::BadUrl(url)),
+            other => other?,
+        };
 
         let allow_unauth = overrides.allow_unauthenticated
             || env
@@ -507,10 +510,12 @@ impl Settings {
                 gateway_id: id.unwrap_or_else(|| default_gateway_id.to_owned()),
                 identity_token,
             },
-            _ if allow_unauth => RelayAuth::Unauthenticated,
-            (Some(_), None, None) => return Err(SettingsError::BlankSecret),
-            (None, Some(_), None) => return Err(SettingsError::BlankId),
-            (None, None, None) => return Err(SettingsError::NoCredentials),
+            (id, secret, None) => {
+                // Without a way to provision, the link's own rule decides.
+                let secret = secret.as_ref().map(Secret::expose);
+                RelayConfig::check_credentials(id.as_deref(), secret, allow_unauth)?;
+                RelayAuth::Unauthenticated
+            }
         };
 
         let route_keys = match env.get("GATEWAY_RELAY_ROUTE_KEYS") {
@@ -546,16 +551,15 @@ impl Settings {
             thread_sessions_per_user: g.thread_sessions_per_user.unwrap_or(false),
         };
 
-        let agent = AgentSettings {
-            spec: nonblank(overrides.agent.as_deref())
+        let agent = AgentSettings::from_env(
+            nonblank(overrides.agent.as_deref())
                 .or_else(|| nonblank(env.get("HERMES_AGENT")))
                 .or_else(|| nonblank(config.agent.spec.as_deref()))
                 .unwrap_or_else(|| "echo".to_owned()),
-            model: nonblank(overrides.model.as_deref())
+            nonblank(overrides.model.as_deref())
                 .or_else(|| nonblank(config.agent.model.as_deref())),
-            openai_api_key: env.get_nonblank("OPENAI_API_KEY").map(Secret::new),
-            exec_env: agent_env(env)?,
-        };
+            env,
+        )?;
 
         Ok(Self {
             relay,
@@ -718,7 +722,7 @@ mod tests {
         ] {
             let e = resolve(PINNED, &[], "", flag(remote, false));
             assert!(
-                matches!(&e, Err(SettingsError::Plaintext { url, .. }) if url == remote),
+                matches!(&e, Err(SettingsError::Relay(ConfigError::Plaintext { .. }))),
                 "{remote}: {e:?}"
             );
             let s = resolve(PINNED, &[], "", flag(remote, true)).expect("--allow-plaintext");
@@ -798,8 +802,14 @@ mod tests {
             ("GATEWAY_RELAY_SECRET", "   "),
         ];
         let e = resolve(&env, &[], "", Overrides::default());
-        assert!(matches!(e, Err(SettingsError::BlankSecret)), "{e:?}");
-        let msg = SettingsError::BlankSecret.to_string();
+        assert!(
+            matches!(
+                &e,
+                Err(SettingsError::Relay(ConfigError::BlankSecret { .. }))
+            ),
+            "{e:?}"
+        );
+        let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.starts_with("GATEWAY_RELAY_SECRET is blank"), "{msg}");
         assert!(!msg.contains('\n'));
 
@@ -830,14 +840,23 @@ mod tests {
     fn no_credentials_and_blank_id() {
         let url = ("GATEWAY_RELAY_URL", "https://c.example");
         let e = resolve(&[url], &[], "", Overrides::default());
-        assert!(matches!(e, Err(SettingsError::NoCredentials)), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                Err(SettingsError::Relay(ConfigError::MissingCredentials))
+            ),
+            "{e:?}"
+        );
         let e = resolve(
             &[url, ("GATEWAY_RELAY_SECRET", "s")],
             &[],
             "",
             Overrides::default(),
         );
-        assert!(matches!(e, Err(SettingsError::BlankId)), "{e:?}");
+        assert!(
+            matches!(e, Err(SettingsError::Relay(ConfigError::BlankGatewayId))),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub mod action;
 pub mod auth;
 pub mod decoder;
 pub mod descriptor;
+pub mod enroll;
 pub mod event;
 pub mod forward;
 pub mod frame;

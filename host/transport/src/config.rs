@@ -88,7 +88,7 @@ pub enum ConfigError {
     /// A plaintext (`ws://`, `http://`) URL to a host that is not loopback:
     /// the upgrade token and all traffic would cross the network in clear.
     #[error(
-        "relay url host {host:?} is not loopback and the url is plaintext (ws:// or http://): use wss:// or https://, or pass --allow-plaintext (GATEWAY_ALLOW_PLAINTEXT=1) to accept an unencrypted link"
+        "relay URL is plaintext (ws:// or http://) to {host:?}, which is not loopback: the relay secret and every message would cross the network unencrypted; use wss:// or https://, or pass --allow-plaintext (GATEWAY_RELAY_ALLOW_PLAINTEXT=1)"
     )]
     Plaintext {
         /// The host the URL names.
@@ -96,23 +96,29 @@ pub enum ConfigError {
     },
     /// A gateway id was given but the secret is blank (relay-contract §6.1:
     /// a configuration error, never a silent unauthenticated dial).
-    #[error("relay secret is blank for gateway id {gateway_id:?}; set GATEWAY_RELAY_SECRET")]
+    #[error(
+        "GATEWAY_RELAY_SECRET is blank while GATEWAY_RELAY_ID is set ({gateway_id:?}): set the secret (`hermes-gateway enroll` writes it) or HERMES_IDENTITY_TOKEN to provision one; --allow-unauthenticated dials without credentials (local development only)"
+    )]
     BlankSecret {
         /// The configured gateway id.
         gateway_id: String,
     },
     /// A secret was given but the gateway id is blank.
-    #[error("relay gateway id is blank; set GATEWAY_RELAY_ID")]
+    #[error(
+        "GATEWAY_RELAY_ID is blank while GATEWAY_RELAY_SECRET is set: set the id (`hermes-gateway enroll` writes both)"
+    )]
     BlankGatewayId,
     /// Neither id nor secret, and unauthenticated dialling was not allowed.
-    #[error("relay credentials missing: set GATEWAY_RELAY_ID and GATEWAY_RELAY_SECRET")]
+    #[error(
+        "no relay credentials: set GATEWAY_RELAY_ID and GATEWAY_RELAY_SECRET (`hermes-gateway enroll` writes them) or HERMES_IDENTITY_TOKEN to provision them; --allow-unauthenticated dials without credentials (local development only)"
+    )]
     MissingCredentials,
 }
 
-/// The link's only credential (relay-contract §6.1). `Debug` never prints the
-/// secret.
+/// The link's only credential (relay-contract §6.1), checked by
+/// [`RelayConfig::check_credentials`]. `Debug` never prints the secret.
 #[derive(Clone)]
-pub(crate) struct Credentials {
+pub struct Credentials {
     pub(crate) gateway_id: String,
     pub(crate) secret: String,
 }
@@ -227,23 +233,7 @@ impl RelayConfig {
         allow: DevAllowances,
     ) -> Result<Self, ConfigError> {
         let dial_url = Self::validate_url(url, allow.plaintext)?;
-        let allow_unauthenticated = allow.unauthenticated;
-        let id = gateway_id.map(str::trim).filter(|s| !s.is_empty());
-        let secret = secret.filter(|s| !s.trim().is_empty());
-        let credentials = match (id, secret) {
-            (Some(id), Some(secret)) => Some(Credentials {
-                gateway_id: id.to_owned(),
-                secret: secret.to_owned(),
-            }),
-            (Some(id), None) if !allow_unauthenticated => {
-                return Err(ConfigError::BlankSecret {
-                    gateway_id: id.to_owned(),
-                });
-            }
-            (None, Some(_)) if !allow_unauthenticated => return Err(ConfigError::BlankGatewayId),
-            (None, None) if !allow_unauthenticated => return Err(ConfigError::MissingCredentials),
-            _ => None,
-        };
+        let credentials = Self::check_credentials(gateway_id, secret, allow.unauthenticated)?;
         Ok(Self {
             dial_url,
             credentials,
@@ -289,6 +279,32 @@ impl RelayConfig {
             });
         }
         Ok(dial_url)
+    }
+
+    /// The one rule for the upgrade credentials (relay-contract §6.1): an id
+    /// and a non-blank secret, or, only when `allow_unauthenticated`, none
+    /// (`Ok(None)`). An id with a blank secret or a secret without an id is
+    /// a configuration error, never a silent unauthenticated dial. Callers
+    /// that resolve settings before building the link call it too.
+    pub fn check_credentials(
+        gateway_id: Option<&str>,
+        secret: Option<&str>,
+        allow_unauthenticated: bool,
+    ) -> Result<Option<Credentials>, ConfigError> {
+        let id = gateway_id.map(str::trim).filter(|s| !s.is_empty());
+        let secret = secret.filter(|s| !s.trim().is_empty());
+        match (id, secret) {
+            (Some(id), Some(secret)) => Ok(Some(Credentials {
+                gateway_id: id.to_owned(),
+                secret: secret.to_owned(),
+            })),
+            _ if allow_unauthenticated => Ok(None),
+            (Some(id), None) => Err(ConfigError::BlankSecret {
+                gateway_id: id.to_owned(),
+            }),
+            (None, Some(_)) => Err(ConfigError::BlankGatewayId),
+            (None, None) => Err(ConfigError::MissingCredentials),
+        }
     }
 
     /// Whether plaintext to a host that is not loopback was allowed.

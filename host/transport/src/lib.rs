@@ -50,6 +50,7 @@
 mod backoff;
 mod config;
 mod connection;
+pub mod connector_api;
 mod handle;
 mod inbound;
 mod shared;
@@ -58,7 +59,7 @@ mod supervisor;
 mod tls;
 
 pub use config::{
-    BackoffConfig, ConfigError, DEFAULT_INBOUND_BYTE_BUDGET, DEFAULT_MAX_PARTIAL_LINE,
+    BackoffConfig, ConfigError, Credentials, DEFAULT_INBOUND_BYTE_BUDGET, DEFAULT_MAX_PARTIAL_LINE,
     DEFAULT_OUTBOUND_BYTE_BUDGET, DevAllowances, Identity, KeepaliveConfig, RelayConfig,
 };
 pub use handle::{RelayHandle, RelayLink, Target};

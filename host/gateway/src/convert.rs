@@ -17,8 +17,8 @@
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use anyhow::{Context, anyhow};
-use hermes_plugin_host::{ConvertedEvent, Outcome, PluginError, PluginHost, PluginHostConfig};
+use anyhow::Context;
+use hermes_plugin_host::{ConvertedEvent, Outcome, PluginError};
 use hermes_protocol::forward::PassthroughForward;
 use serde::Serialize;
 
@@ -45,24 +45,9 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
 
     // `--config` pairs go on top of the configuration the policy gives the
     // routed plugin (PluginHost::convert_with_config).
-    // An explicit --policy must exist: silently converting with an empty
-    // policy would answer a different question than the one asked.
-    if let Some(p) = &args.policy
-        && !p.is_file()
-    {
-        return Err(anyhow!("policy file {} does not exist", p.display()));
-    }
-    let policy_path = args
-        .policy
-        .clone()
-        .unwrap_or_else(|| args.plugins.join("policy.toml"));
-    let mut config = PluginHostConfig::new(&args.plugins);
-    config.cache_dir = crate::serving::plugin_cache_dir();
-    config.policy_file = Some(policy_path);
-    // Load outside any async runtime: loading runs guest code (`describe`)
-    // whose stdio goes through WASI's synchronous bindings, which must not
-    // run inside a runtime's `block_on`.
-    let (host, report) = PluginHost::load(config)?;
+    // Loaded outside any async runtime (see `load_plugins_blocking`).
+    let (host, report) =
+        crate::serving::load_plugins_blocking(&args.plugins, args.policy.as_deref())?;
     for e in &report.errors {
         let line = crate::text::one_line(&e.to_string());
         eprintln!("warning: plugin file skipped: {line}");

@@ -22,7 +22,7 @@ use hermes_connector::ingress::{HOOK_PATHS, Ingress, IngressConfig, IngressEvent
 use hermes_connector::{
     EventCursor, StubConfig, StubConnector, StubEvent, TokenVerdict, descriptor_value,
 };
-use hermes_gateway_core::agent::{AgentBackend, AgentOptions, AgentSpec};
+use hermes_gateway_core::agent::{AgentBackend, AgentSpec};
 use hermes_gateway_core::{Agent, ExitReason, GatewayConfig, Metrics};
 use hermes_plugin_host::LoadReport;
 use hermes_protocol::action::Action;
@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::args::{DevArgs, LogFormat};
 use crate::serving;
+use crate::settings::{AgentSettings, EnvLayers};
 
 /// Default log filter of `dev` and `demo`: the live print is the output;
 /// logs (stderr) show only what went wrong unless `RUST_LOG` asks for more.
@@ -59,17 +60,14 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let spec: AgentSpec = args.agent.parse().map_err(|e| anyhow!("--agent: {e}"))?;
-    let agent = AgentBackend::from_spec(
-        &spec,
-        &AgentOptions {
-            api_key: std::env::var("OPENAI_API_KEY")
-                .ok()
-                .filter(|k| !k.is_empty()),
-            ..AgentOptions::default()
-        },
-    )
-    .map_err(|e| anyhow!("agent: {e}"))?;
+    // The agent's key and `exec:` environment come from the process
+    // environment over the env file, exactly as for `run`.
+    let env = EnvLayers::load(None)?;
     crate::logging::init(LogFormat::Human, LOG_FILTER);
+    let agent = serving::agent_backend(
+        &AgentSettings::from_env(args.agent.clone(), None, &env)?,
+        &spec,
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -196,6 +194,7 @@ impl DevSetup {
             config,
             Arc::new(Metrics::new()),
             shutdown.clone(),
+            |_| {},
         ));
 
         tokio::time::timeout(CONNECT_TIMEOUT, wait_for_hello(&mut handshake))

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use hermes_plugin_host::{LoadReport, PluginHost, PluginHostConfig, RoutingTable};
+use hermes_plugin_host::{LoadReport, RoutingTable};
 
 use crate::args::CheckArgs;
 
@@ -13,20 +13,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     // The listing below reports every bad file; the host's own warnings
     // would say it twice (RUST_LOG still turns them on).
     crate::logging::init(crate::args::LogFormat::Human, "error");
-    let mut config = PluginHostConfig::new(&args.dir);
-    config.policy_file = args.policy.clone();
-    config.cache_dir = crate::serving::plugin_cache_dir();
-    // An explicit --policy must exist (a typo would otherwise check the
-    // directory against an empty policy and report success).
-    if let Some(p) = &args.policy
-        && !p.is_file()
-    {
-        anyhow::bail!("policy file {} does not exist", p.display());
-    }
     // Loading compiles and runs `describe()` on the calling thread, outside
-    // any async runtime: nothing here converts, and guest stdio must not run
-    // inside a runtime's `block_on`.
-    let (host, report) = PluginHost::load(config)?;
+    // any async runtime: nothing here converts.
+    let (host, report) = crate::serving::load_plugins_blocking(&args.dir, args.policy.as_deref())?;
 
     let text = render(&report, &host.routing_table());
     // A closed stdout (piped into `head`) is not a plugin problem.

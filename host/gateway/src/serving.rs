@@ -11,34 +11,58 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use anyhow::anyhow;
+use hermes_gateway_core::agent::{AgentBackend, AgentOptions, AgentSpec};
 use hermes_gateway_core::{Agent, ExitReason, Gateway, GatewayConfig, Metrics};
+
+use crate::settings::AgentSettings;
 use hermes_plugin_host::{LoadReport, PluginHost, PluginHostConfig};
 use hermes_transport::{LinkState, RelayConfig, RelayHandle, RelayLink};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// Loads every plugin in `dir` as `run` does: compiled off the async
-/// threads, through the user's artifact cache, with `policy` (default
-/// `dir/policy.toml`). A bad file is in the report, not an error.
+/// Loads every plugin in `dir` with `policy` (default `dir/policy.toml`),
+/// through the user's artifact cache: the one loading path of `run`, `dev`,
+/// `demo`, `plugins check` and `convert`. A bad plugin file is in the
+/// report, not an error; an unreadable directory or an explicit policy file
+/// that does not exist is (silently using an empty policy would answer a
+/// different question than the one asked).
+///
+/// Loading compiles and runs each guest's `describe()`, whose stdio goes
+/// through WASI's synchronous bindings: call it outside any async runtime,
+/// or through [`load_plugins`] inside one.
+pub fn load_plugins_blocking(
+    dir: &Path,
+    policy: Option<&Path>,
+) -> anyhow::Result<(PluginHost, LoadReport)> {
+    if let Some(p) = policy
+        && !p.is_file()
+    {
+        anyhow::bail!("policy file {} does not exist", p.display());
+    }
+    let mut config = PluginHostConfig::new(dir);
+    config.policy_file = policy.map(Path::to_path_buf);
+    config.cache_dir = plugin_cache_dir();
+    Ok(PluginHost::load(config)?)
+}
+
+/// [`load_plugins_blocking`] off the async threads.
 pub async fn load_plugins(
     dir: &Path,
     policy: Option<PathBuf>,
 ) -> anyhow::Result<(PluginHost, LoadReport)> {
-    std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read plugins directory {}", dir.display()))?;
-    let mut config = PluginHostConfig::new(dir);
-    config.policy_file = policy;
-    config.cache_dir = plugin_cache_dir();
-    let loaded = tokio::task::spawn_blocking(move || PluginHost::load(config))
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || load_plugins_blocking(&dir, policy.as_deref()))
         .await
-        .context("plugin loading panicked")??;
-    Ok(loaded)
+        .context("plugin loading panicked")?
 }
 
 /// Dials the relay described by `relay` and serves the gateway loop over it
 /// with `plugins` as the converter and `agent` answering turns, until
 /// `shutdown` (then drains, relay-contract §7.3) or the link ends.
+/// `on_link` sees the link's handle before the first frame (the admin
+/// endpoints read its state).
 pub async fn serve_relay<A: Agent>(
     relay: RelayConfig,
     plugins: PluginHost,
@@ -46,19 +70,39 @@ pub async fn serve_relay<A: Agent>(
     config: GatewayConfig,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    on_link: impl FnOnce(&RelayHandle),
 ) -> ExitReason {
     let (handle, inbound) = RelayLink::spawn(relay);
+    on_link(&handle);
     stop_when_revoked(&handle, &shutdown);
     Gateway::new(config, metrics)
         .run(handle, inbound, plugins, agent, shutdown)
         .await
 }
 
+/// The agent the settings name, with its model, key and environment.
+pub fn agent_backend(agent: &AgentSettings, spec: &AgentSpec) -> anyhow::Result<AgentBackend> {
+    let defaults = AgentOptions::default();
+    let options = AgentOptions {
+        model: agent.model.clone().unwrap_or(defaults.model.clone()),
+        api_key: agent.openai_api_key.as_ref().map(|k| k.expose().to_owned()),
+        exec_env: agent
+            .exec_env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+            .collect(),
+        ..defaults
+    };
+    let backend = AgentBackend::from_spec(spec, &options).map_err(|e| anyhow!("agent: {e}"))?;
+    info!(agent = %agent.spec, "agent ready");
+    Ok(backend)
+}
+
 /// A revoked link latches and keeps its inbound channel open (it only fails
 /// calls fast), so the gateway loop would serve nothing forever. With the
 /// relay disabled the process has nothing else to do: start the drain, after
 /// which [`Gateway::run`] reports `Revoked` (exit code 4, §6.2).
-pub fn stop_when_revoked(handle: &RelayHandle, shutdown: &CancellationToken) {
+fn stop_when_revoked(handle: &RelayHandle, shutdown: &CancellationToken) {
     let mut state = handle.state();
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
@@ -122,8 +166,7 @@ pub fn drain_on_signals(
 
 /// Where compiled plugin artifacts are cached: `~/.hermes/cache/plugins`
 /// (owned by the user, since the host trusts what it deserializes there).
-/// Shared by `run`, `plugins check` and `convert`.
-pub fn plugin_cache_dir() -> Option<std::path::PathBuf> {
+fn plugin_cache_dir() -> Option<std::path::PathBuf> {
     let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
     Some(
         std::path::PathBuf::from(home)

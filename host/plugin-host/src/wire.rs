@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use hermes_protocol::event::{MessageEvent, MessageType, SessionSource};
+use hermes_protocol::event::{EveryKey, MessageEvent, MessageType, SessionSource};
 use serde::{Serialize, Serializer};
 
 use crate::outcome::{ConvertedEvent, ReplyRoute};
@@ -22,7 +22,7 @@ impl Serialize for ConvertedEvent {
 struct WireEvent<'a> {
     text: &'a str,
     message_type: &'a MessageType,
-    source: WireSource<'a>,
+    source: EveryKey<'a>,
     message_id: &'a Option<String>,
     reply_to_message_id: &'a Option<String>,
     media_urls: &'a [String],
@@ -31,28 +31,6 @@ struct WireEvent<'a> {
     is_bot: bool,
     reply_route: WireRoute<'a>,
     metadata: BTreeMap<&'a str, &'a str>,
-}
-
-#[derive(Serialize)]
-struct WireSource<'a> {
-    platform: &'a str,
-    chat_id: &'a str,
-    chat_type: &'a str,
-    chat_name: &'a Option<String>,
-    user_id: &'a Option<String>,
-    user_name: &'a Option<String>,
-    thread_id: &'a Option<String>,
-    chat_topic: &'a Option<String>,
-    user_id_alt: &'a Option<String>,
-    chat_id_alt: &'a Option<String>,
-    scope_id: &'a Option<String>,
-    /// Legacy alias of `scope_id`, written alongside it (§5.1).
-    guild_id: &'a Option<String>,
-    parent_chat_id: &'a Option<String>,
-    message_id: &'a Option<String>,
-    profile: &'a Option<String>,
-    is_bot: bool,
-    message_is_edit: bool,
 }
 
 #[derive(Serialize)]
@@ -79,25 +57,7 @@ impl<'a> From<&'a ConvertedEvent> for WireEvent<'a> {
         WireEvent {
             text: &e.text,
             message_type: &e.message_type,
-            source: WireSource {
-                platform: &s.platform,
-                chat_id: &s.chat_id,
-                chat_type: &s.chat_type,
-                chat_name: &s.chat_name,
-                user_id: &s.user_id,
-                user_name: &s.user_name,
-                thread_id: &s.thread_id,
-                chat_topic: &s.chat_topic,
-                user_id_alt: &s.user_id_alt,
-                chat_id_alt: &s.chat_id_alt,
-                scope_id: &s.scope_id,
-                guild_id: &s.scope_id,
-                parent_chat_id: &s.parent_chat_id,
-                message_id: &s.message_id,
-                profile: &s.profile,
-                is_bot: s.is_bot,
-                message_is_edit: s.message_is_edit,
-            },
+            source: s.every_key(),
             message_id: &e.message_id,
             reply_to_message_id: &e.reply_to_message_id,
             media_urls: &e.media_urls,

@@ -120,6 +120,25 @@ impl SessionSource {
 
 impl Serialize for SessionSource {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.serialize_keys(serializer, false)
+    }
+}
+
+impl SessionSource {
+    /// This source with every key written, `null` (or `false`) when unset,
+    /// in the same order as the wire form: the complete record `convert`
+    /// prints and the corpus compares.
+    pub fn every_key(&self) -> EveryKey<'_> {
+        EveryKey(self)
+    }
+
+    /// The eight core keys always; the others only when set, unless
+    /// `every_key`.
+    fn serialize_keys<S: Serializer>(
+        &self,
+        serializer: S,
+        every_key: bool,
+    ) -> Result<S::Ok, S::Error> {
         let mut m = serializer.serialize_map(None)?;
         m.serialize_entry("platform", &self.platform)?;
         m.serialize_entry("chat_id", &self.chat_id)?;
@@ -139,17 +158,30 @@ impl Serialize for SessionSource {
             ("profile", &self.profile),
         ];
         for (key, value) in optional {
-            if let Some(v) = value {
-                m.serialize_entry(key, v)?;
+            if every_key || value.is_some() {
+                m.serialize_entry(key, value)?;
             }
         }
-        if self.is_bot {
-            m.serialize_entry("is_bot", &true)?;
-        }
-        if self.message_is_edit {
-            m.serialize_entry("message_is_edit", &true)?;
+        for (key, value) in [
+            ("is_bot", self.is_bot),
+            ("message_is_edit", self.message_is_edit),
+        ] {
+            if every_key || value {
+                m.serialize_entry(key, &value)?;
+            }
         }
         m.end()
+    }
+}
+
+/// A [`SessionSource`] serialized with every key (see
+/// [`SessionSource::every_key`]).
+#[derive(Debug, Clone, Copy)]
+pub struct EveryKey<'a>(&'a SessionSource);
+
+impl Serialize for EveryKey<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize_keys(serializer, true)
     }
 }
 

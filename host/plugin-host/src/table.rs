@@ -144,126 +144,143 @@ impl Table {
                 claimants.entry(platform.as_str()).or_default().push(p);
             }
         }
-        let mut defaults = BTreeMap::new();
-        // Policy pins first.
-        for (platform, pin) in &self.policy.platform {
-            let config: ConfigMap = Arc::new(pin.config.clone());
-            match &pin.plugin {
-                Some(name) => match self.by_name.get(name) {
-                    Some(p) if !p.converts(platform) => {
-                        report.errors.push(LoadError::Policy {
-                            file: policy_file.to_owned(),
-                            message: format!(
-                                "[platform.{platform}] pins plugin `{name}`, which does not convert `{platform}` (it lists {:?})",
-                                p.description.platforms
-                            ),
-                        });
-                    }
-                    Some(p) => {
-                        defaults.insert(
-                            platform.clone(),
-                            Default {
-                                plugin: Arc::clone(p),
-                                config,
-                                pinned: true,
-                            },
-                        );
-                    }
-                    None => report.errors.push(LoadError::Policy {
-                        file: policy_file.to_owned(),
-                        message: format!(
-                            "[platform.{platform}] pins plugin `{name}`, which is not loaded"
-                        ),
-                    }),
-                },
-                None => {
-                    // Config only: applies to the sole claimant.
-                    if let Some([only]) = claimants.get(platform.as_str()).map(Vec::as_slice) {
-                        defaults.insert(
-                            platform.clone(),
-                            Default {
-                                plugin: Arc::clone(only),
-                                config,
-                                pinned: false,
-                            },
-                        );
-                    }
-                }
-            }
-        }
-        for (platform, plugins) in &claimants {
-            if defaults.contains_key(*platform) {
-                continue;
-            }
-            match plugins.as_slice() {
-                [only] => {
-                    defaults.insert(
-                        (*platform).to_owned(),
-                        Default {
-                            plugin: Arc::clone(only),
-                            config: ConfigMap::default(),
-                            pinned: false,
-                        },
-                    );
-                }
-                [first, second, ..] => {
-                    report.errors.push(LoadError::Conflict {
-                        platform: (*platform).to_owned(),
-                        first: first.description.name.clone(),
-                        second: second.description.name.clone(),
-                    });
-                    // Hot swap must not break a working platform: keep the
-                    // previous default while it is still loaded.
-                    if let Some(old) = previous.defaults.get(*platform)
-                        && let Some(p) = self.by_name.get(&*old.plugin.name)
-                    {
-                        defaults.insert(
-                            (*platform).to_owned(),
-                            Default {
-                                plugin: Arc::clone(p),
-                                config: Arc::clone(&old.config),
-                                pinned: old.pinned,
-                            },
-                        );
-                    }
-                }
-                [] => {}
-            }
-        }
+        let policy_error = |message| LoadError::Policy {
+            file: policy_file.to_owned(),
+            message,
+        };
+        let mut defaults =
+            self.pinned_defaults(&claimants, &mut |m| report.errors.push(policy_error(m)));
+        let conflicts = self.claimed_defaults(&claimants, previous, &mut defaults);
+        report.errors.extend(conflicts);
+        let routes = self.routes_of_rules(&mut |m| report.errors.push(policy_error(m)));
         self.defaults = defaults;
-        for rule in &self.policy.route {
-            match self.by_name.get(&rule.plugin) {
-                Some(p) if rule.platform.as_deref().is_some_and(|pl| !p.converts(pl)) => {
-                    report.errors.push(LoadError::Policy {
-                        file: policy_file.to_owned(),
-                        message: format!(
-                            "a [[route]] for platform `{}` names plugin `{}`, which does not convert it (it lists {:?})",
-                            rule.platform.as_deref().unwrap_or_default(),
-                            rule.plugin,
-                            p.description.platforms
-                        ),
-                    });
-                }
-                Some(p) => self.routes.push(Route {
-                    rule: rule.clone(),
-                    plugin: Arc::clone(p),
-                    config: Arc::new(rule.config.clone()),
-                }),
-                None => report.errors.push(LoadError::Policy {
-                    file: policy_file.to_owned(),
-                    message: format!(
-                        "a [[route]] names plugin `{}`, which is not loaded",
-                        rule.plugin
-                    ),
-                }),
-            }
-        }
+        self.routes = routes;
         self.tenant_routed = self
             .routes
             .iter()
             .filter(|r| r.rule.tenant.is_some())
             .filter_map(|r| r.rule.platform.clone())
             .collect();
+    }
+
+    /// The policy's `[platform.P]` pins: a named plugin that is loaded and
+    /// converts P, or config for P's sole claimant.
+    fn pinned_defaults(
+        &self,
+        claimants: &BTreeMap<&str, Vec<&Arc<LoadedPlugin>>>,
+        refuse: &mut impl FnMut(String),
+    ) -> BTreeMap<String, Default> {
+        let mut defaults = BTreeMap::new();
+        for (platform, pin) in &self.policy.platform {
+            let config: ConfigMap = Arc::new(pin.config.clone());
+            let (plugin, pinned) = match &pin.plugin {
+                Some(name) => match self.by_name.get(name) {
+                    Some(p) if !p.converts(platform) => {
+                        refuse(format!(
+                            "[platform.{platform}] pins plugin `{name}`, which does not convert `{platform}` (it lists {:?})",
+                            p.description.platforms
+                        ));
+                        continue;
+                    }
+                    Some(p) => (p, true),
+                    None => {
+                        refuse(format!(
+                            "[platform.{platform}] pins plugin `{name}`, which is not loaded"
+                        ));
+                        continue;
+                    }
+                },
+                // Config only: applies to the sole claimant.
+                None => match claimants.get(platform.as_str()).map(Vec::as_slice) {
+                    Some([only]) => (*only, false),
+                    _ => continue,
+                },
+            };
+            let plugin = Arc::clone(plugin);
+            defaults.insert(
+                platform.clone(),
+                Default {
+                    plugin,
+                    config,
+                    pinned,
+                },
+            );
+        }
+        defaults
+    }
+
+    /// Every platform without a pin goes to its sole claimant. Two claimants
+    /// are a conflict (returned); the previous default then keeps serving
+    /// while it is still loaded, so a hot swap never breaks a working
+    /// platform.
+    fn claimed_defaults(
+        &self,
+        claimants: &BTreeMap<&str, Vec<&Arc<LoadedPlugin>>>,
+        previous: &Table,
+        defaults: &mut BTreeMap<String, Default>,
+    ) -> Vec<LoadError> {
+        let mut conflicts = Vec::new();
+        for (platform, plugins) in claimants {
+            if defaults.contains_key(*platform) {
+                continue;
+            }
+            let chosen = match plugins.as_slice() {
+                [only] => Default {
+                    plugin: Arc::clone(only),
+                    config: ConfigMap::default(),
+                    pinned: false,
+                },
+                [first, second, ..] => {
+                    conflicts.push(LoadError::Conflict {
+                        platform: (*platform).to_owned(),
+                        first: first.description.name.clone(),
+                        second: second.description.name.clone(),
+                    });
+                    let Some(old) = previous.defaults.get(*platform) else {
+                        continue;
+                    };
+                    let Some(p) = self.by_name.get(&*old.plugin.name) else {
+                        continue;
+                    };
+                    Default {
+                        plugin: Arc::clone(p),
+                        config: Arc::clone(&old.config),
+                        pinned: old.pinned,
+                    }
+                }
+                [] => continue,
+            };
+            defaults.insert((*platform).to_owned(), chosen);
+        }
+        conflicts
+    }
+
+    /// The policy's `[[route]]` rules whose plugin is loaded and converts
+    /// the rule's platform, in policy order.
+    fn routes_of_rules(&self, refuse: &mut impl FnMut(String)) -> Vec<Route> {
+        let mut routes = Vec::new();
+        for rule in &self.policy.route {
+            match self.by_name.get(&rule.plugin) {
+                Some(p) if rule.platform.as_deref().is_some_and(|pl| !p.converts(pl)) => {
+                    refuse(format!(
+                        "a [[route]] for platform `{}` names plugin `{}`, which does not convert it (it lists {:?})",
+                        rule.platform.as_deref().unwrap_or_default(),
+                        rule.plugin,
+                        p.description.platforms
+                    ));
+                }
+                Some(p) => routes.push(Route {
+                    rule: rule.clone(),
+                    plugin: Arc::clone(p),
+                    config: Arc::new(rule.config.clone()),
+                }),
+                None => refuse(format!(
+                    "a [[route]] names plugin `{}`, which is not loaded",
+                    rule.plugin
+                )),
+            }
+        }
+        routes
     }
 
     /// Whether a tenant route could apply to `platform`, i.e. whether its

@@ -168,126 +168,10 @@ pub(crate) async fn run(
         },
     };
     let opened = Instant::now();
-    let (sink, stream) = ws.split();
-    let (out_tx, out_rx) = OutboundQueue::new(
-        shared.config.outbound_queue,
-        shared.config.outbound_byte_budget,
-    );
-    let (close_tx, close_rx) = oneshot::channel();
-    let (hs_tx, mut hs_rx) = oneshot::channel();
-    let liveness = Arc::new(Liveness::new(opened));
-
-    let mut writer = tokio::spawn(write_loop(
-        sink,
-        out_rx,
-        close_rx,
-        Arc::clone(shared),
-        Arc::clone(&liveness),
-    ));
-    let mut reader = tokio::spawn(read_loop(
-        stream,
-        Reader {
-            shared: Arc::clone(shared),
-            inbound: Arc::clone(inbound),
-            writer: out_tx.clone(),
-            handshake: Some(hs_tx),
-            liveness,
-        },
-    ));
-
-    // Hellos first, in configured order (§3.1); the writer is already running,
-    // so this only waits if the queue is tiny.
-    for identity in &shared.config.identities {
-        let hello = GatewayFrame::Hello {
-            platform: identity.platform.clone(),
-            bot_id: identity.bot_id.clone(),
-            command_manifest: None,
-        };
-        if out_tx.send(hello.encode(), None).await.is_err() {
-            break;
-        }
-    }
-    // `out_tx` stays alive until teardown so the writer's queue cannot close
-    // under it: the writer ends only by the close signal, an error or abort.
-
-    let handshake_deadline = tokio::time::sleep(shared.config.handshake_timeout);
-    tokio::pin!(handshake_deadline);
-    let mut handshaken = false;
-    let mut waiting_handshake = true;
-    // A JoinHandle must not be polled again once it has yielded its output.
-    let mut reader_done = false;
-    let mut writer_done = false;
-
-    let stop_reason = loop {
-        tokio::select! {
-            biased;
-            ctl = control.recv() => break Stop::Shutdown(shutdown(ctl)),
-            end = &mut reader => {
-                reader_done = true;
-                break reader_stop(end);
-            }
-            end = &mut writer => {
-                writer_done = true;
-                break writer_stop(end);
-            }
-            hs = &mut hs_rx, if waiting_handshake => {
-                waiting_handshake = false;
-                // An Err means the reader ended first; the next turn sees why.
-                if hs.is_ok() {
-                    handshaken = true;
-                }
-            }
-            () = &mut handshake_deadline, if waiting_handshake => {
-                warn!(timeout = ?shared.config.handshake_timeout, "relay handshake timed out: no descriptor");
-                break Stop::Ended {
-                    peer_close: None,
-                    detail: "no descriptor before the handshake timeout".to_owned(),
-                    our_close: Some((CLOSE_PROTOCOL, "no descriptor")),
-                };
-            }
-        }
-    };
-
-    // The biased select may have seen the reader end in the same poll in
-    // which the first descriptor arrived: a 4401 right after the descriptor
-    // is still a post-handshake 4401 (§6.2).
-    if waiting_handshake && hs_rx.try_recv().is_ok() {
-        handshaken = true;
-    }
-
-    // Teardown: no new requests, close politely if we owe a close frame, then
-    // settle every waiter at once.
-    shared.clear_connection();
-    let our_close = match &stop_reason {
-        Stop::Shutdown(_) => Some((1000, "gateway closing")),
-        Stop::Ended { our_close, .. } => *our_close,
-    };
-    if let Some((code, reason)) = our_close {
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        };
-        if !writer_done && close_tx.send(frame).is_ok() {
-            match tokio::time::timeout(CLOSE_GRACE, &mut writer).await {
-                Ok(_) => writer_done = true,
-                Err(_) => debug!("relay writer did not finish the close in time"),
-            }
-        }
-    }
-    if !reader_done {
-        stop(reader).await;
-    }
-    if !writer_done {
-        stop(writer).await;
-    }
-    // A first descriptor read while the reader was still running above may
-    // have re-installed this dying connection; clear it again now that the
-    // reader is gone, so no stale slot or descriptor outlives it.
-    shared.clear_connection();
-    out_tx.close();
-    drop(out_tx);
-    shared.settle_all(ActionResult::connection_lost);
-
+    let mut tasks = Tasks::start(ws, shared, inbound, opened);
+    tasks.send_hellos(shared).await;
+    let (stop_reason, handshaken) = tasks.watch(shared, control).await;
+    tasks.teardown(shared, &stop_reason).await;
     match stop_reason {
         Stop::Shutdown(ended) => ended,
         Stop::Ended {
@@ -301,6 +185,21 @@ pub(crate) async fn run(
     }
 }
 
+/// One connection's reader and writer tasks and the ends of their channels.
+struct Tasks {
+    reader: JoinHandle<ReaderEnd>,
+    writer: JoinHandle<WriterEnd>,
+    /// A JoinHandle must not be polled again once it has yielded its output.
+    reader_done: bool,
+    writer_done: bool,
+    /// Kept alive until teardown so the writer's queue cannot close under
+    /// it: the writer ends only by the close signal, an error or abort.
+    out_tx: OutboundQueue,
+    close_tx: Option<oneshot::Sender<CloseFrame>>,
+    /// Fires when the reader has read the first descriptor.
+    handshake: oneshot::Receiver<()>,
+}
+
 /// How the serve loop stopped.
 enum Stop {
     Shutdown(Ended),
@@ -309,6 +208,142 @@ enum Stop {
         detail: String,
         our_close: Option<(u16, &'static str)>,
     },
+}
+
+impl Tasks {
+    fn start(ws: Ws, shared: &Arc<Shared>, inbound: &Arc<InboundQueue>, opened: Instant) -> Self {
+        let (sink, stream) = ws.split();
+        let (out_tx, out_rx) = OutboundQueue::new(
+            shared.config.outbound_queue,
+            shared.config.outbound_byte_budget,
+        );
+        let (close_tx, close_rx) = oneshot::channel();
+        let (hs_tx, handshake) = oneshot::channel();
+        let liveness = Arc::new(Liveness::new(opened));
+        let writer = tokio::spawn(write_loop(
+            sink,
+            out_rx,
+            close_rx,
+            Arc::clone(shared),
+            Arc::clone(&liveness),
+        ));
+        let reader = tokio::spawn(read_loop(
+            stream,
+            Reader {
+                shared: Arc::clone(shared),
+                inbound: Arc::clone(inbound),
+                writer: out_tx.clone(),
+                handshake: Some(hs_tx),
+                liveness,
+            },
+        ));
+        Self {
+            reader,
+            writer,
+            reader_done: false,
+            writer_done: false,
+            out_tx,
+            close_tx: Some(close_tx),
+            handshake,
+        }
+    }
+
+    /// Hellos first, in configured order (§3.1); the writer is already
+    /// running, so this only waits if the queue is tiny.
+    async fn send_hellos(&self, shared: &Shared) {
+        for identity in &shared.config.identities {
+            let hello = GatewayFrame::Hello {
+                platform: identity.platform.clone(),
+                bot_id: identity.bot_id.clone(),
+                command_manifest: None,
+            };
+            if self.out_tx.send(hello.encode(), None).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Until a task ends, a close is asked for, or the first descriptor is
+    /// late. Returns why, and whether the handshake completed.
+    async fn watch(
+        &mut self,
+        shared: &Shared,
+        control: &mut mpsc::Receiver<Control>,
+    ) -> (Stop, bool) {
+        let handshake_deadline = tokio::time::sleep(shared.config.handshake_timeout);
+        tokio::pin!(handshake_deadline);
+        let mut handshaken = false;
+        let mut waiting_handshake = true;
+        let stop = loop {
+            tokio::select! {
+                biased;
+                ctl = control.recv() => break Stop::Shutdown(shutdown(ctl)),
+                end = &mut self.reader => {
+                    self.reader_done = true;
+                    break reader_stop(end);
+                }
+                end = &mut self.writer => {
+                    self.writer_done = true;
+                    break writer_stop(end);
+                }
+                hs = &mut self.handshake, if waiting_handshake => {
+                    waiting_handshake = false;
+                    // An Err means the reader ended first; the next turn sees why.
+                    handshaken = hs.is_ok();
+                }
+                () = &mut handshake_deadline, if waiting_handshake => {
+                    warn!(timeout = ?shared.config.handshake_timeout, "relay handshake timed out: no descriptor");
+                    break Stop::Ended {
+                        peer_close: None,
+                        detail: "no descriptor before the handshake timeout".to_owned(),
+                        our_close: Some((CLOSE_PROTOCOL, "no descriptor")),
+                    };
+                }
+            }
+        };
+        // The biased select may have seen the reader end in the same poll in
+        // which the first descriptor arrived: a 4401 right after the
+        // descriptor is still a post-handshake 4401 (§6.2).
+        if waiting_handshake && self.handshake.try_recv().is_ok() {
+            handshaken = true;
+        }
+        (stop, handshaken)
+    }
+
+    /// No new requests, a polite close if we owe one, both tasks gone, then
+    /// every waiter settled at once.
+    async fn teardown(mut self, shared: &Shared, stop_reason: &Stop) {
+        shared.clear_connection();
+        let our_close = match stop_reason {
+            Stop::Shutdown(_) => Some((1000, "gateway closing")),
+            Stop::Ended { our_close, .. } => *our_close,
+        };
+        if let (Some((code, reason)), Some(close_tx)) = (our_close, self.close_tx.take()) {
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            };
+            if !self.writer_done && close_tx.send(frame).is_ok() {
+                match tokio::time::timeout(CLOSE_GRACE, &mut self.writer).await {
+                    Ok(_) => self.writer_done = true,
+                    Err(_) => debug!("relay writer did not finish the close in time"),
+                }
+            }
+        }
+        if !self.reader_done {
+            stop(self.reader).await;
+        }
+        if !self.writer_done {
+            stop(self.writer).await;
+        }
+        // A first descriptor read while the reader was still running above
+        // may have re-installed this dying connection; clear it again now
+        // that the reader is gone, so no stale slot or descriptor outlives it.
+        shared.clear_connection();
+        self.out_tx.close();
+        drop(self.out_tx);
+        shared.settle_all(ActionResult::connection_lost);
+    }
 }
 
 fn reader_stop(end: Result<ReaderEnd, tokio::task::JoinError>) -> Stop {

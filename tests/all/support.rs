@@ -1,9 +1,12 @@
 //! Helpers shared by the modules that run the real `hermes-gateway` binary.
 //!
 //! `CARGO_BIN_EXE_*` exists only for tests of the binary's own package, and
-//! a binary-only package cannot be a dependency, so the binary is built once
-//! per test run with `cargo build -p hermes-gateway` (a no-op when fresh)
-//! into the same target directory as this test executable.
+//! a binary-only package cannot be a dependency (artifact dependencies are
+//! unstable), so the binary comes from a pre-step: `scripts/test` builds it
+//! before the tests and names it in `HERMES_GATEWAY_BIN`. A bare
+//! `cargo test` has no pre-step; then, and only then, the binary is built
+//! once per run with `cargo build -p hermes-gateway` (a no-op when fresh),
+//! so a developer never tests a stale binary.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,10 +14,19 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-/// The binary, built on first use.
+/// The binary: `HERMES_GATEWAY_BIN`, else built on first use.
 pub fn binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("HERMES_GATEWAY_BIN").filter(|b| !b.is_empty()) {
+            let bin = PathBuf::from(bin);
+            assert!(
+                bin.is_file(),
+                "HERMES_GATEWAY_BIN={} is not a file",
+                bin.display()
+            );
+            return bin;
+        }
         let exe = std::env::current_exe().expect("test executable path");
         // target/<profile>/deps/all-<hash> → target/<profile>
         let profile_dir = exe

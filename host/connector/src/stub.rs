@@ -2,7 +2,9 @@
 //!
 //! The controls a test drives are in `stub/controls.rs` (feature
 //! `test-controls`), the record of what happened in `record.rs`, the webhook
-//! ingress in `ingress.rs`.
+//! ingress in `ingress.rs`. (This file stays one piece: it is the connector
+//! side of the whole contract — upgrade, auth, hello, descriptor, routing and
+//! buffering — which a reader checks against relay-contract.md in order.)
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;

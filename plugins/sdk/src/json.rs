@@ -14,6 +14,9 @@
 //! from one sent as a string, and render an integer "as given" without a trip
 //! through `i64` or `f64`.
 //!
+//! (Why one file of this length: a parser is one recursive-descent state
+//! machine over one cursor; its parts only make sense read together.)
+//!
 //! ```
 //! use hermes_converter_sdk::json;
 //!

@@ -142,6 +142,36 @@ async fn infinite_loop_times_out_within_the_deadline_and_the_next_call_works() {
     assert_eq!(single_text(&hostile(&host, "ok").await), "ok");
 }
 
+/// A conversion runs inline on the task that awaits it, and a guest that
+/// spins until its deadline yields to the runtime between CPU slices: on a
+/// runtime with ONE thread, another task (standing for the link's reader
+/// and writer) runs many times while the guest is still spinning. Were the
+/// guest not to yield, that task could run only after the conversion ended.
+#[test]
+fn a_spinning_guest_yields_so_other_tasks_run_on_its_thread() {
+    let (host, _dir) = hostile_host();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let conversion = tokio::spawn(async move { hostile(&host, "loop").await });
+        // Let the conversion start (it runs until its first yield).
+        tokio::task::yield_now().await;
+        let mut ran_while_spinning = 0;
+        while !conversion.is_finished() {
+            ran_while_spinning += 1;
+            tokio::task::yield_now().await;
+        }
+        let c = conversion.await.expect("conversion task");
+        assert!(matches!(failure(&c), PluginError::Timeout { .. }), "{c:?}");
+        assert!(
+            ran_while_spinning > 10,
+            "the other task ran only {ran_while_spinning} times during the spin"
+        );
+    });
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_bomb_hits_the_limit_and_the_host_carries_on() {
     let (host, _dir) = hostile_host();
@@ -527,6 +557,54 @@ async fn tenant_of_is_called_only_when_a_tenant_route_could_use_it() {
 }
 
 /// Load the hostile and Discord plugins under `policy`; the policy errors.
+/// The hostile guest's `counter` mode answers how many times this
+/// instance has counted: 1 in a fresh instance.
+async fn counter(host: &PluginHost, tenant: &str) -> String {
+    single_text(&host.convert(&hostile_with_tenant("counter", tenant)).await)
+}
+
+/// `isolation = "per-tenant"`: an instance serves the next forward of its
+/// own tenant only; any failure, and any reload, retires it.
+#[tokio::test(flavor = "multi_thread")]
+async fn per_tenant_isolation_reuses_an_instance_only_within_its_tenant() {
+    let dir = plugins_dir(&[("hostile.wasm", hermes_plugin_artifacts::HOSTILE)]);
+    let policy = "[platform.hostile]\nisolation = \"per-tenant\"\n";
+    std::fs::write(dir.path().join("policy.toml"), policy).expect("policy");
+    let (host, report) = load_with(dir.path(), limits());
+    assert!(report.is_clean(), "{:?}", report.errors);
+
+    // Tenant A's second forward runs in A's warm instance.
+    assert_eq!(counter(&host, "tenant-a").await, "counter: 1");
+    assert_eq!(counter(&host, "tenant-a").await, "counter: 2");
+    // Tenant B never gets A's instance.
+    assert_eq!(counter(&host, "tenant-b").await, "counter: 1");
+    assert_eq!(counter(&host, "tenant-a").await, "counter: 3");
+    assert!(host.idle_instances() >= 2, "{}", host.idle_instances());
+
+    // A trap retires the instance it happened in: A starts over.
+    let c = host
+        .convert(&hostile_with_tenant("panic boom", "tenant-a"))
+        .await;
+    assert!(matches!(failure(&c), PluginError::Panic { .. }), "{c:?}");
+    assert_eq!(counter(&host, "tenant-a").await, "counter: 1");
+    assert_eq!(counter(&host, "tenant-b").await, "counter: 2");
+
+    // A reload retires every warm instance.
+    let _ = host.reload().await;
+    assert_eq!(host.idle_instances(), 0);
+    assert_eq!(counter(&host, "tenant-b").await, "counter: 1");
+}
+
+/// Without the opt-in every forward gets a fresh instance, tenants or not.
+#[tokio::test(flavor = "multi_thread")]
+async fn per_request_isolation_is_the_default() {
+    let (host, _dir) = hostile_host();
+    for _ in 0..3 {
+        assert_eq!(counter(&host, "tenant-a").await, "counter: 1");
+    }
+    assert_eq!(host.idle_instances(), 0);
+}
+
 fn load_policy(policy: &str) -> (PluginHost, Vec<String>, tempfile::TempDir) {
     let dir = plugins_dir(&[
         ("discord.wasm", hermes_plugin_artifacts::DISCORD),

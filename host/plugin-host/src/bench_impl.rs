@@ -14,7 +14,7 @@ use crate::bindings::{self, ConverterPluginPre};
 use crate::engine::Allocator;
 use crate::limits::Limits;
 use crate::outcome::RejectKind;
-use crate::sandbox::{CallContext, ConfigMap, Sandbox, StoreState};
+use crate::sandbox::{CallContext, ConfigMap, Sandbox, StoreState, block_on};
 
 /// One plugin, compiled and pre-instantiated outside a host.
 pub struct BenchPlugin {
@@ -119,7 +119,7 @@ impl BenchPlugin {
             tenant: None,
             config: ConfigMap::default(),
         };
-        Sandbox::new(&self.engine, &self.pre, &self.limits, cx).map_err(err)
+        block_on(Sandbox::new(&self.engine, &self.pre, &self.limits, cx)).map_err(err)
     }
 
     /// Create a store and instantiate (then drop both).
@@ -133,8 +133,8 @@ impl BenchPlugin {
     pub fn fresh_convert(&self, forward: &PassthroughForward) -> Result<BenchOutcome, String> {
         let req = bindings::request(forward);
         let mut s = self.sandbox()?;
-        s.tenant_of(&req).map_err(err)?;
-        outcome(s.convert(&req).map_err(err)?, &self.limits)
+        block_on(s.tenant_of(&req)).map_err(err)?;
+        outcome(block_on(s.convert(&req)).map_err(err)?, &self.limits)
     }
 
     /// A store and instance to call repeatedly.
@@ -151,7 +151,7 @@ impl WarmInstance<'_> {
     pub fn convert(&mut self, forward: &PassthroughForward) -> Result<BenchOutcome, String> {
         let req = bindings::request(forward);
         outcome(
-            self.sandbox.convert(&req).map_err(err)?,
+            block_on(self.sandbox.convert(&req)).map_err(err)?,
             &self.plugin.limits,
         )
     }

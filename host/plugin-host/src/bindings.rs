@@ -9,6 +9,9 @@ use crate::outcome::{ConvertedEvent, RejectKind, ReplyRoute};
 wasmtime::component::bindgen!({
     world: "converter-plugin",
     path: "../../wit",
+    // Calls into the guest are async (they yield to the runtime between CPU
+    // slices); the host's own imports (`log`, `config`) answer at once.
+    exports: { default: async },
 });
 
 pub(crate) use self::exports::hermes::converter::converter::{Outcome, PluginInfo, Request};

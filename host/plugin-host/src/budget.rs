@@ -1,26 +1,67 @@
 //! What one call may consume: the CPU-time budget behind the epoch
 //! deadline, and the store's memory/table/instance limiter.
 
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use wasmtime::UpdateDeadline;
 
 use crate::limits::Limits;
 
-/// The guest's CPU budget for one call, measured in CPU time of the worker
-/// thread rather than wall-clock time: on a busy machine a guest that is
-/// preempted is not charged for the time it did not run, so a legitimate
-/// converter is never timed out (and quarantined) because the machine is
-/// loaded. The epoch deadline fires at the wall-clock deadline as before;
-/// its callback then looks at the thread's CPU clock and either extends the
-/// deadline by what is left of the budget or interrupts the guest. A guest
-/// that spins uses its budget in CPU time and is stopped as before. A wall
-/// cap bounds a call that somehow cannot get the CPU at all.
+/// The guest's CPU budget for one call, measured in CPU time rather than
+/// wall-clock time: on a busy machine a guest that is preempted is not
+/// charged for the time it did not run, so a legitimate converter is never
+/// timed out (and quarantined) because the machine is loaded.
+///
+/// Calls run as futures on the async runtime's threads, in slices: every
+/// [`SLICE`] the epoch deadline fires, the callback charges the slice's CPU
+/// time and, while budget is left, *yields* to the runtime before the guest
+/// goes on. So a guest that spins until its deadline holds a runtime thread
+/// for one slice at a time and the link's reader and writer keep running
+/// between slices; once the budget is spent the guest is interrupted. A
+/// resumed call may continue on another thread, so each slice's start is
+/// recorded (thread and its CPU clock) when the yield completes, on the
+/// thread that resumes the guest. A wall cap bounds a call that somehow
+/// cannot get the CPU at all.
 pub(crate) struct CpuBudget {
     budget: Duration,
     wall_cap: Duration,
-    cpu_start: Duration,
+    /// CPU charged for the slices that ended.
+    used: Duration,
+    slice: Arc<Mutex<SliceStart>>,
     wall_start: Instant,
+}
+
+/// How long a guest runs before it yields to the runtime.
+pub(crate) const SLICE: Duration = crate::epoch::EPOCH_TICK;
+
+/// Where the running slice began.
+#[derive(Clone, Copy)]
+struct SliceStart {
+    thread: ThreadId,
+    cpu: Duration,
+}
+
+impl SliceStart {
+    fn now() -> Self {
+        Self {
+            thread: std::thread::current().id(),
+            cpu: thread_cpu_time(),
+        }
+    }
+
+    /// CPU time this thread spent since the slice began. A slice observed
+    /// from another thread (a guest resumed elsewhere by a host call that
+    /// waited) is charged as a whole slice: never less than it could have
+    /// used.
+    fn spent(self) -> Duration {
+        if self.thread == std::thread::current().id() {
+            thread_cpu_time().saturating_sub(self.cpu)
+        } else {
+            SLICE
+        }
+    }
 }
 
 /// This thread's CPU time.
@@ -32,31 +73,60 @@ pub(crate) fn thread_cpu_time() -> Duration {
     )
 }
 
+fn lock(slice: &Mutex<SliceStart>) -> std::sync::MutexGuard<'_, SliceStart> {
+    // A plain value behind the lock: a panic cannot leave it half-written.
+    slice.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl CpuBudget {
     pub(crate) fn new(budget: Duration) -> Self {
         Self {
             budget,
-            // Generous: only a machine that gives the worker almost no CPU
+            // Generous: only a machine that gives the guest almost no CPU
             // for this long ends a call that has budget left.
             wall_cap: budget.saturating_mul(20),
-            cpu_start: thread_cpu_time(),
+            used: Duration::ZERO,
+            slice: Arc::new(Mutex::new(SliceStart::now())),
             wall_start: Instant::now(),
         }
     }
 
     /// A new call starts now, with the whole budget.
     pub(crate) fn restart(&mut self) {
-        self.cpu_start = thread_cpu_time();
+        self.used = Duration::ZERO;
+        *lock(&self.slice) = SliceStart::now();
         self.wall_start = Instant::now();
     }
 
-    /// What to do when the epoch deadline is reached.
-    pub(crate) fn on_deadline(&self) -> UpdateDeadline {
-        let used = thread_cpu_time().saturating_sub(self.cpu_start);
-        if used >= self.budget || self.wall_start.elapsed() >= self.wall_cap {
+    /// Epoch ticks until the first deadline of a call.
+    pub(crate) fn first_deadline(&self) -> u64 {
+        crate::epoch::deadline_ticks(SLICE.min(self.budget))
+    }
+
+    /// What to do when the epoch deadline is reached: charge the slice, then
+    /// interrupt the guest or yield and give it the next slice.
+    pub(crate) fn on_deadline(&mut self) -> UpdateDeadline {
+        let spent = lock(&self.slice).spent();
+        self.used = self.used.saturating_add(spent);
+        if self.used >= self.budget || self.wall_start.elapsed() >= self.wall_cap {
             return UpdateDeadline::Interrupt;
         }
-        UpdateDeadline::Continue(crate::epoch::deadline_ticks(self.budget - used))
+        let next = crate::epoch::deadline_ticks(SLICE.min(self.budget - self.used));
+        let slice = Arc::clone(&self.slice);
+        UpdateDeadline::YieldCustom(
+            next,
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                // Runs on the thread that resumes the guest.
+                *lock(&slice) = SliceStart::now();
+            }),
+        )
+    }
+
+    /// CPU charged so far in this call (tests).
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> Duration {
+        self.used
     }
 }
 

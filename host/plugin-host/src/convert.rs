@@ -1,8 +1,9 @@
-//! One conversion: route, input checks, admission, a fresh sandbox on a
-//! worker, the trust boundary, and the mapping of what happened to an
+//! One conversion: route, input checks, admission, a fresh sandbox on the
+//! calling task, the trust boundary, and the mapping of what happened to an
 //! [`Outcome`].
 
 use super::*;
+use crate::reuse::{InstanceKey, Role};
 
 impl PluginHost {
     /// The lane `forward` is converted in, known before any guest runs: the
@@ -60,6 +61,8 @@ impl PluginHost {
         }
         drop(entry);
         let request = Arc::new(bindings::request(forward));
+        // Whether `tenant` is what the plugin's `tenant-of` answered.
+        let mut tenant_asked = false;
         let (tenant, target) = if table.routes_by_tenant(platform) {
             let now = Instant::now();
             let usable = |p: &LoadedPlugin| p.stats.check(now).is_ok();
@@ -74,13 +77,18 @@ impl PluginHost {
                 );
                 let plugin = Arc::clone(&asked.plugin);
                 let step = self
-                    .on_worker(&plugin, None, move |inner| {
-                        inner.tenant_then_convert(&table, &request, asked, config_override)
+                    .admitted(&plugin, None, async {
+                        (self.inner)
+                            .tenant_then_convert(&table, &request, asked, config_override)
+                            .await
                     })
                     .await;
                 match step {
                     Step::Done(conversion) => return conversion,
-                    Step::Routed { tenant, target } => (tenant, Some(target)),
+                    Step::Routed { tenant, target } => {
+                        tenant_asked = true;
+                        (tenant, Some(target))
+                    }
                 }
             } else {
                 // Every converter of the platform sits out a quarantine: the
@@ -105,8 +113,18 @@ impl PluginHost {
         }
         let config = with_extra(&target.config, config_override.as_deref());
         let step = self
-            .on_worker(&plugin, tenant.clone(), move |inner| {
-                Step::Done(inner.convert_fresh(&request, &target, config, tenant))
+            .admitted(&plugin, tenant.clone(), async {
+                let inner = &self.inner;
+                Step::Done(match target.isolation {
+                    Isolation::PerRequest => {
+                        inner.convert_fresh(&request, &target, config, tenant).await
+                    }
+                    Isolation::PerTenant => {
+                        inner
+                            .convert_warm(&request, &target, config, tenant, tenant_asked)
+                            .await
+                    }
+                })
             })
             .await;
         match step {
@@ -115,47 +133,37 @@ impl PluginHost {
         }
     }
 
-    /// Runs `work` on a worker thread once `plugin` may run another
-    /// conversion (its [`Admission`](admission::Admission): its own share
-    /// of the workers and its own bounded line) and a worker is free, and
-    /// waits for it with the outer timeout.
-    async fn on_worker(
+    /// Runs `work` once `plugin` may run another conversion (its
+    /// [`Admission`](admission::Admission): its own share of the
+    /// conversion slots and its own bounded line) and a slot is free, with
+    /// the outer timeout.
+    ///
+    /// `work` runs right here, on the calling task's thread: no hand-off to
+    /// another thread and back. It cannot hold the thread for long: the
+    /// guest yields to the runtime every CPU slice (see `budget.rs`), no
+    /// blocking WASI call is linked, and the slots bound how many run at
+    /// once.
+    async fn admitted(
         &self,
         plugin: &Arc<LoadedPlugin>,
         tenant: Option<String>,
-        work: impl FnOnce(&Inner) -> Step + Send + 'static,
+        work: impl Future<Output = Step>,
     ) -> Step {
         let inner = &self.inner;
         let outer = inner.config.limits.outer_timeout;
-        let place = match plugin.stats.admission.enter().await {
+        let _place = match plugin.stats.admission.enter().await {
             Ok(place) => place,
             Err(e) => return Step::Done(inner.failed(&plugin.stats, &plugin.name, tenant, e)),
         };
-        let Ok(worker) = Arc::clone(&inner.permits).acquire_owned().await else {
+        let Ok(_slot) = inner.permits.acquire().await else {
             let e = PluginError::Unavailable("closed".to_owned());
             return Step::Done(inner.failed(&plugin.stats, &plugin.name, tenant, e));
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job_inner = Arc::clone(inner);
-        let job = Box::new(move || {
-            let _ = tx.send(work(&job_inner));
-            // Both places are released only when the worker is free again,
-            // even if the caller stopped waiting.
-            drop((worker, place));
-        });
-        if let Err(e) = inner.pool.submit(job) {
-            let e = PluginError::Unavailable(e.to_owned());
-            return Step::Done(inner.failed(&plugin.stats, &plugin.name, tenant, e));
-        }
-        match tokio::time::timeout(outer, rx).await {
-            Ok(Ok(step)) => step,
-            Ok(Err(_)) => {
-                let e = PluginError::Unavailable("the worker dropped the conversion".to_owned());
-                Step::Done(inner.failed(&plugin.stats, &plugin.name, tenant, e))
-            }
-            // A guest cannot block a worker (no blocking WASI call is
-            // linked, and its CPU budget stops wasm code), so this is a badly
+        match tokio::time::timeout(outer, work).await {
+            Ok(step) => step,
+            // The guest's CPU budget stops wasm code, so this is a badly
             // overloaded machine: counted, never a fault (see `failed`).
+            // Dropping the call drops its store.
             Err(_) => Step::Done(inner.failed(
                 &plugin.stats,
                 &plugin.name,
@@ -219,11 +227,11 @@ fn input_reject(forward: &PassthroughForward, limits: &Limits) -> Option<(Reject
 }
 
 impl Inner {
-    /// On a worker: the tenant key from `asked`, the final route, and — when
+    /// The tenant key from `asked`, the final route, and — when
     /// that is the same plugin with the same configuration — the conversion
     /// in the same instance (a guest may have cached what `config` answered
     /// during tenant-of, so another configuration gets a fresh instance).
-    fn tenant_then_convert(
+    async fn tenant_then_convert(
         &self,
         table: &Table,
         req: &bindings::Request,
@@ -238,12 +246,12 @@ impl Inner {
             tenant: None,
             config: Arc::clone(&asked.config),
         };
-        let mut sandbox = match Sandbox::new(&self.engine, &plugin.pre, limits, cx) {
+        let mut sandbox = match Sandbox::new(&self.engine, &plugin.pre, limits, cx).await {
             Ok(s) => s,
             Err(e) => return Step::Done(self.failed(&plugin.stats, &plugin.name, None, e)),
         };
         plugin.stats.record_tenant_of();
-        let tenant = match sandbox.tenant_of(req) {
+        let tenant = match sandbox.tenant_of(req).await {
             Ok(t) => t,
             Err(e) => return Step::Done(self.failed(&plugin.stats, &plugin.name, None, e)),
         };
@@ -252,7 +260,8 @@ impl Inner {
             return Step::Done(no_route(&req.platform, tenant));
         };
         let config = with_extra(&target.config, config_override.as_deref());
-        if !Arc::ptr_eq(&target.plugin, plugin) || *config != *asked.config {
+        let per_tenant = target.isolation == Isolation::PerTenant;
+        if per_tenant || !Arc::ptr_eq(&target.plugin, plugin) || *config != *asked.config {
             return Step::Routed { tenant, target };
         }
         let probe_every = limits.quarantine.probe_every;
@@ -261,11 +270,11 @@ impl Inner {
             return Step::Done(self.failed(&plugin.stats, &plugin.name, tenant, e));
         }
         sandbox.set_tenant(tenant.clone(), config);
-        Step::Done(self.convert_in(sandbox, req, &target, tenant))
+        Step::Done(self.convert_in(sandbox, req, &target, tenant).await.0)
     }
 
-    /// On a worker: convert in a fresh instance of `target`.
-    fn convert_fresh(
+    /// Convert in a fresh instance of `target`.
+    async fn convert_fresh(
         &self,
         req: &bindings::Request,
         target: &Resolved,
@@ -279,26 +288,33 @@ impl Inner {
             tenant: tenant.clone(),
             config,
         };
-        match Sandbox::new(&self.engine, &plugin.pre, &self.config.limits, cx) {
-            Ok(sandbox) => self.convert_in(sandbox, req, target, tenant),
+        match Sandbox::new(&self.engine, &plugin.pre, &self.config.limits, cx).await {
+            Ok(sandbox) => self.convert_in(sandbox, req, target, tenant).await.0,
             Err(e) => self.failed(&plugin.stats, &plugin.name, tenant, e),
         }
     }
 
     /// Convert in `sandbox`, then check the output against the caps and the
-    /// trust boundary ([`trust`]) before anything is handed on.
-    fn convert_in(
+    /// trust boundary ([`trust`]) before anything is handed on. The sandbox
+    /// comes back only when the call ended cleanly (an event, an ignore or a
+    /// typed rejection that passed every check): a failed instance is never
+    /// used again.
+    async fn convert_in(
         &self,
         mut sandbox: Sandbox,
         req: &bindings::Request,
         target: &Resolved,
         tenant: Option<String>,
-    ) -> Conversion {
+    ) -> (Conversion, Option<Sandbox>) {
         let limits = &self.config.limits;
         let plugin = &target.plugin;
-        let outcome = sandbox.convert(req);
-        drop(sandbox);
-        let fail = |e| self.failed(&plugin.stats, &plugin.name, tenant.clone(), e);
+        let outcome = sandbox.convert(req).await;
+        let fail = |e| {
+            (
+                self.failed(&plugin.stats, &plugin.name, tenant.clone(), e),
+                None,
+            )
+        };
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => return fail(e),
@@ -334,7 +350,78 @@ impl Inner {
                 }
             }
         };
-        Conversion::new(Some(&plugin.name), tenant, outcome)
+        (
+            Conversion::new(Some(&plugin.name), tenant, outcome),
+            Some(sandbox),
+        )
+    }
+
+    /// Convert in a warm instance of `target` for this forward's tenant
+    /// (`isolation = "per-tenant"`, `reuse.rs`), or a fresh one that is
+    /// kept afterwards. Unless routing already `asked` the plugin, the
+    /// tenant comes from the plugin's warm router instance.
+    async fn convert_warm(
+        &self,
+        req: &bindings::Request,
+        target: &Resolved,
+        config: ConfigMap,
+        tenant: Option<String>,
+        asked: bool,
+    ) -> Conversion {
+        let plugin = &target.plugin;
+        let reuses = self.config.limits.instance_reuses;
+        let key = |role| InstanceKey {
+            plugin: Arc::clone(plugin),
+            config: Arc::clone(&config),
+            profile: req.profile.clone(),
+            role,
+        };
+        let tenant = if asked {
+            tenant
+        } else {
+            let router = key(Role::Router);
+            let mut sandbox = match self.warm(&router, &config, None).await {
+                Ok(s) => s,
+                Err(e) => return self.failed(&plugin.stats, &plugin.name, None, e),
+            };
+            plugin.stats.record_tenant_of();
+            match sandbox.tenant_of(req).await {
+                Ok(tenant) => {
+                    self.idle.put(router, sandbox, reuses);
+                    tenant
+                }
+                Err(e) => return self.failed(&plugin.stats, &plugin.name, None, e),
+            }
+        };
+        let key = key(Role::Tenant(tenant.clone()));
+        let sandbox = match self.warm(&key, &config, tenant.clone()).await {
+            Ok(s) => s,
+            Err(e) => return self.failed(&plugin.stats, &plugin.name, tenant, e),
+        };
+        let (conversion, sandbox) = self.convert_in(sandbox, req, target, tenant).await;
+        if let Some(sandbox) = sandbox {
+            self.idle.put(key, sandbox, reuses);
+        }
+        conversion
+    }
+
+    /// An idle instance for `key`, else a fresh one.
+    async fn warm(
+        &self,
+        key: &InstanceKey,
+        config: &ConfigMap,
+        tenant: Option<String>,
+    ) -> Result<Sandbox, PluginError> {
+        if let Some(sandbox) = self.idle.take(key) {
+            return Ok(sandbox);
+        }
+        let cx = CallContext {
+            plugin: Arc::clone(&key.plugin.name),
+            stats: Some(Arc::clone(&key.plugin.stats)),
+            tenant,
+            config: Arc::clone(config),
+        };
+        Sandbox::new(&self.engine, &key.plugin.pre, &self.config.limits, cx).await
     }
 
     /// Counts a failure (a fault may start a quarantine) and logs it, within

@@ -45,20 +45,24 @@ fn base_config(limits: &Limits) -> Config {
 }
 
 /// Size the pool. A conversion holds one component instance; at most
-/// `workers` conversions run at once, plus loads/reloads describing plugins
-/// on another thread. A std Rust component has a handful of core instances
+/// `workers` conversions run at once, up to `max_idle_instances` warm ones
+/// wait for their tenant's next forward, plus loads/reloads describing
+/// plugins on another thread. A std Rust component has a handful of core instances
 /// (its module plus the canonical-ABI shims), one or two memories and a few
 /// tables, so the totals are multiples of the component-instance count with
 /// generous slack: an exhausted pool is an instantiation error, while unused
 /// slots cost only address space.
 fn pooling(limits: &Limits, plugin_count: usize) -> PoolingAllocationConfig {
-    let concurrent = limits.workers.max(1) * 2 + plugin_count.max(1) + 16;
+    let concurrent =
+        limits.workers.max(1) * 2 + plugin_count.max(1) + limits.max_idle_instances + 16;
     let components = u32::try_from(concurrent).unwrap_or(u32::MAX / 32);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(components)
         .total_core_instances(components.saturating_mul(16))
         .total_memories(components.saturating_mul(4))
         .total_tables(components.saturating_mul(8))
+        // One fiber stack per call in flight (calls are async).
+        .total_stacks(components)
         .max_memory_size(limits.max_memory_bytes);
     // Resetting a slot for the next conversion: by default wasmtime
     // `madvise`s a freed linear memory away, which costs a TLB-shootdown IPI
@@ -113,7 +117,7 @@ pub(crate) fn build(
 /// interfaces plus the converter world's `host` imports.
 pub(crate) fn linker(engine: &Engine) -> Result<Linker<StoreState>, HostError> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(|e| HostError::Linker(format!("{e:#}")))?;
     ConverterPlugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
         .map_err(|e| HostError::Linker(format!("{e:#}")))?;

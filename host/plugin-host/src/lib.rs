@@ -50,10 +50,12 @@
 //!   (a token bucket, 100 lines/s with a burst of 200 by default); `config`
 //!   answering from the tenant's policy map.
 //!
-//! The wasmtime calls are synchronous and run on a fixed pool of worker
-//! threads fed by a bounded queue; a semaphore sized to the pool gives
-//! backpressure (forwards wait, they are never dropped), and
-//! [`PluginHost::convert`] awaits the result with an outer timeout.
+//! The wasmtime calls are async and run inline, on the task that awaits
+//! [`PluginHost::convert`]: no hand-off to another thread and back. A guest
+//! runs in CPU slices and yields to the runtime between them, so one that
+//! spins until its deadline never starves the link's reader and writer. A
+//! semaphore of `workers` conversion slots gives backpressure (forwards
+//! wait, they are never dropped), and each call has an outer timeout.
 //!
 //! ## Why WASI is linked, and empty
 //!
@@ -61,10 +63,10 @@
 //! `wasi:io/*` interfaces even if it never prints, and guests written in
 //! other languages need WASI too. Instead of defining those imports as traps
 //! (which turns a guest panic into an opaque "unknown import" error), the
-//! host links `wasmtime-wasi` (p2, synchronous) with an **empty** context: no
+//! host links `wasmtime-wasi` (p2, async) with an **empty** context: no
 //! preopened directories, no environment variables, no arguments, no network
 //! (every socket address is refused and name lookup is off), frozen clocks
-//! whose timers fire at once (so no guest can block a worker in `poll`),
+//! whose timers fire at once (so no guest can wait in `poll`),
 //! an empty stdin. stdout and stderr go to a bounded in-memory buffer that is
 //! attached to trap errors, so a guest's panic message reaches the log even
 //! without the SDK's panic hook. A filesystem, env or socket probe inside a
@@ -104,7 +106,7 @@ mod outcome;
 mod ownership;
 mod pipe;
 pub mod policy;
-mod pool;
+mod reuse;
 mod sandbox;
 mod stats;
 mod table;
@@ -126,14 +128,13 @@ pub use crate::engine::Allocator;
 pub use crate::error::{FailureKind, HostError, LoadError, PluginError};
 pub use crate::limits::Limits;
 pub use crate::outcome::{Conversion, ConvertedEvent, Outcome, RejectKind, ReplyRoute};
-pub use crate::policy::Policy;
+pub use crate::policy::{Isolation, Policy};
 pub use crate::stats::{PluginCounters, QuarantinePolicy};
 pub use crate::table::{LoadReport, PluginDescription, RoutingTable};
 pub use crate::watch::WatchHandle;
 
 use crate::artifact_cache::ArtifactCache;
 use crate::loader::Loader;
-use crate::pool::WorkerPool;
 use crate::sandbox::{CallContext, ConfigMap, Sandbox, StoreState};
 use crate::stats::PluginStats;
 use crate::table::{LoadedPlugin, Resolved, Table};
@@ -202,8 +203,10 @@ struct Inner {
     reloading: Mutex<()>,
     /// Routing tables built so far (the load at start is the first).
     tables_built: std::sync::atomic::AtomicU64,
-    pool: WorkerPool,
-    permits: Arc<tokio::sync::Semaphore>,
+    /// Conversion slots: how many conversions run at once.
+    permits: tokio::sync::Semaphore,
+    /// Warm instances of `isolation = "per-tenant"` routes.
+    idle: reuse::IdleInstances,
     _ticker: engine::Ticker,
 }
 
@@ -236,7 +239,6 @@ impl PluginHost {
             .clone()
             .and_then(|dir| ArtifactCache::new(dir, &engine));
         let workers = limits.workers.max(1);
-        let pool = WorkerPool::new(workers, workers)?;
         let ticker = engine::Ticker::start(engine.clone())?;
         let host = Self {
             inner: Arc::new(Inner {
@@ -249,8 +251,8 @@ impl PluginHost {
                 stats: Mutex::new(BTreeMap::new()),
                 reloading: Mutex::new(()),
                 tables_built: std::sync::atomic::AtomicU64::new(0),
-                pool,
-                permits: Arc::new(tokio::sync::Semaphore::new(workers)),
+                permits: tokio::sync::Semaphore::new(workers),
+                idle: reuse::IdleInstances::new(limits.max_idle_instances),
                 _ticker: ticker,
                 config,
             }),
@@ -324,10 +326,9 @@ impl PluginHost {
             errors,
             ..LoadReport::default()
         };
-        // `describe()` runs here, and WASI's synchronous bindings enter a
-        // tokio runtime for every guest stdio call: on a thread that is
-        // inside one already (a caller's `block_on`, an async test) that
-        // panics. A scoped thread has no runtime context.
+        // `describe()` runs here, driven to completion on this thread
+        // (`sandbox::block_on`): a scoped thread, so a caller's runtime
+        // thread (an async test, a `block_on`) is never held by it.
         let table = std::thread::scope(|scope| {
             scope
                 .spawn(|| {
@@ -362,10 +363,18 @@ impl PluginHost {
             }
         };
         *inner.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
+        // A reload or policy change retires every warm instance.
+        inner.idle.clear();
         inner
             .tables_built
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         report
+    }
+
+    /// Warm instances waiting for their tenant's next forward
+    /// (`isolation = "per-tenant"`).
+    pub fn idle_instances(&self) -> usize {
+        self.inner.idle.len()
     }
 
     /// How many routing tables were built: 1 after the load at start, one

@@ -47,10 +47,11 @@ pub struct Limits {
     /// The bucket's size: lines a plugin may log at once after a quiet
     /// period.
     pub log_burst: u32,
-    /// Worker threads running conversions.
+    /// Conversions that run at once (conversion slots; each runs on the task
+    /// that asked for it).
     pub workers: usize,
     /// Conversions one plugin may run at once (default: one fewer than
-    /// `workers`, at least one), so a slow plugin always leaves a worker
+    /// `workers`, at least one), so a slow plugin always leaves a slot
     /// to the others.
     pub per_plugin_workers: usize,
     /// Forwards that may wait for one busy plugin; more are refused with
@@ -61,6 +62,11 @@ pub struct Limits {
     pub quarantine: QuarantinePolicy,
     /// Quiet period after a file change before the watcher reloads.
     pub reload_debounce: Duration,
+    /// Calls a warm instance may serve under `isolation = "per-tenant"`
+    /// before it is retired.
+    pub instance_reuses: u32,
+    /// Warm instances kept idle at most, across all plugins and tenants.
+    pub max_idle_instances: usize,
 }
 
 impl Default for Limits {
@@ -88,6 +94,8 @@ impl Default for Limits {
             per_plugin_queue: 256,
             quarantine: QuarantinePolicy::default(),
             reload_debounce: Duration::from_millis(200),
+            instance_reuses: 1000,
+            max_idle_instances: 64,
         }
     }
 }

@@ -286,9 +286,13 @@ impl Loader<'_> {
             tenant: None,
             config: ConfigMap::default(),
         };
-        let mut sandbox =
-            Sandbox::new(self.engine, pre, self.limits, cx).map_err(|e| err(e.to_string()))?;
-        let info = sandbox.describe().map_err(|e| err(e.to_string()))?;
+        // Loading is synchronous (a blocking thread or before the runtime):
+        // the guest's calls are driven to completion right here.
+        let info = crate::sandbox::block_on(async {
+            let mut sandbox = Sandbox::new(self.engine, pre, self.limits, cx).await?;
+            sandbox.describe().await
+        })
+        .map_err(|e| err(e.to_string()))?;
         let valid_name = |s: &str| {
             !s.is_empty()
                 && s.len() <= 64

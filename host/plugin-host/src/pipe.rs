@@ -42,6 +42,13 @@ impl CappedPipe {
         buf.dropped = buf.dropped.saturating_add(data.len() - take);
     }
 
+    /// Forget what was captured (a warm instance's next call starts empty).
+    pub(crate) fn clear(&self) {
+        let mut buf = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        buf.bytes.clear();
+        buf.dropped = 0;
+    }
+
     /// The captured text (lossy UTF-8), with a note when some was dropped.
     pub(crate) fn text(&self) -> String {
         let buf = self.inner.lock().unwrap_or_else(PoisonError::into_inner);

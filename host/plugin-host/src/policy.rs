@@ -66,6 +66,36 @@ pub struct PlatformPolicy {
     /// `follow-up` capability kinds replies may use besides the defaults.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grant_follow_up: Vec<String>,
+    /// Whether an instance may serve more than one forward (see [`Isolation`]).
+    #[serde(default, skip_serializing_if = "Isolation::is_default")]
+    pub isolation: Isolation,
+}
+
+/// How far apart a plugin's conversions are kept.
+///
+/// ```toml
+/// [platform.discord]
+/// isolation = "per-tenant"
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// A fresh store and instance for every forward (the default): nothing
+    /// a guest does outlives the request.
+    #[default]
+    PerRequest,
+    /// An instance may serve the next forward of the same plugin load,
+    /// configuration, profile and tenant; it is retired on any failure,
+    /// after a number of uses, and on every reload (`reuse.rs`). Faster
+    /// (no start-up per forward), and a guest's state persists across one
+    /// tenant's requests — never across tenants.
+    PerTenant,
+}
+
+impl Isolation {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// What an operator grants a converter beyond the defaults of
@@ -121,6 +151,10 @@ pub struct RouteRule {
     /// `follow-up` capability kinds replies may use besides the defaults.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grant_follow_up: Vec<String>,
+    /// Overrides the platform's [`Isolation`] for the forwards this rule
+    /// routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
 }
 
 impl RouteRule {

@@ -160,7 +160,7 @@ impl Pollable for ReadyNow {
     async fn ready(&mut self) {}
 }
 
-/// The WASI version whose `monotonic-clock` `add_to_linker_sync` defines
+/// The WASI version whose `monotonic-clock` `add_to_linker_async` defines
 /// (guests importing an older 0.2.x resolve to it by semver).
 const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
 
@@ -174,9 +174,10 @@ fn ready_pollable(
 
 /// Replace the timers of `wasi:clocks/monotonic-clock` with pollables that
 /// are ready at once. wasmtime-wasi's own create real timers, and
-/// `wasi:io/poll.poll` (which `std::thread::sleep` ends in) then blocks the
-/// worker thread inside a host call, where epoch interruption cannot stop
-/// it: a guest sleeping for an hour would hold a worker for an hour. With
+/// `wasi:io/poll.poll` (which `std::thread::sleep` ends in) then waits
+/// inside a host call, where epoch interruption cannot stop it and no CPU
+/// is charged: a guest sleeping for an hour would hold its conversion slot
+/// for an hour. With
 /// frozen clocks a sleep has no meaning anyway; now it returns immediately,
 /// and a guest that sleeps in a loop spins into its epoch deadline.
 pub(crate) fn shadow_blocking_clocks(linker: &mut Linker<StoreState>) -> Result<(), HostError> {
@@ -230,13 +231,16 @@ pub(crate) struct CallContext {
     pub(crate) config: ConfigMap,
 }
 
-/// A fresh store and instance of one plugin.
+/// A fresh store and instance of one plugin. Every call is async: it runs
+/// on the calling task's thread in CPU slices, yielding to the runtime
+/// between them (see [`CpuBudget`]).
 pub(crate) struct Sandbox {
     store: Store<StoreState>,
     instance: ConverterPlugin,
-    deadline_ticks: u64,
     deadline: Duration,
     limits: Limits,
+    /// Calls made (a warm instance is retired after a number of them).
+    uses: u32,
 }
 
 /// The store's WASI resource table, capped at
@@ -250,7 +254,7 @@ fn resource_table(limits: &Limits) -> ResourceTable {
 
 impl Sandbox {
     /// Create a store with its limits and instantiate the plugin in it.
-    pub(crate) fn new(
+    pub(crate) async fn new(
         engine: &Engine,
         pre: &ConverterPluginPre<StoreState>,
         limits: &Limits,
@@ -277,22 +281,22 @@ impl Sandbox {
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_callback(|store| Ok(store.data().budget.on_deadline()));
-        let deadline_ticks = crate::epoch::deadline_ticks(limits.epoch_deadline);
-        // Instantiation runs guest start functions: it gets a deadline too.
-        store.set_epoch_deadline(deadline_ticks);
+        store.epoch_deadline_callback(|mut store| Ok(store.data_mut().budget.on_deadline()));
+        // Instantiation runs guest start functions: it gets a budget too.
+        let first = store.data().budget.first_deadline();
+        store.set_epoch_deadline(first);
         // Caps what wasmtime copies out of the guest per call (results and
         // import arguments) *while* lifting, before the output caps can be
         // checked: without it, a list of many elements aliasing one large
         // string in guest memory would make the host allocate gigabytes.
         store.set_hostcall_fuel(bindings::hostcall_fuel(limits));
-        match pre.instantiate(&mut store) {
+        match pre.instantiate_async(&mut store).await {
             Ok(instance) => Ok(Self {
                 store,
                 instance,
-                deadline_ticks,
                 deadline: limits.epoch_deadline,
                 limits: limits.clone(),
+                uses: 0,
             }),
             Err(e) => Err(classify(
                 &store,
@@ -311,33 +315,51 @@ impl Sandbox {
         data.config = config;
     }
 
-    pub(crate) fn describe(&mut self) -> Result<PluginInfo, PluginError> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        self.store.data_mut().budget.restart();
+    /// Ready for a call: the whole budget, the first slice's deadline, and
+    /// the per-call log and output state of a fresh call.
+    fn start_call(&mut self) {
+        self.uses = self.uses.saturating_add(1);
+        let data = self.store.data_mut();
+        data.log_lines = 0;
+        data.panic_message = None;
+        data.output.clear();
+        data.budget.restart();
+        let first = data.budget.first_deadline();
+        self.store.set_epoch_deadline(first);
+    }
+
+    /// Calls made in this instance.
+    pub(crate) fn uses(&self) -> u32 {
+        self.uses
+    }
+
+    pub(crate) async fn describe(&mut self) -> Result<PluginInfo, PluginError> {
+        self.start_call();
         let r = self
             .instance
             .hermes_converter_converter()
-            .call_describe(&mut self.store);
+            .call_describe(&mut self.store)
+            .await;
         self.finish(r)
     }
 
-    pub(crate) fn tenant_of(&mut self, req: &Request) -> Result<Option<String>, PluginError> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        self.store.data_mut().budget.restart();
+    pub(crate) async fn tenant_of(&mut self, req: &Request) -> Result<Option<String>, PluginError> {
+        self.start_call();
         let r = self
             .instance
             .hermes_converter_converter()
-            .call_tenant_of(&mut self.store, req);
+            .call_tenant_of(&mut self.store, req)
+            .await;
         self.finish(r)
     }
 
-    pub(crate) fn convert(&mut self, req: &Request) -> Result<Outcome, PluginError> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        self.store.data_mut().budget.restart();
+    pub(crate) async fn convert(&mut self, req: &Request) -> Result<Outcome, PluginError> {
+        self.start_call();
         let r = self
             .instance
             .hermes_converter_converter()
-            .call_convert(&mut self.store, req);
+            .call_convert(&mut self.store, req)
+            .await;
         self.finish(r)
     }
 
@@ -366,6 +388,21 @@ impl Sandbox {
                 false,
             )
         })
+    }
+}
+
+/// Drives a guest call to completion on this thread, outside any async
+/// runtime (loading, `describe`). A call is only ever pending while it
+/// yields between CPU slices (no linked host call waits on I/O), so it is
+/// polled again at once.
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::yield_now();
     }
 }
 
@@ -456,12 +493,13 @@ mod tests {
     }
 
     #[test]
-    fn the_cpu_budget_extends_a_deadline_until_the_cpu_is_used() {
+    fn the_cpu_budget_yields_until_the_cpu_is_used() {
         let mut b = CpuBudget::new(Duration::from_millis(50));
-        // Wall time passes while the thread uses no CPU: the deadline is
-        // extended, not hit.
+        // Wall time passes while the thread uses no CPU: the guest yields
+        // and goes on; it is not interrupted.
         std::thread::sleep(Duration::from_millis(60));
-        assert!(matches!(b.on_deadline(), UpdateDeadline::Continue(_)));
+        assert!(matches!(b.on_deadline(), UpdateDeadline::YieldCustom(..)));
+        assert!(b.used() < Duration::from_millis(10), "{:?}", b.used());
         // Spending the budget in CPU time ends the call.
         b.restart();
         let start = thread_cpu_time();

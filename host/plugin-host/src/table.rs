@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::bindings::ConverterPluginPre;
 use crate::error::LoadError;
-use crate::policy::{Grant, Policy, RouteRule};
+use crate::policy::{Grant, Isolation, Policy, RouteRule};
 use crate::sandbox::{ConfigMap, StoreState};
 use crate::stats::PluginStats;
 
@@ -60,6 +60,7 @@ pub(crate) struct Resolved {
     pub(crate) plugin: Arc<LoadedPlugin>,
     pub(crate) config: ConfigMap,
     pub(crate) grant: Grant,
+    pub(crate) isolation: Isolation,
 }
 
 impl Route {
@@ -332,6 +333,7 @@ impl Table {
                 plugin: Arc::clone(p),
                 config: ConfigMap::default(),
                 grant: Grant::default(),
+                isolation: Isolation::default(),
             })
             .or(first)
     }
@@ -344,16 +346,20 @@ impl Table {
         rule: Option<&RouteRule>,
     ) -> Resolved {
         let mut grant = Grant::default();
+        let mut isolation = Isolation::default();
         if let Some(p) = self.policy.platform.get(platform) {
             grant = grant.with(&p.grant_platforms, &p.grant_follow_up);
+            isolation = p.isolation;
         }
         if let Some(r) = rule {
             grant = grant.with(&r.grant_platforms, &r.grant_follow_up);
+            isolation = r.isolation.unwrap_or(isolation);
         }
         Resolved {
             plugin: Arc::clone(plugin),
             config: Arc::clone(config),
             grant,
+            isolation,
         }
     }
 

@@ -575,19 +575,14 @@ async fn inbound_is_echoed_with_reply_to_and_the_scope_reattached() {
         "scope under both keys and the author are re-attached"
     );
 
-    // The turn started with a typing indicator (the placeholder descriptor
-    // lists the legacy ops), carrying the same scope.
-    let typing: Vec<Value> = gw
-        .frames()
-        .iter()
-        .filter_map(|(_, f)| match action(f) {
-            Some(Action::Typing {
-                chat_id, metadata, ..
-            }) if chat_id == "c-group" => Some(Value::Object(metadata.clone())),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(typing, [metadata], "one typing action for the turn");
+    // The echo agent answered at once: no typing indicator flickered
+    // before the reply (the placeholder descriptor lists `typing`).
+    assert!(
+        !gw.frames()
+            .iter()
+            .any(|(_, f)| matches!(action(f), Some(Action::Typing { .. }))),
+        "a reply that comes at once sends no typing indicator"
+    );
 
     // A legacy connector sends only `guild_id`: it is the scope too.
     let legacy = json!({"platform": "relay", "chat_id": "c-legacy", "chat_type": "group",
@@ -766,6 +761,43 @@ async fn twilio_sms_is_answered_with_a_send_to_the_sender() {
                "user_id": source["user_id"]})
     );
     gw.ack_of("fwd-sms-1").await;
+}
+
+/// An agent that takes longer than the typing delay gets a typing
+/// indicator, carrying the event's scope and author like its reply.
+#[tokio::test]
+async fn a_turn_that_takes_a_while_shows_typing_with_its_scope() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = Running::start(Launch {
+        agent: hold_agent(dir.path()),
+        ..Launch::default()
+    })
+    .await;
+    let mut cursor = gw.stub.cursor();
+    gw.hello(&mut cursor).await;
+    let source = json!({"platform": "relay", "chat_id": "c-typing", "chat_type": "group",
+        "user_id": "u-5", "scope_id": "tenant-5"});
+    gw.push(inbound("MARK-HOLD please", "m-typing", source, None))
+        .await;
+    let (_, frame) = gw
+        .frame(
+            &mut cursor,
+            "a typing indicator",
+            |f| matches!(action(f), Some(Action::Typing { chat_id, .. }) if chat_id == "c-typing"),
+        )
+        .await;
+    let Some(Action::Typing { metadata, .. }) = action(&frame) else {
+        unreachable!("matched a typing action");
+    };
+    let expected = json!({"scope_id": "tenant-5", "guild_id": "tenant-5", "user_id": "u-5"});
+    assert_eq!(Value::Object(metadata.clone()), expected);
+    // The held agent says it is waiting (its pid), then waits for release.
+    gw.within("the held turn", fifo_line(&dir.path().join("hold.fifo")))
+        .await;
+    let _release = release(dir.path()).await;
+    let (_, content, _, reply_metadata) = gw.send_to(&mut cursor, "c-typing").await;
+    assert_eq!(content, "held-released");
+    assert_eq!(reply_metadata, expected);
 }
 
 // ---------------------------------------------------------------------------

@@ -864,7 +864,11 @@ async fn long_reply_is_split_in_utf16_units_with_reply_to() {
 async fn typing_only_when_the_descriptor_lists_it() {
     let (agent, probe) = gate_agent();
     probe.release.add_permits(2);
-    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    let config = SessionConfig {
+        typing_delay: Duration::ZERO,
+        ..SessionConfig::default()
+    };
+    let (sessions, relay, mut out) = sessions_with(agent, config);
     // The placeholder has the legacy op set, which includes typing.
     sessions
         .submit(vec![Incoming::inbound(event("c1", "u1", "one"))], None)
@@ -884,6 +888,40 @@ async fn typing_only_when_the_descriptor_lists_it() {
         matches!(next(&mut out).await, Out::Request(Action::Send { .. })),
         "no typing without the op"
     );
+}
+
+/// A reply that comes before `typing_delay` shows no typing indicator (it
+/// would only flicker); an agent that takes longer gets one, and then its
+/// reply.
+#[tokio::test]
+async fn typing_shows_only_for_an_agent_that_takes_a_while() {
+    let (agent, probe) = gate_agent();
+    let config = SessionConfig {
+        typing_delay: Duration::from_millis(50),
+        ..SessionConfig::default()
+    };
+    let (sessions, _relay, mut out) = sessions_with(agent, config);
+    probe.release.add_permits(1);
+    sessions
+        .submit(vec![Incoming::inbound(event("c1", "u1", "quick"))], None)
+        .await;
+    assert!(
+        matches!(next(&mut out).await, Out::Request(Action::Send { .. })),
+        "a quick reply comes without a typing indicator"
+    );
+    // The agent is held: the indicator comes once the delay has passed,
+    // then the reply once the agent answers.
+    sessions
+        .submit(vec![Incoming::inbound(event("c1", "u1", "slow"))], None)
+        .await;
+    assert!(
+        matches!(next(&mut out).await, Out::Request(Action::Typing { chat_id, .. }) if chat_id == "c1")
+    );
+    probe.release.add_permits(1);
+    assert!(matches!(
+        next(&mut out).await,
+        Out::Request(Action::Send { .. })
+    ));
 }
 
 #[tokio::test]

@@ -110,7 +110,16 @@ pub struct SessionConfig {
     pub scope_chats: usize,
     /// Upper bound on one agent call; the turn is cancelled after it.
     pub turn_timeout: Duration,
+    /// How long an agent may take before the user is shown a typing
+    /// indicator (where the descriptor lists `typing`). A reply that comes
+    /// sooner sends none: an indicator that flickers for a few milliseconds
+    /// tells the user nothing and costs a round trip per turn.
+    pub typing_delay: Duration,
 }
+
+/// The default [`SessionConfig::typing_delay`]: about the time after which
+/// a person starts to wonder whether anything is happening.
+pub const DEFAULT_TYPING_DELAY: Duration = Duration::from_millis(500);
 
 impl Default for SessionConfig {
     fn default() -> Self {
@@ -123,6 +132,7 @@ impl Default for SessionConfig {
             recent_buffer_ids: 4096,
             scope_chats: 10_000,
             turn_timeout: crate::agent::DEFAULT_TURN_TIMEOUT,
+            typing_delay: DEFAULT_TYPING_DELAY,
         }
     }
 }

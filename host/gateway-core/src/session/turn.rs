@@ -25,9 +25,14 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
         };
 
         // Typing runs alongside the agent but never delays the reply: once the
-        // agent answers, an unfinished typing request is simply dropped.
+        // agent answers, an unfinished typing request is simply dropped. It
+        // is sent only once the agent has taken `typing_delay`.
         let typing = async {
             if descriptor.supports_op("typing") && !chat_id.is_empty() {
+                let delay = inner.config.typing_delay;
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 let metadata = with_scope(&incoming.metadata, &scope);
                 let result = inner
                     .egress

@@ -62,10 +62,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Bad plugin files are logged once, by `admin::log_report`.
     logging::init(args.log_format, "info,hermes_plugin_host::table=error");
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = serving::runtime(settings.runtime_threads)?;
     let result = runtime.block_on(serve(args, settings, spec, plugins_dir, admin));
     // Blocking tasks (a stuck agent child's I/O) must not hold the exit.
     runtime.shutdown_timeout(Duration::from_secs(2));

@@ -22,6 +22,28 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// The runtime `run` serves on. With one thread (the default) the whole
+/// hot path — the link's reader and writer, the conversions (which run
+/// inline and yield between CPU slices), the sessions and the agents' I/O
+/// — shares one thread: a forward crosses no thread boundary, so it costs
+/// no futex wake-ups or context switches, which is most of what a
+/// multi-threaded runtime spent per forward on a small machine (see
+/// docs/performance.md). More threads (`HERMES_RUNTIME_THREADS`) let
+/// conversions and turns spread over cores, at that price per forward.
+pub fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 /// Loads every plugin in `dir` with `policy` (default `dir/policy.toml`),
 /// through the user's artifact cache: the one loading path of `run`, `dev`,
 /// `demo`, `plugins check` and `convert`. A bad plugin file is in the

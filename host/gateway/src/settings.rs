@@ -86,6 +86,9 @@ pub enum SettingsError {
         /// The parser's message, flattened to one line.
         message: String,
     },
+    /// `HERMES_RUNTIME_THREADS` is not a number from 1 to 256.
+    #[error("HERMES_RUNTIME_THREADS={0:?} is not a number of threads from 1 to 256")]
+    BadThreads(String),
     /// A boolean variable with a value that is not a boolean.
     #[error("{name}={value:?} is not a boolean (use 1/0, true/false, yes/no, on/off)")]
     BadBool {
@@ -383,6 +386,9 @@ pub struct Settings {
     pub sessions: SessionSettings,
     /// The agent.
     pub agent: AgentSettings,
+    /// Threads serving the link, the conversions and the turns
+    /// (`HERMES_RUNTIME_THREADS`, default 1; see `serving::runtime`).
+    pub runtime_threads: usize,
 }
 
 /// Values given on the command line (they win over everything).
@@ -441,6 +447,20 @@ pub fn default_gateway_id() -> String {
         hostname().unwrap_or_else(|| "localhost".to_owned())
     )
 }
+
+/// `HERMES_RUNTIME_THREADS`: 1 (the default) to at most 256.
+fn runtime_threads(env: &EnvLayers) -> Result<usize, SettingsError> {
+    let Some(raw) = env.get_nonblank(RUNTIME_THREADS) else {
+        return Ok(1);
+    };
+    match raw.parse::<usize>() {
+        Ok(n @ 1..=256) => Ok(n),
+        _ => Err(SettingsError::BadThreads(raw.to_owned())),
+    }
+}
+
+/// The variable that sets [`Settings::runtime_threads`].
+pub const RUNTIME_THREADS: &str = "HERMES_RUNTIME_THREADS";
 
 /// The variables `HERMES_AGENT_ENV` names, with their values where set.
 fn agent_env(env: &EnvLayers) -> Result<Vec<(String, Secret)>, SettingsError> {
@@ -562,6 +582,7 @@ impl Settings {
         )?;
 
         Ok(Self {
+            runtime_threads: runtime_threads(env)?,
             relay,
             sessions,
             agent,
@@ -857,6 +878,25 @@ mod tests {
             matches!(e, Err(SettingsError::Relay(ConfigError::BlankGatewayId))),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn runtime_threads_default_to_one_and_refuse_nonsense() {
+        let threads = |v: Option<&str>| {
+            let mut env = PINNED.to_vec();
+            if let Some(v) = v {
+                env.push((RUNTIME_THREADS, v));
+            }
+            resolve(&env, &[], "", Overrides::default()).map(|s| s.runtime_threads)
+        };
+        assert_eq!(threads(None).expect("default"), 1);
+        assert_eq!(threads(Some(" 4 ")).expect("four"), 4);
+        for bad in ["0", "many", "-1", "257"] {
+            assert!(
+                matches!(threads(Some(bad)), Err(SettingsError::BadThreads(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

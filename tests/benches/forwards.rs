@@ -21,8 +21,11 @@
 //! (default 5) sets the length of each phase, `HERMES_BENCH_WINDOW` (default
 //! 256) the saturation window, `HERMES_BENCH_RATE` a fixed paced rate
 //! instead of half the saturated one, `HERMES_BENCH_NO_TYPING=1` a descriptor
-//! without the `typing` op, `HERMES_GATEWAY_BIN` a prebuilt binary to
-//! run instead of building one.
+//! without the `typing` op, `HERMES_BENCH_ISOLATION=per-tenant` warm
+//! per-tenant instances, `HERMES_GATEWAY_BIN` a prebuilt binary to run
+//! instead of building one. With `HERMES_BENCH_BASELINE=SCRIPT` (set by
+//! `scripts/bench-baseline`) the Python asyncio baseline runs first, on the
+//! same stub and workload, and the two are compared.
 //!
 //! `HERMES_BENCH_SLOW_FLOOD=N` measures fairness instead (conversion.md
 //! §3.1): a slow but legitimate third-party converter (the hostile test
@@ -401,27 +404,50 @@ async fn run_workload(
     workload: &Workload,
     phase: Duration,
     window: u64,
-    gateway_pid: &str,
+    pid: &str,
 ) -> Figures {
+    let (saturated_per_sec, saturated_cpu, saturated_latency) =
+        saturate(stub, tally, workload, phase, window, pid).await;
+    // Paced, open loop, at half the saturated rate.
+    let fixed = env_or("HERMES_BENCH_RATE", 0);
+    let rate = if fixed > 0 {
+        fixed as f64
+    } else {
+        saturated_per_sec / 2.0
+    };
+    let (paced_per_sec, paced_latency) = pace(stub, tally, workload, phase, rate).await;
+    Figures {
+        saturated_per_sec,
+        saturated_cpu,
+        saturated_latency,
+        paced_rate: rate,
+        paced_per_sec,
+        paced_latency,
+    }
+}
+
+/// Keeps `window` forwards outstanding for `phase`: (forwards/s, CPU µs per
+/// forward of `pid` and of the bench, latencies).
+async fn saturate(
+    stub: &StubConnector,
+    tally: &Tally,
+    workload: &Workload,
+    phase: Duration,
+    window: u64,
+    pid: &str,
+) -> (f64, (f64, f64), Vec<u64>) {
     let markers = workload.lines.len();
     let base = tally.replied.load(Ordering::Acquire);
     let mut pushed = 0_u64;
-
-    // Saturation: keep `window` forwards outstanding.
     tally.recording.store(true, Ordering::Release);
-    let cpu = CpuMark::now(gateway_pid);
+    let cpu = CpuMark::now(pid);
     let start = Instant::now();
     while start.elapsed() < phase {
         let outstanding = pushed - (tally.replied.load(Ordering::Acquire) - base);
         if outstanding < window {
             for _ in outstanding..window {
-                push(
-                    stub,
-                    tally,
-                    workload,
-                    usize::try_from(pushed).unwrap_or(0) % markers,
-                )
-                .await;
+                let marker = usize::try_from(pushed).unwrap_or(0) % markers;
+                push(stub, tally, workload, marker).await;
                 pushed += 1;
             }
         } else {
@@ -430,23 +456,27 @@ async fn run_workload(
     }
     let answered = tally.replied.load(Ordering::Acquire) - base;
     let elapsed = start.elapsed();
-    let saturated_cpu = cpu.per_forward(gateway_pid, answered);
+    let cpu = cpu.per_forward(pid, answered);
     tally.recording.store(false, Ordering::Release);
-    let saturated_latency = tally.take_latencies();
-    let saturated_per_sec = answered as f64 / elapsed.as_secs_f64();
+    let latencies = tally.take_latencies();
     assert!(
         settle(tally, base + pushed, Duration::from_secs(30)).await,
         "{}: replies missing after saturation",
         workload.name
     );
+    (answered as f64 / elapsed.as_secs_f64(), cpu, latencies)
+}
 
-    // Paced, open loop, at half the saturated rate.
-    let fixed = env_or("HERMES_BENCH_RATE", 0);
-    let rate = if fixed > 0 {
-        fixed as f64
-    } else {
-        saturated_per_sec / 2.0
-    };
+/// An open-loop stream at `rate` forwards/s for `phase`: (achieved rate,
+/// latencies).
+async fn pace(
+    stub: &StubConnector,
+    tally: &Tally,
+    workload: &Workload,
+    phase: Duration,
+    rate: f64,
+) -> (f64, Vec<u64>) {
+    let markers = workload.lines.len();
     let base = tally.replied.load(Ordering::Acquire);
     let mut paced = 0_u64;
     tally.recording.store(true, Ordering::Release);
@@ -454,13 +484,8 @@ async fn run_workload(
     while start.elapsed() < phase {
         let due = (start.elapsed().as_secs_f64() * rate) as u64;
         while paced < due {
-            push(
-                stub,
-                tally,
-                workload,
-                usize::try_from(paced).unwrap_or(0) % markers,
-            )
-            .await;
+            let marker = usize::try_from(paced).unwrap_or(0) % markers;
+            push(stub, tally, workload, marker).await;
             paced += 1;
         }
         tokio::time::sleep(Duration::from_micros(250)).await;
@@ -472,14 +497,7 @@ async fn run_workload(
         workload.name
     );
     tally.recording.store(false, Ordering::Release);
-    Figures {
-        saturated_per_sec,
-        saturated_cpu,
-        saturated_latency,
-        paced_rate: rate,
-        paced_per_sec: paced as f64 / elapsed.as_secs_f64(),
-        paced_latency: tally.take_latencies(),
-    }
+    (paced as f64 / elapsed.as_secs_f64(), tally.take_latencies())
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -499,6 +517,80 @@ fn latency_cells(latencies: &mut [u64]) -> String {
         percentile(latencies, 99.0),
         percentile(latencies, 100.0)
     )
+}
+
+/// The p99 of `latencies`, in ms.
+fn p99(latencies: &[u64]) -> f64 {
+    let mut sorted = latencies.to_vec();
+    sorted.sort_unstable();
+    percentile(&sorted, 99.0)
+}
+
+/// `hermes-gateway run` with the echo agent, the admin endpoint on `admin`
+/// and `plugins`, dialling `stub`; stderr goes to `home/gateway.log`.
+fn spawn_gateway(
+    bin: &Path,
+    home: &Path,
+    plugins: &Path,
+    stub: &StubConnector,
+    admin: &str,
+) -> std::process::Child {
+    let log = std::fs::File::create(home.join("gateway.log")).expect("log file");
+    Command::new(bin)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .current_dir(home)
+        .arg("run")
+        .arg("--plugins")
+        .arg(plugins)
+        .args(["--agent", "echo", "--admin", admin])
+        .env("GATEWAY_RELAY_URL", stub.url())
+        .env("GATEWAY_RELAY_ID", "gw-bench")
+        .env("GATEWAY_RELAY_SECRET", "bench-secret")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn hermes-gateway run")
+}
+
+/// The Python asyncio baseline (`tests/baseline/asyncio_gateway.py`) under
+/// `HERMES_BENCH_PYTHON` (default `python3`), dialling `stub`.
+fn spawn_baseline(script: &Path, stub: &StubConnector, home: &Path) -> std::process::Child {
+    let python = std::env::var_os("HERMES_BENCH_PYTHON").unwrap_or_else(|| "python3".into());
+    // Its stderr is the bench's: a baseline that cannot start says why.
+    Command::new(python)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .arg(script)
+        .env("GATEWAY_RELAY_URL", stub.url())
+        .env("GATEWAY_RELAY_ID", "gw-bench")
+        .env("GATEWAY_RELAY_SECRET", "bench-secret")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn the Python baseline (scripts/bench-baseline sets it up)")
+}
+
+/// Waits for the next `hello` after `cursor`.
+async fn wait_for_hello(mut cursor: EventCursor, who: &str) {
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        cursor.next_frame(|f| matches!(f, GatewayFrame::Hello { .. })),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{who} dials the stub within 120 s"));
+}
+
+/// Waits for `who`'s hello, then for its answer to one Discord forward.
+async fn await_hello(stub: &StubConnector, tally: &Tally, discord: &Workload, who: &str) {
+    wait_for_hello(stub.cursor(), who).await;
+    let base = tally.replied.load(Ordering::Acquire);
+    push(stub, tally, discord, 0).await;
+    assert!(
+        settle(tally, base + 1, Duration::from_secs(60)).await,
+        "{who} did not answer its warm-up forward"
+    );
 }
 
 fn main() {
@@ -564,6 +656,16 @@ fn main() {
         std::fs::copy(src, plugins.join(src.file_name().expect("file name")))
             .expect("copy component");
     }
+    // `HERMES_BENCH_ISOLATION=per-tenant`: warm per-tenant instances for
+    // both platforms (every forward of a workload shares one tenant, as one
+    // busy customer's traffic would).
+    let isolation = std::env::var("HERMES_BENCH_ISOLATION").unwrap_or_default();
+    if !isolation.is_empty() {
+        let policy = format!(
+            "[platform.discord]\nisolation = \"{isolation}\"\n[platform.twilio]\nisolation = \"{isolation}\"\n"
+        );
+        std::fs::write(plugins.join("policy.toml"), policy).expect("policy");
+    }
     let slow_rate = env_or("HERMES_BENCH_SLOW_FLOOD", 0);
     if slow_rate > 0 {
         // The hostile guest also lists `discord`: pin Discord's default.
@@ -582,44 +684,33 @@ fn main() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         l.local_addr().expect("addr").to_string()
     };
-    let log = std::fs::File::create(home.path().join("gateway.log")).expect("log file");
-    let child = Command::new(&bin)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home.path())
-        .current_dir(home.path())
-        .arg("run")
-        .arg("--plugins")
-        .arg(&plugins)
-        .args(["--agent", "echo", "--admin", &admin])
-        .env("GATEWAY_RELAY_URL", stub.url())
-        .env("GATEWAY_RELAY_ID", "gw-bench")
-        .env("GATEWAY_RELAY_SECRET", "bench-secret")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn hermes-gateway run");
-    let gateway_pid = child.id().to_string();
-    let _child = ChildGuard(child);
-
     let load_before = load_average();
     let tally = Arc::new(Tally::new(VARIANTS));
-    let results = rt.block_on(async {
-        let mut hello = stub.cursor();
-        tokio::time::timeout(
-            Duration::from_secs(120),
-            hello.next_frame(|f| matches!(f, GatewayFrame::Hello { .. })),
-        )
-        .await
-        .expect("the gateway dials the stub within 120 s");
-        tokio::spawn(watch_replies(stub.cursor_at_end(), Arc::clone(&tally)));
-        // The descriptor follows the hello; the first answered forward proves
-        // the link and both plugins are ready.
-        // Marker 0 is a Discord forward, marker 1 of the mix a Twilio one.
+    rt.spawn(watch_replies(stub.cursor_at_end(), Arc::clone(&tally)));
+    // The Python asyncio baseline first, on the same stub and generator.
+    let baseline = std::env::var_os("HERMES_BENCH_BASELINE").map(|script| {
+        let child = spawn_baseline(Path::new(&script), &stub, home.path());
+        let pid = child.id().to_string();
+        let _child = ChildGuard(child);
+        rt.block_on(async {
+            await_hello(&stub, &tally, &discord_only, "the baseline").await;
+            run_workload(&stub, &tally, &discord_only, phase, window, &pid).await
+        })
+    });
+
+    let hello = stub.cursor_at_end();
+    let child = spawn_gateway(&bin, home.path(), &plugins, &stub, &admin);
+    let gateway_pid = child.id().to_string();
+    let _child = ChildGuard(child);
+    let (results, at_baseline_rate) = rt.block_on(async {
+        wait_for_hello(hello, "the gateway").await;
+        // The first answered forwards prove the link and both plugins are
+        // ready: marker 0 is a Discord forward, marker 1 of the mix a Twilio one.
+        let base = tally.replied.load(Ordering::Acquire);
         push(&stub, &tally, &discord_only, 0).await;
         push(&stub, &tally, &mixed, 1).await;
         assert!(
-            settle(&tally, 2, Duration::from_secs(60)).await,
+            settle(&tally, base + 2, Duration::from_secs(60)).await,
             "warm-up forwards were not answered"
         );
 
@@ -678,7 +769,12 @@ fn main() {
                 tally.slow_replies.load(Ordering::Relaxed)
             );
         }
-        results
+        // The gateway at the baseline's own half-load rate.
+        let at_baseline_rate = match &baseline {
+            Some(b) => Some(pace(&stub, &tally, &discord_only, phase, b.paced_rate).await),
+            None => None,
+        };
+        (results, at_baseline_rate)
     });
 
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
@@ -704,7 +800,19 @@ fn main() {
         "achieved",
         "paced latency ms p50 p90 p99 max"
     );
-    for (name, mut f) in results {
+    let gateway_discord = results
+        .iter()
+        .find(|(name, _)| *name == discord_only.name)
+        .map(|(_, f)| (f.saturated_per_sec, p99(&f.paced_latency)));
+    let mut rows: Vec<(&str, Figures)> = results;
+    if let Some(b) = baseline {
+        rows.push(("python baseline", b));
+    }
+    let baseline_figures = rows
+        .iter()
+        .find(|(name, _)| *name == "python baseline")
+        .map(|(_, f)| (f.saturated_per_sec, p99(&f.paced_latency), f.paced_rate));
+    for (name, mut f) in rows {
         println!(
             "{:<20} {:>11.0} {:>8.1} {:>8.1} | {} | {:>9.0} {:>9.0} | {}",
             name,
@@ -721,6 +829,26 @@ fn main() {
         "gw µs/fw, bench µs: CPU time (user+sys, all threads) per answered forward while saturated; \
          {cpus} cores / gw µs/fw bounds the gateway alone on idle cores"
     );
+    if let (Some((gw_max, gw_p99)), Some((py_max, py_p99, py_rate)), Some((_, mut at_rate))) =
+        (gateway_discord, baseline_figures, at_baseline_rate)
+    {
+        at_rate.sort_unstable();
+        println!();
+        println!(
+            "discord slash, hermes-gateway against the Python asyncio baseline (same generator, same run):"
+        );
+        println!(
+            "  max forwards/s          gateway {gw_max:>8.0}   baseline {py_max:>8.0}   ratio {:.2}x (target >= 4x)",
+            gw_max / py_max
+        );
+        println!(
+            "  p99 at half own max     gateway {gw_p99:>8.3} ms baseline {py_p99:>8.3} ms (target: gateway <= 1 ms)"
+        );
+        println!(
+            "  p99 at {py_rate:.0}/s (baseline's half load)  gateway {:>8.3} ms baseline {py_p99:>8.3} ms (target: gateway below)",
+            percentile(&at_rate, 99.0)
+        );
+    }
     println!(
         "replies {}, typing indicators {}, unmatched replies {}",
         tally.replied.load(Ordering::Acquire),

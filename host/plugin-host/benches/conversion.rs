@@ -14,15 +14,19 @@
 //! Per corpus case, medians of:
 //!
 //! - `native`: `Converter::convert` on the plain Rust crate (no sandbox);
-//! - `warm`: `convert` on a kept instance (what the host deliberately does
-//!   not do; the spec's "warm" reference point);
-//! - `fresh`: what the host does per forward without the async hop: fresh
-//!   store, instantiate, `tenant-of`, `convert`, output checks, drop;
-//! - `host`: `PluginHost::convert` end to end (routing, input caps,
-//!   semaphore, worker-pool hop, fresh sandbox, output mapping);
+//! - `warm`: `convert` on a kept instance (the spec's "warm" reference
+//!   point: no `tenant-of`, no routing);
+//! - `fresh`: the sandbox work of a per-request forward: fresh store,
+//!   instantiate, `tenant-of`, `convert`, output checks, drop;
+//! - `host`: `PluginHost::convert` end to end with the default per-request
+//!   isolation (routing, input caps, admission, the fresh sandbox run inline
+//!   on the calling task, output mapping);
+//! - `tenant`: `PluginHost::convert` with `isolation = "per-tenant"` on
+//!   every platform: `tenant-of` on the plugin's warm router instance, then
+//!   `convert` on the tenant's warm instance (all cases share one tenant
+//!   per platform, as one busy tenant would);
 //!
-//! and the ratios `warm/native`, `fresh/native`, `host/native`. Cases the
-//! host refuses before any guest runs (empty body, over 1 MiB) have no
+//! and the ratios of each to `native`. Cases the host refuses before any guest runs (empty body, over 1 MiB) have no
 //! guest columns.
 //!
 //! Each measurement runs for `HERMES_BENCH_MS` milliseconds (default 100;
@@ -161,6 +165,8 @@ struct Row {
     warm: Option<Duration>,
     fresh: Option<Duration>,
     host: Duration,
+    /// `PluginHost::convert` with `isolation = "per-tenant"`.
+    tenant: Duration,
 }
 
 fn main() {
@@ -185,6 +191,13 @@ fn main() {
     let mut plugins = BTreeMap::new();
     let cache = tempfile::tempdir().expect("cache dir");
     let plugins_dir = tempfile::tempdir().expect("plugins dir");
+    // The same plugins, each platform with warm per-tenant instances.
+    let tenant_dir = tempfile::tempdir().expect("plugins dir");
+    let per_tenant: String = CONVERTERS
+        .iter()
+        .map(|c| format!("[platform.{}]\nisolation = \"per-tenant\"\n", c.platform))
+        .collect();
+    std::fs::write(tenant_dir.path().join("policy.toml"), per_tenant).expect("policy");
     println!("## Per plugin\n");
     println!(
         "{:<10} {:>10} {:>12} {:>12} {:>12}",
@@ -192,11 +205,10 @@ fn main() {
     );
     for c in &CONVERTERS {
         let wasm = std::fs::read(c.artifact).expect("component");
-        std::fs::write(
-            plugins_dir.path().join(format!("{}.wasm", c.platform)),
-            &wasm,
-        )
-        .expect("copy component");
+        for dir in [&plugins_dir, &tenant_dir] {
+            std::fs::write(dir.path().join(format!("{}.wasm", c.platform)), &wasm)
+                .expect("copy component");
+        }
         let sha = hex::encode(sha2::Sha256::digest(&wasm));
         let size = wasm.len();
         let plugin = BenchPlugin::new(wasm, limits.clone()).expect("compile");
@@ -223,6 +235,9 @@ fn main() {
 
     // The whole async path through one host holding the three plugins.
     let (host, report) = PluginHost::load(PluginHostConfig::new(plugins_dir.path())).expect("host");
+    assert!(report.is_clean(), "{:?}", report.errors);
+    let (tenant_host, report) =
+        PluginHost::load(PluginHostConfig::new(tenant_dir.path())).expect("host");
     assert!(report.is_clean(), "{:?}", report.errors);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -270,6 +285,13 @@ fn main() {
             (None, None)
         };
         let host_t = bench.median(bench.budget, || rt.block_on(host.convert(&fwd)));
+        let per_tenant = rt.block_on(tenant_host.convert(&fwd));
+        assert_eq!(
+            host_outcome(&per_tenant.outcome),
+            expected,
+            "{name}: per-tenant"
+        );
+        let tenant_t = bench.median(bench.budget, || rt.block_on(tenant_host.convert(&fwd)));
         rows.push(Row {
             name,
             platform: case.platform.clone(),
@@ -278,6 +300,7 @@ fn main() {
             warm,
             fresh,
             host: host_t,
+            tenant: tenant_t,
         });
     }
 
@@ -299,24 +322,36 @@ fn print_cases(rows: &[Row]) {
         .max()
         .unwrap_or(4);
     println!(
-        "{:<w$} {:<7} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}",
-        "case", "outcome", "native", "warm", "fresh", "host", "warm/n", "fresh/n", "host/n"
+        "{:<w$} {:<7} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "case",
+        "outcome",
+        "native",
+        "warm",
+        "fresh",
+        "host",
+        "tenant",
+        "warm/n",
+        "fresh/n",
+        "host/n",
+        "tenant/n"
     );
     let dash = || "—".to_owned();
     for r in rows {
         println!(
-            "{:<w$} {:<7} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}",
+            "{:<w$} {:<7} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
             r.name,
             r.outcome,
             fmt(r.native),
             r.warm.map_or_else(dash, fmt),
             r.fresh.map_or_else(dash, fmt),
             fmt(r.host),
+            fmt(r.tenant),
             r.warm
                 .map_or_else(dash, |w| format!("{:.1}×", ratio(w, r.native))),
             r.fresh
                 .map_or_else(dash, |f| format!("{:.1}×", ratio(f, r.native))),
             format!("{:.1}×", ratio(r.host, r.native)),
+            format!("{:.1}×", ratio(r.tenant, r.native)),
         );
     }
 }
@@ -330,8 +365,18 @@ fn mid<T: PartialOrd + Copy>(mut v: Vec<T>) -> Option<T> {
 fn print_summary(rows: &[Row]) {
     println!("\n## Summary: median over cases where the guest runs\n");
     println!(
-        "{:<22} {:>5} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}",
-        "group", "cases", "native", "warm", "fresh", "host", "warm/n", "fresh/n", "host/n"
+        "{:<22} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "group",
+        "cases",
+        "native",
+        "warm",
+        "fresh",
+        "host",
+        "tenant",
+        "warm/n",
+        "fresh/n",
+        "host/n",
+        "tenant/n"
     );
     let mut groups: Vec<(String, Vec<&Row>)> = Vec::new();
     let guest: Vec<&Row> = rows.iter().filter(|r| r.fresh.is_some()).collect();
@@ -366,16 +411,18 @@ fn print_summary(rows: &[Row]) {
         let d = |v: Option<Duration>| v.map_or_else(|| "—".to_owned(), fmt);
         let x = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), |v| format!("{v:.1}×"));
         println!(
-            "{:<22} {:>5} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}",
+            "{:<22} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
             group,
             rows.len(),
             d(col(&|r| Some(r.native))),
             d(col(&|r| r.warm)),
             d(col(&|r| r.fresh)),
             d(col(&|r| Some(r.host))),
+            d(col(&|r| Some(r.tenant))),
             x(rat(&|r| r.warm)),
             x(rat(&|r| r.fresh)),
             x(rat(&|r| Some(r.host))),
+            x(rat(&|r| Some(r.tenant))),
         );
     }
 }

@@ -6,6 +6,7 @@
 //! [platform.discord]
 //! plugin = "discord-interactions"
 //! config = { options = "positional" }
+//! isolation = "per-tenant"   # warm instances per tenant (default per-request)
 //!
 //! # Per tenant: forwards of `platform` whose `tenant-of` key is `tenant`.
 //! [[route]]

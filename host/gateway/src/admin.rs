@@ -320,7 +320,7 @@ async fn reload(server: &Server) -> Response<Full<Bytes>> {
     });
     match task.await {
         Ok(report) => {
-            log_report(&report);
+            crate::serving::log_report(&report);
             let status = if report.is_clean() {
                 StatusCode::OK
             } else {
@@ -362,23 +362,6 @@ pub fn plugins_json(host: &PluginHost) -> serde_json::Value {
         "routing": host.routing_table(),
         "counters": host.counters(),
     })
-}
-
-/// Logs a load report: each loaded plugin at info, each bad file as a warning.
-pub fn log_report(report: &hermes_plugin_host::LoadReport) {
-    for p in &report.loaded {
-        info!(
-            plugin = %p.name,
-            version = %p.version,
-            api = %p.api_version,
-            platforms = %p.platforms.join(","),
-            file = %p.file.display(),
-            "plugin loaded"
-        );
-    }
-    for e in &report.errors {
-        warn!("plugin file skipped: {e}");
-    }
 }
 
 /// Escapes a Prometheus label value.

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{DemoArgs, LogFormat};
-use crate::dev::{self, DevSetup};
+use crate::embedded::{self, DevSetup};
 
 /// Texts starting with this make the demo agent wait until interrupted.
 pub const SLOW_PREFIX: &str = "/slow";
@@ -145,7 +145,7 @@ fn script() -> Vec<Step> {
 
 /// Runs `hermes-gateway demo`.
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    crate::logging::init(LogFormat::Human, dev::LOG_FILTER);
+    crate::logging::init(LogFormat::Human, embedded::LOG_FILTER);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -183,7 +183,7 @@ async fn play(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "  connector  {}  (embedded; gateway {} authenticated)",
         setup.dial_url, setup.gateway_id
     );
-    println!("  plugins    {}", dev::plugin_list(&setup.report));
+    println!("  plugins    {}", embedded::plugin_list(&setup.report));
     println!(
         "  agent      demo (echo; a text starting with {SLOW_PREFIX} waits until interrupted)"
     );
@@ -210,7 +210,7 @@ async fn play(args: DemoArgs) -> anyhow::Result<ExitCode> {
                     let action = tokio::time::timeout(timeout, next_reply(&mut cursor))
                         .await
                         .map_err(|_| anyhow!("no reply within {timeout:?}"))?;
-                    println!("  {}", dev::describe_action(&action));
+                    println!("  {}", embedded::describe_action(&action));
                     replies += 1;
                 }
                 Expect::Interrupt => {

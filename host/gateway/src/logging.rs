@@ -37,9 +37,11 @@ const WIRE_CAP: LevelFilter = LevelFilter::DEBUG;
 /// WebSocket library (one per frame) was built and offered to the
 /// subscriber only to be dropped — 3 % of the gateway's CPU at saturation.
 fn wire_cap(max: LevelFilter) -> Targets {
-    WIRE_TARGETS.iter().fold(Targets::new().with_default(max), |t, name| {
-        t.with_target(*name, WIRE_CAP.min(max))
-    })
+    WIRE_TARGETS
+        .iter()
+        .fold(Targets::new().with_default(max), |t, name| {
+            t.with_target(*name, WIRE_CAP.min(max))
+        })
 }
 
 /// Installs the global subscriber. A bad `RUST_LOG` falls back to `info`

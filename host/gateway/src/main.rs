@@ -16,6 +16,7 @@ mod args;
 mod convert;
 mod demo;
 mod dev;
+mod embedded;
 mod enroll;
 mod env_file;
 mod logging;

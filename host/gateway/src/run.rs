@@ -59,7 +59,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
 
-    // Bad plugin files are logged once, by `admin::log_report`.
+    // Bad plugin files are logged once, by `serving::log_report`.
     logging::init(args.log_format, "info,hermes_plugin_host::table=error");
 
     let runtime = serving::runtime(settings.runtime_threads)?;
@@ -80,7 +80,7 @@ async fn serve(
 
     // Plugins: compile off the async threads; a bad file is a warning.
     let (host, report) = serving::load_plugins(&plugins_dir, args.policy.clone()).await?;
-    admin::log_report(&report);
+    serving::log_report(&report);
     if report.loaded.is_empty() {
         warn!(dir = %plugins_dir.display(), "no plugins loaded: passthrough forwards will be dropped");
     }

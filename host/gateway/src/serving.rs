@@ -69,6 +69,23 @@ pub fn load_plugins_blocking(
     Ok(PluginHost::load(config)?)
 }
 
+/// Logs a load report: each loaded plugin at info, each bad file as a warning.
+pub fn log_report(report: &hermes_plugin_host::LoadReport) {
+    for p in &report.loaded {
+        info!(
+            plugin = %p.name,
+            version = %p.version,
+            api = %p.api_version,
+            platforms = %p.platforms.join(","),
+            file = %p.file.display(),
+            "plugin loaded"
+        );
+    }
+    for e in &report.errors {
+        warn!("plugin file skipped: {e}");
+    }
+}
+
 /// [`load_plugins_blocking`] off the async threads.
 pub async fn load_plugins(
     dir: &Path,
@@ -171,7 +188,7 @@ pub fn drain_on_signals(
                 Some(host) = hangup => {
                     info!("SIGHUP: reloading plugins and policy");
                     let report = host.reload().await;
-                    crate::admin::log_report(&report);
+                    log_report(&report);
                     continue;
                 }
             };

@@ -110,6 +110,7 @@ async fn write_batch(
 ) -> Result<(), String> {
     let mut next = Some(first);
     let mut written = 0;
+    let mut yielded = false;
     while let Some(Outgoing {
         text,
         request,
@@ -129,6 +130,16 @@ async fn write_batch(
         written += 1;
         if written < WRITE_BATCH {
             next = queue.try_recv().ok();
+            if next.is_none() && !yielded {
+                // Once per batch, let the tasks that are ready right now
+                // (the replies of forwards converted in the same tick) queue
+                // their frames before the flush: under load one `sendto`
+                // carries several frames, and when nothing else is ready
+                // the flush is only one scheduler pass later.
+                yielded = true;
+                tokio::task::yield_now().await;
+                next = queue.try_recv().ok();
+            }
         }
     }
     sink.flush().await.map_err(|e| e.to_string())

@@ -595,6 +595,24 @@ async fn per_tenant_isolation_reuses_an_instance_only_within_its_tenant() {
     assert_eq!(counter(&host, "tenant-b").await, "counter: 1");
 }
 
+/// A tenant key is a plugin output like any other: one that is too long or
+/// carries control characters is a fault, never a routing key, a cache key
+/// or a log field.
+#[tokio::test(flavor = "multi_thread")]
+async fn tenant_keys_are_checked_before_they_are_used() {
+    let dir = plugins_dir(&[("hostile.wasm", hermes_plugin_artifacts::HOSTILE)]);
+    let policy = "[platform.hostile]\nisolation = \"per-tenant\"\n";
+    std::fs::write(dir.path().join("policy.toml"), policy).expect("policy");
+    let (host, report) = load_with(dir.path(), limits());
+    assert!(report.is_clean(), "{:?}", report.errors);
+    for bad in ["t".repeat(257), "tenant\nforged log line".to_owned()] {
+        let c = host.convert(&hostile_with_tenant("ok", &bad)).await;
+        assert!(matches!(failure(&c), PluginError::BadOutput(_)), "{c:?}");
+        assert_eq!(c.tenant, None, "a refused key is never reported");
+    }
+    assert_eq!(counter(&host, &"t".repeat(256)).await, "counter: 1");
+}
+
 /// Without the opt-in every forward gets a fresh instance, tenants or not.
 #[tokio::test(flavor = "multi_thread")]
 async fn per_request_isolation_is_the_default() {

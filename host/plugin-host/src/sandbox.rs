@@ -343,6 +343,9 @@ impl Sandbox {
         self.finish(r)
     }
 
+    /// The plugin's tenant key for `req`, checked like any other output: a
+    /// key decides routing, keys warm instances and is written into logs,
+    /// so it must be short and printable.
     pub(crate) async fn tenant_of(&mut self, req: &Request) -> Result<Option<String>, PluginError> {
         self.start_call();
         let r = self
@@ -350,7 +353,11 @@ impl Sandbox {
             .hermes_converter_converter()
             .call_tenant_of(&mut self.store, req)
             .await;
-        self.finish(r)
+        let tenant = self.finish(r)?;
+        if let Some(key) = &tenant {
+            check_tenant_key(key)?;
+        }
+        Ok(tenant)
     }
 
     pub(crate) async fn convert(&mut self, req: &Request) -> Result<Outcome, PluginError> {
@@ -389,6 +396,25 @@ impl Sandbox {
             )
         })
     }
+}
+
+/// The longest tenant key a plugin may answer.
+pub(crate) const MAX_TENANT_KEY_BYTES: usize = 256;
+
+/// A tenant key is 1–256 bytes without control characters.
+fn check_tenant_key(key: &str) -> Result<(), PluginError> {
+    if key.is_empty() || key.len() > MAX_TENANT_KEY_BYTES {
+        return Err(PluginError::BadOutput(format!(
+            "tenant key of {} bytes (1 to {MAX_TENANT_KEY_BYTES} allowed)",
+            key.len()
+        )));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(PluginError::BadOutput(
+            "tenant key with a control character".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// Drives a guest call to completion on this thread, outside any async

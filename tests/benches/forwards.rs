@@ -751,6 +751,7 @@ fn main() {
     let (_child, warm_start) = start_gateway();
     let gateway_pid = _child.0.id().to_string();
     let rss_idle = rss_kib(&gateway_pid);
+    let mut rss_warm: Option<(u64, u64)> = None;
     let (results, at_baseline_rate) = rt.block_on(async {
         // The first answered forwards prove the link and both plugins are
         // ready: marker 0 is a Discord forward, marker 1 of the mix a Twilio one.
@@ -808,6 +809,10 @@ fn main() {
                 name,
                 run_workload(&stub, &tally, workload, phase, window, &gateway_pid).await,
             ));
+            // Steady state: every session, cache and arena has been used.
+            rss_warm.get_or_insert_with(|| {
+                (rss_kib(&gateway_pid), tally.replied.load(Ordering::Acquire))
+            });
         }
         flood_stop.store(true, Ordering::Release);
         if let Some(flood) = flood {
@@ -898,15 +903,23 @@ fn main() {
         );
     }
     let rss_end = rss_kib(&gateway_pid);
+    let replied = tally.replied.load(Ordering::Acquire);
     println!(
-        "gateway start -> ready: {:.0} ms with a cold artifact cache, {:.0} ms warm; RSS idle (3 plugins) {:.1} MiB, after {} forwards {:.1} MiB ({:+.1} %)",
+        "gateway start -> ready: {:.0} ms with a cold artifact cache, {:.0} ms warm; RSS idle (3 plugins) {:.1} MiB, at the end ({replied} forwards) {:.1} MiB",
         cold_start.as_secs_f64() * 1e3,
         warm_start.as_secs_f64() * 1e3,
         rss_idle as f64 / 1024.0,
-        tally.replied.load(Ordering::Acquire),
         rss_end as f64 / 1024.0,
-        (rss_end as f64 / rss_idle.max(1) as f64 - 1.0) * 100.0
     );
+    if let Some((warm, at)) = rss_warm {
+        println!(
+            "RSS steady state: {:.1} MiB after the first workload ({at} forwards), {:.1} MiB after {} more ({:+.1} %)",
+            warm as f64 / 1024.0,
+            rss_end as f64 / 1024.0,
+            replied - at,
+            (rss_end as f64 / warm.max(1) as f64 - 1.0) * 100.0
+        );
+    }
     println!(
         "replies {}, typing indicators {}, unmatched replies {}",
         tally.replied.load(Ordering::Acquire),

@@ -969,6 +969,9 @@ fn run_serves_the_relay_and_admin_and_drains_on_sigterm() {
         ok
     });
     assert!(ready, "/readyz never became 200");
+    let (_, body) = admin_get(&admin, "/readyz").expect("readyz");
+    let body: Value = serde_json::from_str(&body).expect("readyz JSON");
+    assert_eq!(body, json!({"ready": true, "state": "connected"}));
     assert_eq!(admin_get(&admin, "/healthz").map(|(s, _)| s), Some(200));
 
     rt.block_on(stub.push_text(
@@ -1022,13 +1025,42 @@ fn run_serves_the_relay_and_admin_and_drains_on_sigterm() {
         "{v}"
     );
 
-    // SIGTERM: going_idle, drain, exit 0.
+    // A dropped connection: /readyz turns 503 and says why until the
+    // gateway has dialled again (polled: no event is visible from outside).
+    rt.block_on(stub.drop_connection())
+        .expect("drop the connection");
+    let mut reason = None;
+    for _ in 0..200 {
+        if let Some((503, body)) = admin_get(&admin, "/readyz") {
+            let body: Value = serde_json::from_str(&body).expect("readyz JSON");
+            reason = body["reason"].as_str().map(str::to_owned);
+            break;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        matches!(reason.as_deref(), Some("connecting" | "backing off")),
+        "{reason:?}"
+    );
+    wait(|f| matches!(f, GatewayFrame::Hello { .. })).expect("a new hello within 30 s");
+
+    // SIGTERM: going_idle, drain, exit 0. The connector holds its ack, so
+    // the drain is observable: /readyz says so while the endpoints serve.
+    stub.set_going_idle(hermes_connector::GoingIdle::Ignore);
     let status = Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
     wait(|f| matches!(f, GatewayFrame::GoingIdle)).expect("going_idle within 30 s");
+    let (status, body) = admin_get(&admin, "/readyz").expect("readyz while draining");
+    let body: Value = serde_json::from_str(&body).expect("readyz JSON");
+    assert_eq!(
+        (status, body),
+        (503, json!({"ready": false, "reason": "draining"}))
+    );
+    rt.block_on(stub.push_text("{\"type\":\"going_idle_ack\"}\n"))
+        .expect("push going_idle_ack");
     let code = child.0.wait().expect("wait");
     let mut err = String::new();
     if let Some(mut e) = child.0.stderr.take() {

@@ -3,7 +3,7 @@
 //! | route | answer |
 //! | --- | --- |
 //! | `GET /healthz` | 200 `ok`; 503 once the relay revoked this gateway |
-//! | `GET /readyz` | 200 only while connected with a descriptor, else 503 |
+//! | `GET /readyz` | 200 only while connected with a descriptor and not draining, else 503 with a JSON reason |
 //! | `GET /metrics` | Prometheus text: gateway, plugin and transport counters |
 //! | `GET /plugins` | JSON: loaded plugins, routing table, per-plugin counters (token) |
 //! | `POST /reload` | reload plugins and policy; JSON load report (422 if any file failed; 409 while another reload runs) (token) |
@@ -68,6 +68,9 @@ pub struct AdminState {
     pub plugins: PluginHost,
     /// The relay link, once it exists (provisioning may come first).
     pub relay: Arc<OnceLock<RelayHandle>>,
+    /// Cancelled when the gateway starts its drain: `/readyz` says so
+    /// while the endpoints keep serving until the drain ends.
+    pub draining: CancellationToken,
 }
 
 /// Where the admin endpoints listen and who may use the guarded ones.
@@ -278,14 +281,10 @@ async fn route(server: &Server, req: Request<Incoming>) -> Response<Full<Bytes>>
                 text(StatusCode::OK, "ok\n", "text/plain")
             }
         }
-        (&Method::GET, "/readyz") => match link_state(state) {
-            Some(LinkState::Connected { .. }) => text(StatusCode::OK, "ready\n", "text/plain"),
-            other => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {}\n", describe_state(other.as_ref())),
-                "text/plain",
-            ),
-        },
+        (&Method::GET, "/readyz") => {
+            let (status, body) = readiness(state);
+            json(status, &body)
+        }
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
             render_metrics(state),
@@ -342,16 +341,33 @@ fn link_state(state: &AdminState) -> Option<LinkState> {
     state.relay.get().map(|h| h.state().borrow().clone())
 }
 
-fn describe_state(state: Option<&LinkState>) -> String {
-    match state {
-        None => "relay not started (provisioning)".to_owned(),
-        Some(LinkState::Connecting) => "connecting".to_owned(),
-        Some(LinkState::Connected { .. }) => "connected".to_owned(),
-        Some(LinkState::BackingOff { attempt, delay }) => {
-            format!("backing off (attempt {attempt}, {} ms)", delay.as_millis())
+/// `/readyz`: 200 `{"ready":true,"state":"connected"}` only while the link
+/// is up with a descriptor and no drain has started; otherwise 503 with the
+/// reason a probe or an operator can act on.
+fn readiness(state: &AdminState) -> (StatusCode, serde_json::Value) {
+    use serde_json::json;
+    let link = link_state(state);
+    if state.draining.is_cancelled() && !matches!(link, Some(LinkState::Revoked)) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"ready": false, "reason": "draining"}),
+        );
+    }
+    let not_ready = |body| (StatusCode::SERVICE_UNAVAILABLE, body);
+    match link {
+        Some(LinkState::Connected { .. }) => {
+            (StatusCode::OK, json!({"ready": true, "state": "connected"}))
         }
-        Some(LinkState::Revoked) => "relay access revoked".to_owned(),
-        Some(LinkState::Closed) => "closed".to_owned(),
+        None => not_ready(json!({"ready": false, "reason": "provisioning"})),
+        Some(LinkState::Connecting) => not_ready(json!({"ready": false, "reason": "connecting"})),
+        Some(LinkState::BackingOff { attempt, delay }) => not_ready(json!({
+            "ready": false,
+            "reason": "backing off",
+            "attempt": attempt,
+            "retry_in_ms": u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        })),
+        Some(LinkState::Revoked) => not_ready(json!({"ready": false, "reason": "revoked"})),
+        Some(LinkState::Closed) => not_ready(json!({"ready": false, "reason": "closed"})),
     }
 }
 

@@ -77,6 +77,8 @@ async fn serve(
     admin: Option<admin::AdminOptions>,
 ) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
+    let admin_stop = CancellationToken::new();
+    let _stop_admin = admin_stop.clone().drop_guard();
 
     // Plugins: compile off the async threads; a bad file is a warning.
     let (host, report) = serving::load_plugins(&plugins_dir, args.policy.clone()).await?;
@@ -101,8 +103,16 @@ async fn serve(
             metrics: Arc::clone(&metrics),
             plugins: host.clone(),
             relay: Arc::clone(&relay_slot),
+            draining: shutdown.clone(),
         };
-        tokio::spawn(admin::serve(listener, options, state, shutdown.clone()));
+        // The endpoints outlive the start of the drain (`/readyz` reports
+        // it) and stop when `serve` returns.
+        tokio::spawn(admin::serve(
+            listener,
+            options,
+            state,
+            admin_stop.child_token(),
+        ));
     }
 
     serving::drain_on_signals(shutdown.clone(), Some(host.clone()))?;

@@ -613,6 +613,47 @@ async fn tenant_keys_are_checked_before_they_are_used() {
     assert_eq!(counter(&host, &"t".repeat(256)).await, "counter: 1");
 }
 
+/// A reload reports (and logs) what it changed, by plugin name.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_reports_what_changed() {
+    let dir = plugins_dir(&[
+        ("hostile.wasm", hermes_plugin_artifacts::HOSTILE),
+        ("slack.wasm", hermes_plugin_artifacts::SLACK),
+    ]);
+    let (host, report) = load_with(dir.path(), limits());
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert!(report.changes.is_empty(), "the first load changes nothing");
+    assert!(host.reload().await.changes.is_empty());
+
+    // New bytes under the same name: a trailing custom section (id 0,
+    // name "x", no data) keeps the component valid and changes its digest.
+    let mut rebuilt = std::fs::read(hermes_plugin_artifacts::HOSTILE).expect("hostile");
+    rebuilt.extend_from_slice(&[0x00, 0x02, 0x01, b'x']);
+    std::fs::write(dir.path().join("hostile.wasm"), rebuilt).expect("replace");
+    std::fs::remove_file(dir.path().join("slack.wasm")).expect("remove");
+    std::fs::copy(
+        hermes_plugin_artifacts::TWILIO,
+        dir.path().join("twilio.wasm"),
+    )
+    .expect("add");
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[platform.hostile]\nconfig = { a = \"b\" }\n",
+    )
+    .expect("policy");
+    let report = host.reload().await;
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert_eq!(
+        report.changes,
+        hermes_plugin_host::Changes {
+            added: vec!["twilio".to_owned()],
+            removed: vec!["slack".to_owned()],
+            replaced: vec!["hostile".to_owned()],
+            policy_changed: true,
+        }
+    );
+}
+
 /// Without the opt-in every forward gets a fresh instance, tenants or not.
 #[tokio::test(flavor = "multi_thread")]
 async fn per_request_isolation_is_the_default() {

@@ -130,7 +130,7 @@ pub use crate::limits::Limits;
 pub use crate::outcome::{Conversion, ConvertedEvent, Outcome, RejectKind, ReplyRoute};
 pub use crate::policy::{Isolation, Policy};
 pub use crate::stats::{PluginCounters, QuarantinePolicy};
-pub use crate::table::{LoadReport, PluginDescription, RoutingTable};
+pub use crate::table::{Changes, LoadReport, PluginDescription, RoutingTable};
 pub use crate::watch::WatchHandle;
 
 use crate::artifact_cache::ArtifactCache;
@@ -208,6 +208,22 @@ struct Inner {
     /// Warm instances of `isolation = "per-tenant"` routes.
     idle: reuse::IdleInstances,
     _ticker: engine::Ticker,
+}
+
+/// One line per reload, whatever triggered it (file watch, `SIGHUP`,
+/// `POST /reload`): what changed, and how many files were refused.
+fn log_reload(report: &LoadReport) {
+    let c = &report.changes;
+    tracing::info!(
+        added = %c.added.join(","),
+        removed = %c.removed.join(","),
+        replaced = %c.replaced.join(","),
+        policy_changed = c.policy_changed,
+        unchanged = report.unchanged,
+        refused = report.errors.len(),
+        "plugins reloaded{}",
+        if c.is_empty() { " (nothing changed)" } else { "" }
+    );
 }
 
 impl PluginHost {
@@ -362,6 +378,14 @@ impl PluginHost {
                 return report;
             }
         };
+        let first = inner
+            .tables_built
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0;
+        if !first {
+            report.changes = table::Changes::between(&previous, &table);
+            log_reload(&report);
+        }
         *inner.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
         // A reload or policy change retires every warm instance.
         inner.idle.clear();

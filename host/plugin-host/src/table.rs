@@ -117,6 +117,57 @@ pub struct LoadReport {
     pub cache_hits: usize,
     /// Plugins kept from the previous table (file unchanged).
     pub unchanged: usize,
+    /// What this load changed against the table it replaced (empty lists
+    /// and `false` for the first load).
+    pub changes: Changes,
+}
+
+/// What a reload changed, by plugin name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Changes {
+    /// Plugins that were not loaded before.
+    pub added: Vec<String>,
+    /// Plugins that are no longer loaded.
+    pub removed: Vec<String>,
+    /// Plugins loaded from different bytes (a new version or build).
+    pub replaced: Vec<String>,
+    /// Whether the policy differs.
+    pub policy_changed: bool,
+}
+
+impl Changes {
+    /// `previous` → `next`, by plugin name and file digest.
+    pub(crate) fn between(previous: &Table, next: &Table) -> Self {
+        let digest =
+            |t: &Table, name: &str| t.by_name.get(name).map(|p| p.description.sha256.clone());
+        let changed = |name: &str| digest(previous, name) != digest(next, name);
+        let mut changes = Changes {
+            policy_changed: previous.policy != next.policy,
+            ..Changes::default()
+        };
+        for name in next.by_name.keys() {
+            match digest(previous, name) {
+                None => changes.added.push(name.clone()),
+                Some(_) if changed(name) => changes.replaced.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        changes.removed = previous
+            .by_name
+            .keys()
+            .filter(|name| !next.by_name.contains_key(*name))
+            .cloned()
+            .collect();
+        changes
+    }
+
+    /// Whether anything changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.replaced.is_empty()
+            && !self.policy_changed
+    }
 }
 
 fn errors_as_strings<S: serde::Serializer>(errors: &[LoadError], s: S) -> Result<S::Ok, S::Error> {

@@ -659,6 +659,50 @@ async fn buffered_delivery_is_acked_once_per_connection_and_never_run_twice() {
 // ---------------------------------------------------------------------------
 // Passthrough forwards through the real plugins
 
+/// One forward can be followed through the JSON logs: a line logged inside
+/// a turn carries the turn's span (session key, platform, plugin).
+#[tokio::test]
+async fn json_logs_carry_the_turn_span_of_a_converted_forward() {
+    let case = corpus_case("discord/guild_slash_simple.json");
+    let gw = Running::start(Launch {
+        plugins: &[hermes_plugin_artifacts::DISCORD],
+        // An agent that fails: the gateway logs a warning inside the turn.
+        agent: "exec:exit 3".to_owned(),
+        args: vec!["--log-format".to_owned(), "json".to_owned()],
+        ..Launch::default()
+    })
+    .await;
+    let mut cursor = gw.stub.cursor();
+    gw.hello(&mut cursor).await;
+    let (line, _) = forward_line(&case, "fwd-span-1");
+    gw.push(line).await;
+    // The error reply comes after the warning was written.
+    let (_, frame) = gw
+        .frame(&mut cursor, "the error reply", |f| {
+            matches!(action(f), Some(Action::FollowUp { .. }))
+        })
+        .await;
+    let Some(Action::FollowUp { session_key, .. }) = action(&frame) else {
+        unreachable!("matched a follow_up");
+    };
+    let logs = gw.logs();
+    let failed: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("agent failed"))
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{logs}");
+    let span = &failed[0]["span"];
+    assert_eq!(span["name"], "turn", "{span}");
+    assert_eq!(span["session_key"], session_key.as_str());
+    assert_eq!(span["platform"], "discord");
+    assert_eq!(span["plugin"], "discord-interactions");
+}
+
 #[tokio::test]
 async fn discord_slash_command_is_answered_with_a_follow_up_on_its_session() {
     let case = corpus_case("discord/guild_slash_simple.json");

@@ -13,6 +13,7 @@ use hermes_transport::{AckOutcome, DrainReport, LinkState, RelayHandle, SendOutc
 use tracing::{debug, info, warn};
 
 use crate::egress::{Converted, Converter, Egress, Relay};
+use crate::incoming::Origin;
 use crate::metrics::ForwardDrop;
 use crate::session::Incoming;
 
@@ -133,6 +134,10 @@ pub fn converted_from(
     outer_timeout: Duration,
 ) -> Converted {
     let plugin = conversion.plugin.as_deref().unwrap_or("<no plugin>");
+    let origin = Origin {
+        plugin: plugin.to_owned(),
+        tenant: conversion.tenant.clone(),
+    };
     match conversion.outcome {
         Outcome::Events(events) if !events.is_empty() => Converted::Events(
             events
@@ -142,6 +147,7 @@ pub fn converted_from(
                     route: e.reply_route,
                     metadata: Metadata::new(),
                     profile: profile.map(str::to_owned),
+                    origin: Some(origin.clone()),
                 })
                 .collect(),
         ),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use hermes_transport::InboundItem;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::agent::Agent;
 use crate::egress::{Converted, Converter, Relay};
@@ -111,6 +111,13 @@ impl Gateway {
         let convert = |forward: hermes_protocol::forward::PassthroughForward,
                        buffer_id: Option<String>| {
             let converter = &converter;
+            // Every log line of the conversion (plugin failures, retries)
+            // carries the forward's platform and buffer id.
+            let span = tracing::info_span!(
+                "forward",
+                platform = forward.platform.as_str(),
+                buffer_id = buffer_id.as_deref(),
+            );
             async move {
                 let converted = if buffer_id.is_some() {
                     converter.convert(&forward).await
@@ -119,6 +126,7 @@ impl Gateway {
                 };
                 (converted, buffer_id)
             }
+            .instrument(span)
         };
 
         // Serving. The `inbound` branch is disabled while the conversion

@@ -17,6 +17,18 @@ pub struct Incoming {
     /// The session namespace of a forward (its `profile`); `None` uses the
     /// source's own `profile`.
     pub profile: Option<String>,
+    /// For a converted forward: which plugin converted it, for which tenant
+    /// (the turn's log span carries them).
+    pub origin: Option<Origin>,
+}
+
+/// Where a converted event came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The plugin that converted the forward.
+    pub plugin: String,
+    /// The tenant its `tenant-of` named, when asked.
+    pub tenant: Option<String>,
 }
 
 impl Incoming {
@@ -27,6 +39,7 @@ impl Incoming {
             route: ReplyRoute::Send,
             metadata: Metadata::new(),
             profile: None,
+            origin: None,
         }
     }
 }

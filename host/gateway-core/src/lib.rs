@@ -57,7 +57,7 @@ pub use metrics::{EventDrop, ForwardDrop, Metrics, MetricsSnapshot};
 pub use recent::RecentIds;
 pub use scope::{ChatScope, ScopeCache};
 pub use session::{
-    DrainOutcome, Incoming, ReplyRoute, STOP_COMMAND, STOP_REASON, SessionConfig, Sessions,
+    DrainOutcome, Incoming, Origin, ReplyRoute, STOP_COMMAND, STOP_REASON, SessionConfig, Sessions,
     Submitted,
 };
 

@@ -806,6 +806,7 @@ async fn follow_up_has_exactly_the_contract_keys() {
         },
         metadata: Metadata::new(),
         profile: None,
+        origin: None,
     };
     let key = sessions.key_of(&incoming);
     sessions.submit(vec![incoming], None).await;
@@ -1054,6 +1055,7 @@ impl Converter for FakeConverter {
                     },
                     metadata: Metadata::new(),
                     profile: forward.profile.clone(),
+                    origin: None,
                 }])
             }
             "/ping" => Converted::Dropped {

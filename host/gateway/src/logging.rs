@@ -68,7 +68,11 @@ pub fn init(format: LogFormat, default_level: &str) {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            // The innermost span's fields (a forward's platform and buffer
+            // id, a turn's session key, platform, plugin and tenant) under
+            // "span": one conversation can be followed with a JSON query.
+            .with_current_span(true)
+            .with_span_list(false)
             .finish()
             .with(wire_cap(max))
             .try_init(),

@@ -139,7 +139,7 @@ impl Default for SessionConfig {
 
 pub use hermes_protocol::event::ReplyRoute;
 
-pub use crate::incoming::Incoming;
+pub use crate::incoming::{Incoming, Origin};
 
 /// What [`Sessions::submit`] did with a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

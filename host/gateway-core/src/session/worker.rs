@@ -1,6 +1,7 @@
 //! The worker of one session: its turns in order, one at a time.
 
 use super::*;
+use tracing::Instrument;
 
 impl<E: Egress, A: Agent> Sessions<E, A> {
     /// The worker of one session: runs its turns in order until the queue is
@@ -57,7 +58,20 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             if let Some(acked) = &queued.acked {
                 acked.cancelled().await;
             }
-            let reply = self.run_turn(&key, queued.incoming, cancel, place).await;
+            // Every log line of the turn (agent, delivery failures) carries
+            // what an operator follows one conversation by.
+            let origin = queued.incoming.origin.as_ref();
+            let span = tracing::info_span!(
+                "turn",
+                session_key = key.as_str(),
+                platform = queued.incoming.event.source.platform.as_str(),
+                plugin = origin.map(|o| o.plugin.as_str()),
+                tenant = origin.and_then(|o| o.tenant.as_deref()),
+            );
+            let reply = self
+                .run_turn(&key, queued.incoming, cancel, place)
+                .instrument(span)
+                .await;
             let mut state = lock(&inner.state);
             if let Some(session) = state.sessions.get_mut(&key) {
                 session.running = None;

@@ -1380,22 +1380,57 @@ fn admin_accept_errors_back_off_instead_of_spinning() {
 
 #[test]
 fn trace_logs_never_show_the_relay_token_or_secret() {
-    use hermes_protocol::frame::GatewayFrame;
+    use hermes_protocol::frame::{ConnectorFrame, GatewayFrame};
 
+    const DELIVERY_KEY: &str = "delivery-key-must-not-leak";
+    const ADMIN_TOKEN: &str = "admin-token-must-not-leak";
     let mut gw = RunningGateway::start(RunOptions {
-        env: &[("RUST_LOG", "trace,tungstenite=trace,hyper=trace")],
+        plugins: &[hermes_plugin_artifacts::DISCORD],
+        env: &[
+            // Everything at trace but the compiler's internals (cranelift
+            // logs every instruction it emits: minutes per plugin).
+            (
+                "RUST_LOG",
+                "trace,tungstenite=trace,hyper=trace,cranelift_codegen=info,cranelift_frontend=info,regalloc2=info,wasmtime_cranelift=info,wasmtime::runtime::type_registry=info",
+            ),
+            ("GATEWAY_RELAY_DELIVERY_KEY", DELIVERY_KEY),
+            ("HERMES_ADMIN_TOKEN", ADMIN_TOKEN),
+        ],
         ..RunOptions::default()
     });
     let mut cursor = gw.stub.cursor();
+    let mut wait = |pred: fn(&GatewayFrame) -> bool| {
+        gw.rt
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), cursor.next_frame(pred)).await
+            })
+            .map(|(_, f)| f)
+    };
+    wait(|f| matches!(f, GatewayFrame::Hello { .. })).expect("hello within 30 s");
+
+    // A Discord interaction whose body carries its interaction token: the
+    // connector vaults it; it must not surface anywhere on our side.
+    let case = corpus_cases()
+        .into_iter()
+        .find(|c| c["file"] == "discord/guild_slash_simple.json")
+        .expect("guild_slash_simple");
+    let forward = crate::support::corpus_forward(&case);
+    let body: Value = serde_json::from_slice(&forward.body).expect("body JSON");
+    let interaction_token = body["token"].as_str().expect("token").to_owned();
+    let line = ConnectorFrame::PassthroughForward {
+        forward,
+        buffer_id: Some("b-secret-1".to_owned()),
+    }
+    .encode();
     gw.rt
-        .block_on(async {
-            tokio::time::timeout(
-                Duration::from_secs(30),
-                cursor.next_frame(|f| matches!(f, GatewayFrame::Hello { .. })),
-            )
-            .await
-        })
-        .expect("hello within 30 s");
+        .block_on(gw.stub.push_text(line))
+        .expect("push forward");
+    wait(|f| matches!(f, GatewayFrame::Outbound { .. })).expect("the follow_up within 30 s");
+
+    let auth = format!("authorization: Bearer {ADMIN_TOKEN}");
+    let (_, metrics) = admin_get(&gw.admin, "/metrics").expect("metrics");
+    let (status, plugins) = admin_request(&gw.admin, "GET", "/plugins", &[&auth]).expect("plugins");
+    assert_eq!(status, 200, "{plugins}");
     let tokens: Vec<String> = gw.stub.tokens_seen().into_iter().flatten().collect();
     assert!(!tokens.is_empty(), "the gateway dialled with a token");
     let err = gw.stop();
@@ -1403,8 +1438,23 @@ fn trace_logs_never_show_the_relay_token_or_secret() {
         err.contains("tungstenite"),
         "debug logs of the WebSocket library are still shown"
     );
-    assert!(!err.contains("e2e-secret"), "relay secret in the logs");
-    for token in tokens {
-        assert!(!err.contains(&token), "the bearer token is in the logs");
+    let mut secrets = vec![
+        "e2e-secret".to_owned(),
+        DELIVERY_KEY.to_owned(),
+        ADMIN_TOKEN.to_owned(),
+        interaction_token,
+    ];
+    secrets.extend(tokens);
+    for secret in &secrets {
+        for (place, text) in [
+            ("logs", &err),
+            ("/metrics", &metrics),
+            ("/plugins", &plugins),
+        ] {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a secret in {place}: {secret}"
+            );
+        }
     }
 }

@@ -1012,6 +1012,30 @@ fn run_serves_the_relay_and_admin_and_drains_on_sigterm() {
         metrics.contains("hermes_gateway_events_in_total 1"),
         "{metrics}"
     );
+    // The exposition parses, and the latency histograms moved with the
+    // traffic: one turn, and its `send` round trip.
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
+        .expect("the exposition parses");
+    let histogram_count = |name: &str, label: (&str, &str)| {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+            .find_map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(buckets) => buckets.last().map(|b| b.count),
+                _ => None,
+            })
+    };
+    assert_eq!(
+        histogram_count("hermes_gateway_turn_seconds", ("outcome", "completed")),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        histogram_count("hermes_relay_outbound_seconds", ("op", "send")),
+        Some(1.0),
+        "{metrics}"
+    );
     assert!(metrics.contains("hermes_relay_connected 1"), "{metrics}");
     assert!(
         metrics.contains("hermes_plugin_conversions_total{plugin=\"discord-interactions\"} 0"),
@@ -1429,6 +1453,19 @@ fn trace_logs_never_show_the_relay_token_or_secret() {
 
     let auth = format!("authorization: Bearer {ADMIN_TOKEN}");
     let (_, metrics) = admin_get(&gw.admin, "/metrics").expect("metrics");
+    // The forward's conversion was timed under its plugin and outcome.
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
+        .expect("the exposition parses");
+    let converted = scrape.samples.iter().find_map(|s| {
+        let ours = s.metric == "hermes_gateway_conversion_seconds"
+            && s.labels.get("plugin") == Some("discord-interactions")
+            && s.labels.get("outcome") == Some("events");
+        match &s.value {
+            prometheus_parse::Value::Histogram(b) if ours => b.last().map(|b| b.count),
+            _ => None,
+        }
+    });
+    assert_eq!(converted, Some(1.0), "{metrics}");
     let (status, plugins) = admin_request(&gw.admin, "GET", "/plugins", &[&auth]).expect("plugins");
     assert_eq!(status, 200, "{plugins}");
     let tokens: Vec<String> = gw.stub.tokens_seen().into_iter().flatten().collect();

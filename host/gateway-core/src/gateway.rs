@@ -108,8 +108,10 @@ impl Gateway {
         );
         let mut conversions = Lanes::new(self.config.conversions);
         let live_retry = self.config.live_retry;
+        let metrics = &self.metrics;
         let convert = |forward: hermes_protocol::forward::PassthroughForward,
-                       buffer_id: Option<String>| {
+                       buffer_id: Option<String>,
+                       lane: Arc<str>| {
             let converter = &converter;
             // Every log line of the conversion (plugin failures, retries)
             // carries the forward's platform and buffer id.
@@ -119,11 +121,21 @@ impl Gateway {
                 buffer_id = buffer_id.as_deref(),
             );
             async move {
+                let started = std::time::Instant::now();
                 let converted = if buffer_id.is_some() {
                     converter.convert(&forward).await
                 } else {
                     convert_live(converter, &forward, live_retry).await
                 };
+                let outcome = match &converted {
+                    Converted::Events(_) => "events",
+                    Converted::Dropped { reason, .. } => reason.label(),
+                };
+                let labels = [&*lane, outcome];
+                metrics
+                    .latency
+                    .conversion
+                    .observe(&labels, started.elapsed());
                 (converted, buffer_id)
             }
             .instrument(span)
@@ -143,7 +155,8 @@ impl Gateway {
                         if let Some((forward, buffer_id)) = self.forward_in(&sessions, forward, buffer_id).await {
                             let lane = converter.lane(&forward);
                             let bytes = forward.body.len();
-                            if let Err(full) = conversions.push(lane, bytes, convert(forward, buffer_id.clone())) {
+                            let converting = convert(forward, buffer_id.clone(), Arc::clone(&lane));
+                            if let Err(full) = conversions.push(lane, bytes, converting) {
                                 // This lane's own backlog is full: shed it here
                                 // (unacked: the connector redelivers a buffered
                                 // one) rather than stall every other lane.

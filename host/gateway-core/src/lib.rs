@@ -45,6 +45,7 @@ mod egress;
 mod gateway;
 mod incoming;
 pub mod lanes;
+pub mod latency;
 mod metrics;
 mod recent;
 mod scope;

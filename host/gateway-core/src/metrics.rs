@@ -6,6 +6,66 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::latency::Histograms;
+
+/// The latency histograms (buckets in [`crate::latency::BUCKETS`]).
+pub struct Latencies {
+    /// A forward's conversion, by the plugin its platform enters through
+    /// and its outcome (`events`, `ignored`, `rejected`, `failed`,
+    /// `deferred`).
+    pub conversion: Histograms,
+    /// An outbound request's round trip, by op and result (`success`,
+    /// `error`, `timeout`, `disconnected`, `ambiguous`).
+    pub outbound: Histograms,
+    /// A turn, from the agent's start to its answer, by outcome
+    /// (`completed`, `failed`, `cancelled`).
+    pub turn: Histograms,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Self {
+            conversion: Histograms::new(
+                "hermes_gateway_conversion_seconds",
+                "Time to convert a passthrough forward, by plugin and outcome.",
+                &["plugin", "outcome"],
+            ),
+            outbound: Histograms::new(
+                "hermes_relay_outbound_seconds",
+                "Outbound request round trip to the connector, by op and result.",
+                &["op", "result"],
+            ),
+            turn: Histograms::new(
+                "hermes_gateway_turn_seconds",
+                "Agent turn duration, by outcome.",
+                &["outcome"],
+            ),
+        }
+    }
+}
+
+impl std::fmt::Debug for Latencies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Latencies")
+    }
+}
+
+/// The result label of an outbound request's result.
+pub fn outbound_result(result: &hermes_protocol::action::ActionResult) -> &'static str {
+    use hermes_protocol::action::ActionResult;
+    if result.success {
+        "success"
+    } else if *result == ActionResult::not_connected() {
+        "disconnected"
+    } else if *result == ActionResult::timed_out() {
+        "timeout"
+    } else if result.ambiguous {
+        "ambiguous"
+    } else {
+        "error"
+    }
+}
+
 /// Why a passthrough forward produced no turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardDrop {
@@ -30,7 +90,8 @@ impl ForwardDrop {
         ForwardDrop::Deferred,
     ];
 
-    fn label(self) -> &'static str {
+    /// The metric label of this reason.
+    pub fn label(self) -> &'static str {
         match self {
             ForwardDrop::Ignored => "ignored",
             ForwardDrop::Rejected => "rejected",
@@ -71,6 +132,8 @@ impl EventDrop {
 /// Counters of the gateway core. Shared behind an `Arc`; every method takes `&self`.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// The latency histograms.
+    pub latency: Latencies,
     events_in: AtomicU64,
     forwards_in: AtomicU64,
     forwards_converted: AtomicU64,
@@ -279,6 +342,9 @@ impl Metrics {
                 ("outcome=\"ambiguous\"", get(&self.replies_ambiguous)),
             ],
         );
+        self.latency.conversion.render(out);
+        self.latency.outbound.render(out);
+        self.latency.turn.render(out);
     }
 }
 

@@ -70,7 +70,7 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
         let egress = &self.inner.egress;
         let deadline = tokio::time::Instant::now() + REPLY_RECONNECT_WAIT;
         loop {
-            let result = egress.request(action.clone()).await;
+            let result = self.inner.request(action.clone()).await;
             if result != ActionResult::not_connected() {
                 return result;
             }

@@ -264,6 +264,22 @@ struct Inner<E, A> {
     room: Notify,
 }
 
+impl<E: Egress, A> Inner<E, A> {
+    /// Sends `action` and times its round trip by op and result
+    /// (`hermes_relay_outbound_seconds`).
+    async fn request(&self, action: Action) -> ActionResult {
+        let op = action.op();
+        let started = std::time::Instant::now();
+        let result = self.egress.request(action).await;
+        let labels = [op, crate::metrics::outbound_result(&result)];
+        self.metrics
+            .latency
+            .outbound
+            .observe(&labels, started.elapsed());
+        result
+    }
+}
+
 /// A poisoned lock only means another task panicked mid-update; the data is
 /// plain bookkeeping that stays usable, so keep serving rather than cascade.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -369,7 +385,6 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
                     let metadata = this.metadata_for_chat(&platform, &chat_id, &Metadata::new());
                     let _ = this
                         .inner
-                        .egress
                         .request(Action::Typing {
                             chat_id,
                             content: Some(String::new()),

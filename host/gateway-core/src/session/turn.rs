@@ -35,7 +35,6 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
                 }
                 let metadata = with_scope(&incoming.metadata, &scope);
                 let result = inner
-                    .egress
                     .request(Action::Typing {
                         chat_id: chat_id.clone(),
                         content: None,
@@ -62,12 +61,24 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             }
         };
         // Biased so the typing request is issued before the agent first runs.
+        let started = std::time::Instant::now();
         let answer = tokio::select! {
             biased;
             () = typing => Err(AgentError::Cancelled),
             answer = answer => answer,
         };
 
+        let outcome = match &answer {
+            _ if cancel.is_cancelled() => "cancelled",
+            Err(AgentError::Cancelled) => "cancelled",
+            Ok(_) => "completed",
+            Err(_) => "failed",
+        };
+        inner
+            .metrics
+            .latency
+            .turn
+            .observe(&[outcome], started.elapsed());
         let text = match answer {
             _ if cancel.is_cancelled() => {
                 inner.metrics.turn_cancelled();

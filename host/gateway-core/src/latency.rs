@@ -1,0 +1,176 @@
+//! Latency histograms, rendered in the Prometheus text format.
+//!
+//! One [`Histograms`] holds a family (one metric name) of histograms keyed
+//! by their label values; label sets are small and bounded (plugins ×
+//! outcomes, ops × results). An observation is a map lookup under a lock
+//! held for that lookup only, then relaxed atomic adds.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// Bucket upper bounds in seconds: from half a millisecond (a conversion,
+/// a loopback round trip) to a minute (an agent's turn).
+pub const BUCKETS: [f64; 16] = [
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// One histogram: a count per bucket (not cumulative; `+Inf` last) and the
+/// sum of the observations in microseconds.
+#[derive(Default)]
+struct Histogram {
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(BUCKETS.len());
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+}
+
+/// A family of histograms: one metric name, label names, and one histogram
+/// per set of label values seen.
+pub struct Histograms {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+    /// Small and bounded (see the module doc), so a linear search.
+    by_values: Mutex<Vec<(Vec<String>, Arc<Histogram>)>>,
+}
+
+impl Histograms {
+    /// A family `name` with these label names.
+    pub const fn new(
+        name: &'static str,
+        help: &'static str,
+        labels: &'static [&'static str],
+    ) -> Self {
+        Self {
+            name,
+            help,
+            labels,
+            by_values: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Records one observation for these label values (in the order of the
+    /// label names).
+    pub fn observe(&self, values: &[&str], elapsed: Duration) {
+        let histogram = {
+            let mut map = self
+                .by_values
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match map
+                .iter()
+                .find(|(k, _)| k.iter().eq(values.iter().copied()))
+            {
+                Some((_, h)) => Arc::clone(h),
+                None => {
+                    let h = Arc::new(Histogram::default());
+                    let key = values.iter().map(|v| (*v).to_owned()).collect();
+                    map.push((key, Arc::clone(&h)));
+                    h
+                }
+            }
+        };
+        histogram.observe(elapsed);
+    }
+
+    /// Observations so far for these label values (tests, readiness).
+    pub fn count(&self, values: &[&str]) -> u64 {
+        let map = self
+            .by_values
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.iter()
+            .find(|(k, _)| k.iter().eq(values.iter().copied()))
+            .map_or(0, |(_, h)| {
+                h.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+            })
+    }
+
+    /// Appends the family in the Prometheus text format: cumulative
+    /// `_bucket{le}` series, `_sum` (seconds) and `_count` per label set.
+    pub fn render(&self, out: &mut String) {
+        let (name, help) = (self.name, self.help);
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let map = self
+            .by_values
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (values, h) in map.iter() {
+            let labels: Vec<String> = self
+                .labels
+                .iter()
+                .zip(values)
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            let labels = labels.join(",");
+            let sep = if labels.is_empty() { "" } else { "," };
+            let mut cumulative = 0;
+            for (i, count) in h.counts.iter().enumerate() {
+                cumulative += count.load(Ordering::Relaxed);
+                let le = BUCKETS
+                    .get(i)
+                    .map_or_else(|| "+Inf".to_owned(), f64::to_string);
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+        }
+    }
+}
+
+/// A label value as the text format needs it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observations_land_in_cumulative_buckets() {
+        let h = Histograms::new("t_seconds", "test", &["op"]);
+        h.observe(&["send"], Duration::from_micros(300));
+        h.observe(&["send"], Duration::from_millis(3));
+        h.observe(&["send"], Duration::from_secs(120));
+        assert_eq!(h.count(&["send"]), 3);
+        assert_eq!(h.count(&["edit"]), 0);
+        let mut out = String::new();
+        h.render(&mut out);
+        assert!(
+            out.contains("t_seconds_bucket{op=\"send\",le=\"0.0005\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t_seconds_bucket{op=\"send\",le=\"0.005\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t_seconds_bucket{op=\"send\",le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("t_seconds_count{op=\"send\"} 3\n"), "{out}");
+    }
+}

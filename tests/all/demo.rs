@@ -404,12 +404,35 @@ fn http_post(
     (status, body.to_owned())
 }
 
+/// `GET path` on `addr`: status and body.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
+    let head = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).expect("write head");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
 #[test]
 fn dev_forwards_a_real_discord_body_and_prints_the_follow_up() {
     let home = tempfile::tempdir().expect("tempdir");
     let plugins = first_party_plugins(home.path());
     let child = gateway(home.path())
-        .args(["dev", "--listen", "127.0.0.1:0", "--plugins"])
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--plugins",
+        ])
         .arg(&plugins)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -440,6 +463,12 @@ fn dev_forwards_a_real_discord_body_and_prints_the_follow_up() {
         .find_map(|t| t.strip_prefix("http://"))
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no ingress address in {banner:?}"));
+    let admin_line = wait_line(&lines, &mut seen, |l| l.trim_start().starts_with("admin "));
+    let admin: SocketAddr = admin_line
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("http://"))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no admin address in {admin_line:?}"));
 
     // The case as the corpus describes it: its body and its headers.
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus");
@@ -485,6 +514,28 @@ fn dev_forwards_a_real_discord_body_and_prints_the_follow_up() {
             content: text.to_owned(),
         }),
         "{line}"
+    );
+
+    // `dev --admin`: the same endpoints as `run`; the conversion was timed.
+    let (status, ready) = http_get(admin, "/readyz");
+    let ready: Value = serde_json::from_str(&ready).expect("readyz JSON");
+    assert_eq!(
+        (status, ready),
+        (
+            200,
+            serde_json::json!({"ready": true, "state": "connected"})
+        )
+    );
+    let (_, metrics) = http_get(admin, "/metrics");
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
+        .expect("the exposition parses");
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "hermes_gateway_conversion_seconds"
+                && s.labels.get("outcome") == Some("events")),
+        "{metrics}"
     );
 
     // Ctrl-C: graceful drain, exit 0.

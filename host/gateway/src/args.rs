@@ -448,6 +448,10 @@ pub struct DevArgs {
     /// Also print typing-indicator actions (dimmed on a terminal).
     #[arg(long)]
     pub show_typing: bool,
+    /// Serve the admin HTTP endpoints on ADDR, a loopback address (as for
+    /// `run`: /healthz, /readyz, /metrics, /plugins, POST /reload).
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
 }
 
 /// Flags of `demo`.

@@ -13,6 +13,7 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -22,7 +23,9 @@ use hermes_gateway_core::ExitReason;
 use hermes_gateway_core::agent::{AgentBackend, AgentSpec};
 use hermes_protocol::action::Action;
 use hermes_protocol::frame::GatewayFrame;
+use tokio_util::sync::CancellationToken;
 
+use crate::admin;
 use crate::args::{DevArgs, LogFormat};
 use crate::embedded::{DevSetup, LOG_FILTER, describe_action, describe_request, plugin_list};
 use crate::serving;
@@ -41,6 +44,15 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     // The agent's key and `exec:` environment come from the process
     // environment over the env file, exactly as for `run`.
     let env = EnvLayers::load(None)?;
+    let admin = match &args.admin {
+        Some(addr) => Some(admin::AdminOptions::resolve(
+            addr,
+            false,
+            None,
+            env.get_nonblank(admin::TOKEN_ENV),
+        )?),
+        None => None,
+    };
     crate::logging::init(LogFormat::Human, LOG_FILTER);
     let agent = serving::agent_backend(
         &AgentSettings::from_env(args.agent.clone(), None, &env)?,
@@ -50,16 +62,44 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(args, agent));
+    let result = runtime.block_on(serve(args, agent, admin));
     runtime.shutdown_timeout(Duration::from_secs(2));
     result
 }
 
-async fn serve(args: DevArgs, agent: AgentBackend) -> anyhow::Result<ExitCode> {
+async fn serve(
+    args: DevArgs,
+    agent: AgentBackend,
+    admin: Option<admin::AdminOptions>,
+) -> anyhow::Result<ExitCode> {
     let mut ingress = IngressConfig::new(args.listen);
     ingress.allow_non_loopback = args.allow_non_loopback;
     let setup = DevSetup::start(&args.plugins, args.policy.clone(), agent, ingress).await?;
     serving::drain_on_signals(setup.shutdown.clone(), None)?;
+    // The admin endpoints, as for `run`, over the embedded setup; they serve
+    // through the drain and stop when this function returns.
+    let admin_stop = CancellationToken::new();
+    let _stop_admin = admin_stop.clone().drop_guard();
+    let admin_addr = match admin {
+        Some(options) => {
+            let listener = admin::bind(&options).await?;
+            let addr = listener.local_addr().ok();
+            let state = admin::AdminState {
+                metrics: Arc::clone(&setup.metrics),
+                plugins: setup.plugins.clone(),
+                relay: Arc::clone(&setup.relay),
+                draining: setup.shutdown.clone(),
+            };
+            tokio::spawn(admin::serve(
+                listener,
+                options,
+                state,
+                admin_stop.child_token(),
+            ));
+            addr
+        }
+        None => None,
+    };
 
     let base = setup.ingress.url();
     println!("hermes-gateway dev");
@@ -70,6 +110,9 @@ async fn serve(args: DevArgs, agent: AgentBackend) -> anyhow::Result<ExitCode> {
     println!("  plugins    {}", plugin_list(&setup.report));
     println!("  agent      {}", args.agent);
     println!("  ingress    {base}");
+    if let Some(addr) = admin_addr {
+        println!("  admin      http://{addr}  (/healthz /readyz /metrics /plugins, POST /reload)");
+    }
     if !setup.ingress.addr().ip().is_loopback() {
         println!("  WARNING    listening beyond loopback: platform signatures are NOT verified");
     }

@@ -6,7 +6,7 @@
 //! renderings of what went over it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -15,12 +15,12 @@ use hermes_connector::{
     EventCursor, StubConfig, StubConnector, StubEvent, TokenVerdict, descriptor_value,
 };
 use hermes_gateway_core::{Agent, ExitReason, GatewayConfig, Metrics};
-use hermes_plugin_host::LoadReport;
+use hermes_plugin_host::{LoadReport, PluginHost};
 use hermes_protocol::action::Action;
 use hermes_protocol::descriptor::Descriptor;
 use hermes_protocol::frame::GatewayFrame;
 use hermes_protocol::split::LenUnit;
-use hermes_transport::RelayConfig;
+use hermes_transport::{RelayConfig, RelayHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +53,12 @@ pub struct DevSetup {
     pub dial_url: String,
     /// What the plugin host loaded.
     pub report: LoadReport,
+    /// The plugin host serving the conversions.
+    pub plugins: PluginHost,
+    /// The gateway's counters and histograms.
+    pub metrics: Arc<Metrics>,
+    /// The relay link, once dialled.
+    pub relay: Arc<OnceLock<RelayHandle>>,
     gateway: JoinHandle<ExitReason>,
 }
 
@@ -94,14 +100,19 @@ impl DevSetup {
             drain_grace: Duration::from_secs(5),
             ..GatewayConfig::default()
         };
+        let metrics = Arc::new(Metrics::new());
+        let relay_slot = Arc::new(OnceLock::new());
+        let slot = Arc::clone(&relay_slot);
         let gateway = tokio::spawn(serving::serve_relay(
             relay,
-            host,
+            host.clone(),
             agent,
             config,
-            Arc::new(Metrics::new()),
+            Arc::clone(&metrics),
             shutdown.clone(),
-            |_| {},
+            move |handle| {
+                let _ = slot.set(handle.clone());
+            },
         ));
 
         tokio::time::timeout(CONNECT_TIMEOUT, wait_for_hello(&mut handshake))
@@ -116,6 +127,9 @@ impl DevSetup {
             gateway_id,
             dial_url,
             report,
+            plugins: host,
+            metrics,
+            relay: relay_slot,
             gateway,
         })
     }

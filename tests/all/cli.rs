@@ -1036,6 +1036,39 @@ fn run_serves_the_relay_and_admin_and_drains_on_sigterm() {
         Some(1.0),
         "{metrics}"
     );
+    // The link's traffic by frame type, and its state as an enum gauge.
+    let value = |name: &str, label: (&str, &str)| {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+            .find_map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => Some(v),
+                _ => None,
+            })
+    };
+    assert_eq!(
+        value("hermes_relay_frames_in_total", ("type", "inbound")),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("hermes_relay_frames_out_total", ("type", "hello")),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("hermes_relay_frames_out_total", ("type", "outbound")),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("hermes_relay_state", ("state", "connected")),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("hermes_relay_state", ("state", "connecting")),
+        Some(0.0)
+    );
     assert!(metrics.contains("hermes_relay_connected 1"), "{metrics}");
     assert!(
         metrics.contains("hermes_plugin_conversions_total{plugin=\"discord-interactions\"} 0"),

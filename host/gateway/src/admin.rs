@@ -499,6 +499,17 @@ fn render_relay_metrics(relay: Option<&RelayHandle>, out: &mut String) {
         "1 once the connector revoked this gateway.",
         u64::from(matches!(state, Some(LinkState::Revoked))),
     );
+    // The link's state as an enum gauge: exactly one state is 1.
+    let current = state_label(state.as_ref());
+    let _ = writeln!(
+        out,
+        "# HELP hermes_relay_state The link's state (1 for the current one)."
+    );
+    let _ = writeln!(out, "# TYPE hermes_relay_state gauge");
+    for name in LINK_STATES {
+        let v = u8::from(name == current);
+        let _ = writeln!(out, "hermes_relay_state{{state=\"{name}\"}} {v}");
+    }
     let Some(handle) = relay else {
         return;
     };
@@ -536,11 +547,61 @@ fn render_relay_metrics(relay: Option<&RelayHandle>, out: &mut String) {
             "Handshakes completed.",
             c.handshakes,
         ),
+        (
+            "hermes_relay_bytes_in_total",
+            "WebSocket payload bytes received.",
+            c.bytes_in,
+        ),
+        (
+            "hermes_relay_bytes_out_total",
+            "WebSocket payload bytes sent.",
+            c.bytes_out,
+        ),
     ];
     for (name, help, v) in counters {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} counter");
         let _ = writeln!(out, "{name} {v}");
+    }
+    let by_type = [
+        (
+            "hermes_relay_frames_in_total",
+            "Frames received, by type.",
+            &c.frames_in[..],
+        ),
+        (
+            "hermes_relay_frames_out_total",
+            "Frames sent, by type.",
+            &c.frames_out[..],
+        ),
+    ];
+    for (name, help, samples) in by_type {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (frame_type, v) in samples {
+            let _ = writeln!(out, "{name}{{type=\"{frame_type}\"}} {v}");
+        }
+    }
+}
+
+/// The values of `hermes_relay_state`'s `state` label.
+const LINK_STATES: [&str; 6] = [
+    "provisioning",
+    "connecting",
+    "connected",
+    "backing_off",
+    "revoked",
+    "closed",
+];
+
+fn state_label(state: Option<&LinkState>) -> &'static str {
+    match state {
+        None => "provisioning",
+        Some(LinkState::Connecting) => "connecting",
+        Some(LinkState::Connected { .. }) => "connected",
+        Some(LinkState::BackingOff { .. }) => "backing_off",
+        Some(LinkState::Revoked) => "revoked",
+        Some(LinkState::Closed) => "closed",
     }
 }
 

@@ -63,4 +63,7 @@ pub use config::{
     DEFAULT_OUTBOUND_BYTE_BUDGET, DevAllowances, Identity, KeepaliveConfig, RelayConfig,
 };
 pub use handle::{RelayHandle, RelayLink, Target};
-pub use state::{AckOutcome, DrainReport, InboundItem, LinkCounters, LinkState, SendOutcome};
+pub use state::{
+    AckOutcome, DrainReport, FRAMES_IN, FRAMES_OUT, InboundItem, LinkCounters, LinkState,
+    SendOutcome,
+};

@@ -134,6 +134,10 @@ pub(crate) struct Counters {
     pub(crate) timeouts: AtomicU64,
     pub(crate) dials: AtomicU64,
     pub(crate) handshakes: AtomicU64,
+    pub(crate) frames_in: [AtomicU64; FRAMES_IN.len()],
+    pub(crate) frames_out: [AtomicU64; FRAMES_OUT.len()],
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
 }
 
 impl Counters {
@@ -150,7 +154,35 @@ impl Counters {
             timeouts: get(&self.timeouts),
             dials: get(&self.dials),
             handshakes: get(&self.handshakes),
+            frames_in: std::array::from_fn(|i| (FRAMES_IN[i], get(&self.frames_in[i]))),
+            frames_out: std::array::from_fn(|i| (FRAMES_OUT[i], get(&self.frames_out[i]))),
+            bytes_in: get(&self.bytes_in),
+            bytes_out: get(&self.bytes_out),
         }
+    }
+
+    /// Counts a received frame of `frame_type`.
+    pub(crate) fn frame_in(&self, frame_type: &str) {
+        let i = FRAMES_IN
+            .iter()
+            .position(|t| *t == frame_type)
+            .unwrap_or(FRAMES_IN.len() - 1);
+        Self::bump(&self.frames_in[i]);
+    }
+
+    /// Counts a sent frame from its encoded text (`{"type":"…"` first).
+    pub(crate) fn frame_out(&self, text: &str) {
+        let frame_type = text
+            .strip_prefix("{\"type\":\"")
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or("");
+        let i = FRAMES_OUT
+            .iter()
+            .position(|t| *t == frame_type)
+            .unwrap_or(FRAMES_OUT.len() - 1);
+        Self::bump(&self.frames_out[i]);
+        self.bytes_out
+            .fetch_add(text.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -170,4 +202,34 @@ pub struct LinkCounters {
     pub dials: u64,
     /// Handshakes completed (first descriptor received).
     pub handshakes: u64,
+    /// Frames received, by `type` ([`FRAMES_IN`]; malformed ones are in
+    /// `malformed_frames`).
+    pub frames_in: [(&'static str, u64); FRAMES_IN.len()],
+    /// Frames sent, by `type` ([`FRAMES_OUT`]).
+    pub frames_out: [(&'static str, u64); FRAMES_OUT.len()],
+    /// WebSocket payload bytes received.
+    pub bytes_in: u64,
+    /// WebSocket payload bytes sent.
+    pub bytes_out: u64,
 }
+
+/// The frame types counted on receipt, `unknown` last.
+pub const FRAMES_IN: [&str; 7] = [
+    "descriptor",
+    "inbound",
+    "outbound_result",
+    "interrupt_inbound",
+    "passthrough_forward",
+    "going_idle_ack",
+    "unknown",
+];
+
+/// The frame types counted on sending, `other` last.
+pub const FRAMES_OUT: [&str; 6] = [
+    "hello",
+    "outbound",
+    "interrupt",
+    "inbound_ack",
+    "going_idle",
+    "other",
+];

@@ -39,10 +39,17 @@ pub(super) async fn read_loop(mut stream: WsStream, mut reader: Reader) -> Reade
             // Any message is proof of life, not only a pong.
             reader.liveness.heard();
         }
+        let bytes_in = &reader.shared.counters.bytes_in;
         let pushed = match &message {
-            Ok(Message::Text(text)) => decoder.push(text.as_bytes()),
+            Ok(Message::Text(text)) => {
+                bytes_in.fetch_add(text.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                decoder.push(text.as_bytes())
+            }
             // A binary message is treated as UTF-8 text (§2).
-            Ok(Message::Binary(bytes)) => decoder.push(bytes),
+            Ok(Message::Binary(bytes)) => {
+                bytes_in.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                decoder.push(bytes)
+            }
             Ok(Message::Pong(_)) => continue,
             Ok(Message::Close(frame)) => {
                 let close = frame
@@ -79,7 +86,10 @@ impl Reader {
     ) -> Option<ReaderEnd> {
         let counters = &self.shared.counters;
         let frame = match decoded {
-            Ok(frame) => frame,
+            Ok(frame) => {
+                counters.frame_in(frame.frame_type());
+                frame
+            }
             Err(DecodeError::BadDescriptor(e)) if self.handshake.is_some() => {
                 warn!(error = %e, "relay handshake failed: first descriptor is invalid");
                 return Some(ReaderEnd::BadFirstDescriptor(e));

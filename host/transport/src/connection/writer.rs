@@ -117,6 +117,7 @@ async fn write_batch(
         bytes,
     }) = next.take()
     {
+        shared.counters.frame_out(&text);
         let fed = sink.feed(Message::text(text)).await;
         // The frame now lives in the sink's write buffer (flushed at least
         // every batch) or is gone: its share of the queue's budget returns.

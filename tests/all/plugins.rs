@@ -590,8 +590,18 @@ async fn per_tenant_isolation_reuses_an_instance_only_within_its_tenant() {
     assert_eq!(counter(&host, "tenant-b").await, "counter: 2");
 
     // A reload retires every warm instance.
+    let idle = host.idle_instances() as u64;
+    let before = host.host_counters();
+    assert!(before.instances_reused >= 4, "{before:?}");
+    assert!(
+        before.instances_retired >= 1,
+        "the trapped instance: {before:?}"
+    );
     let _ = host.reload().await;
     assert_eq!(host.idle_instances(), 0);
+    let after = host.host_counters();
+    assert_eq!(after.instances_retired, before.instances_retired + idle);
+    assert_eq!(after.reloads_clean, 1);
     assert_eq!(counter(&host, "tenant-b").await, "counter: 1");
 }
 

@@ -405,6 +405,37 @@ fn render_plugin_metrics(host: &PluginHost, out: &mut String) {
     );
     let _ = writeln!(out, "# TYPE hermes_plugins_loaded gauge");
     let _ = writeln!(out, "hermes_plugins_loaded {}", host.plugins().len());
+    let h = host.host_counters();
+    let reloads = [
+        ("clean", h.reloads_clean),
+        ("errors", h.reloads_with_errors),
+    ];
+    let instances = [
+        ("created", h.instances_created),
+        ("reused", h.instances_reused),
+        ("retired", h.instances_retired),
+    ];
+    let labelled = [
+        (
+            "hermes_plugin_reloads_total",
+            "Reloads, by result.",
+            "result",
+            &reloads[..],
+        ),
+        (
+            "hermes_plugin_instances_total",
+            "Sandbox instances created, reused (warm per-tenant) and retired.",
+            "event",
+            &instances[..],
+        ),
+    ];
+    for (name, help, label, samples) in labelled {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (value, n) in samples {
+            let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+        }
+    }
     type Pick = fn(&hermes_plugin_host::PluginCounters) -> u64;
     let simple: [(&str, &str, Pick); 7] = [
         (

@@ -246,6 +246,7 @@ impl Inner {
             tenant: None,
             config: Arc::clone(&asked.config),
         };
+        HostCounts::bump(&self.counts.instances_created);
         let mut sandbox = match Sandbox::new(&self.engine, &plugin.pre, limits, cx).await {
             Ok(s) => s,
             Err(e) => return Step::Done(self.failed(&plugin.stats, &plugin.name, None, e)),
@@ -288,6 +289,7 @@ impl Inner {
             tenant: tenant.clone(),
             config,
         };
+        HostCounts::bump(&self.counts.instances_created);
         match Sandbox::new(&self.engine, &plugin.pre, &self.config.limits, cx).await {
             Ok(sandbox) => self.convert_in(sandbox, req, target, tenant).await.0,
             Err(e) => self.failed(&plugin.stats, &plugin.name, tenant, e),
@@ -390,7 +392,10 @@ impl Inner {
                     self.idle.put(router, sandbox, reuses);
                     tenant
                 }
-                Err(e) => return self.failed(&plugin.stats, &plugin.name, None, e),
+                Err(e) => {
+                    HostCounts::bump(&self.counts.instances_retired);
+                    return self.failed(&plugin.stats, &plugin.name, None, e);
+                }
             }
         };
         let key = key(Role::Tenant(tenant.clone()));
@@ -399,8 +404,10 @@ impl Inner {
             Err(e) => return self.failed(&plugin.stats, &plugin.name, tenant, e),
         };
         let (conversion, sandbox) = self.convert_in(sandbox, req, target, tenant).await;
-        if let Some(sandbox) = sandbox {
-            self.idle.put(key, sandbox, reuses);
+        match sandbox {
+            Some(sandbox) => self.idle.put(key, sandbox, reuses),
+            // A failed call's instance is never used again.
+            None => HostCounts::bump(&self.counts.instances_retired),
         }
         conversion
     }
@@ -413,8 +420,10 @@ impl Inner {
         tenant: Option<String>,
     ) -> Result<Sandbox, PluginError> {
         if let Some(sandbox) = self.idle.take(key) {
+            HostCounts::bump(&self.counts.instances_reused);
             return Ok(sandbox);
         }
+        HostCounts::bump(&self.counts.instances_created);
         let cx = CallContext {
             plugin: Arc::clone(&key.plugin.name),
             stats: Some(Arc::clone(&key.plugin.stats)),

@@ -131,6 +131,7 @@ pub use crate::outcome::{Conversion, ConvertedEvent, Outcome, RejectKind, ReplyR
 pub use crate::policy::{Isolation, Policy};
 pub use crate::stats::{PluginCounters, QuarantinePolicy};
 pub use crate::table::{Changes, LoadReport, PluginDescription, RoutingTable};
+
 pub use crate::watch::WatchHandle;
 
 use crate::artifact_cache::ArtifactCache;
@@ -207,7 +208,40 @@ struct Inner {
     permits: tokio::sync::Semaphore,
     /// Warm instances of `isolation = "per-tenant"` routes.
     idle: reuse::IdleInstances,
+    /// Host-wide counters ([`HostCounters`]).
+    counts: HostCounts,
     _ticker: engine::Ticker,
+}
+
+/// Host-wide counters, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostCounters {
+    /// Reloads that loaded every file and the policy.
+    pub reloads_clean: u64,
+    /// Reloads that refused a file or a policy entry (the rest still swapped in).
+    pub reloads_with_errors: u64,
+    /// Stores and instances created for conversions.
+    pub instances_created: u64,
+    /// Conversions (or `tenant-of` calls) served by a warm instance.
+    pub instances_reused: u64,
+    /// Warm instances retired after use (a failure, the use limit, a full
+    /// cache, a reload).
+    pub instances_retired: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct HostCounts {
+    reloads_clean: std::sync::atomic::AtomicU64,
+    reloads_with_errors: std::sync::atomic::AtomicU64,
+    pub(crate) instances_created: std::sync::atomic::AtomicU64,
+    pub(crate) instances_reused: std::sync::atomic::AtomicU64,
+    pub(crate) instances_retired: std::sync::atomic::AtomicU64,
+}
+
+impl HostCounts {
+    pub(crate) fn bump(counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// One line per reload, whatever triggered it (file watch, `SIGHUP`,
@@ -269,6 +303,7 @@ impl PluginHost {
                 tables_built: std::sync::atomic::AtomicU64::new(0),
                 permits: tokio::sync::Semaphore::new(workers),
                 idle: reuse::IdleInstances::new(limits.max_idle_instances),
+                counts: HostCounts::default(),
                 _ticker: ticker,
                 config,
             }),
@@ -385,6 +420,12 @@ impl PluginHost {
         if !first {
             report.changes = table::Changes::between(&previous, &table);
             log_reload(&report);
+            let result = if report.is_clean() {
+                &inner.counts.reloads_clean
+            } else {
+                &inner.counts.reloads_with_errors
+            };
+            HostCounts::bump(result);
         }
         *inner.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
         // A reload or policy change retires every warm instance.
@@ -393,6 +434,19 @@ impl PluginHost {
             .tables_built
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         report
+    }
+
+    /// The host-wide counters.
+    pub fn host_counters(&self) -> HostCounters {
+        let c = &self.inner.counts;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        HostCounters {
+            reloads_clean: get(&c.reloads_clean),
+            reloads_with_errors: get(&c.reloads_with_errors),
+            instances_created: get(&c.instances_created),
+            instances_reused: get(&c.instances_reused),
+            instances_retired: get(&c.instances_retired) + self.inner.idle.retired(),
+        }
     }
 
     /// Warm instances waiting for their tenant's next forward

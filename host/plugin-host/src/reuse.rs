@@ -85,6 +85,8 @@ struct Idle {
     by_key: HashMap<Slot, Entry>,
     count: usize,
     capacity: usize,
+    /// Instances retired here: past their use limit, a full cache, a clear.
+    retired: u64,
 }
 
 impl IdleInstances {
@@ -94,6 +96,7 @@ impl IdleInstances {
                 by_key: HashMap::new(),
                 count: 0,
                 capacity,
+                retired: 0,
             }),
         }
     }
@@ -121,11 +124,9 @@ impl IdleInstances {
     /// Keep `sandbox` for `key` unless it has served `max_uses` calls or the
     /// cache is full (then it is dropped, outside the lock).
     pub(crate) fn put(&self, key: InstanceKey, sandbox: Sandbox, max_uses: u32) {
-        if sandbox.uses() >= max_uses {
-            return;
-        }
         let mut idle = self.lock();
-        if idle.count >= idle.capacity {
+        if sandbox.uses() >= max_uses || idle.count >= idle.capacity {
+            idle.retired += 1;
             drop(idle);
             drop(sandbox);
             return;
@@ -143,10 +144,16 @@ impl IdleInstances {
     pub(crate) fn clear(&self) {
         let retired = {
             let mut idle = self.lock();
+            idle.retired += idle.count as u64;
             idle.count = 0;
             std::mem::take(&mut idle.by_key)
         };
         drop(retired);
+    }
+
+    /// Instances retired by the cache so far.
+    pub(crate) fn retired(&self) -> u64 {
+        self.lock().retired
     }
 
     /// Idle instances now.

@@ -19,6 +19,7 @@ mod dev;
 mod embedded;
 mod enroll;
 mod env_file;
+mod exposition;
 mod logging;
 mod plugins_check;
 mod run;

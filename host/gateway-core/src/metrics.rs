@@ -134,6 +134,10 @@ impl EventDrop {
 pub struct Metrics {
     /// The latency histograms.
     pub latency: Latencies,
+    /// Sessions with a queued, running or delivering turn (gauge).
+    sessions_active: AtomicU64,
+    /// Messages queued behind running turns (gauge).
+    queued_messages: AtomicU64,
     events_in: AtomicU64,
     forwards_in: AtomicU64,
     forwards_converted: AtomicU64,
@@ -250,6 +254,13 @@ impl Metrics {
         }
     }
 
+    /// Sets the session gauges (absolute values, so an update that comes
+    /// late is corrected by the next).
+    pub fn set_sessions(&self, active: usize, queued: usize) {
+        self.sessions_active.store(active as u64, Ordering::Relaxed);
+        self.queued_messages.store(queued as u64, Ordering::Relaxed);
+    }
+
     /// Appends the counters to `out` in the Prometheus text exposition format.
     pub fn render_prometheus(&self, out: &mut String) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -342,6 +353,22 @@ impl Metrics {
                 ("outcome=\"ambiguous\"", get(&self.replies_ambiguous)),
             ],
         );
+        for (name, help, v) in [
+            (
+                "hermes_gateway_sessions_active",
+                "Sessions with a queued, running or delivering turn.",
+                get(&self.sessions_active),
+            ),
+            (
+                "hermes_gateway_queued_messages",
+                "Messages queued behind running turns.",
+                get(&self.queued_messages),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {v}");
+        }
         self.latency.conversion.render(out);
         self.latency.outbound.render(out);
         self.latency.turn.render(out);

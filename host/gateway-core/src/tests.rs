@@ -325,6 +325,44 @@ async fn one_turn_per_session_in_fifo_order() {
     assert_eq!(sessions.active_sessions(), 0, "idle sessions are forgotten");
 }
 
+/// The session gauges follow the queue: one session, one running turn and
+/// two messages waiting; nothing once it is all answered.
+#[tokio::test]
+async fn session_gauges_follow_the_queue() {
+    let (agent, mut probe) = gate_agent();
+    let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
+    no_typing(&relay);
+    let gauges = |sessions: &Sessions<_, _>| {
+        let mut text = String::new();
+        sessions.metrics().render_prometheus(&mut text);
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+        };
+        (
+            value("hermes_gateway_sessions_active"),
+            value("hermes_gateway_queued_messages"),
+        )
+    };
+    for text in ["a", "b", "c"] {
+        sessions
+            .submit(vec![Incoming::inbound(event("c1", "u1", text))], None)
+            .await;
+    }
+    next(&mut probe.started).await;
+    assert_eq!(
+        gauges(&sessions),
+        (Some(1), Some(2)),
+        "a running, b and c waiting"
+    );
+    for _ in 0..3 {
+        probe.release.add_permits(1);
+        next_reply(&mut out).await;
+    }
+    assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
+    assert_eq!(gauges(&sessions), (Some(0), Some(0)));
+}
+
 #[tokio::test]
 async fn different_sessions_run_in_parallel() {
     let (agent, mut probe) = gate_agent();

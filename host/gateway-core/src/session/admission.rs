@@ -166,6 +166,7 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
         session.worker = true;
         state.queued_total += 1;
         state.queued_bytes += bytes;
+        state.report(&self.inner.metrics);
         if spawn_worker {
             let this = self.clone();
             self.inner.tasks.spawn(async move { this.work(key).await });

@@ -16,7 +16,7 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
                 };
                 let Some(reply) = session.replies.pop_front() else {
                     session.delivering = false;
-                    retire_if_idle(&mut state, &key);
+                    retire_if_idle(&mut state, &key, &self.inner.metrics);
                     return;
                 };
                 reply

@@ -229,7 +229,7 @@ impl Session {
 /// Forgets `key`'s session once it has neither a worker nor a delivery task
 /// (a later event starts afresh). Keeping it while replies are delivered
 /// keeps a new worker from starting a second, unordered delivery chain.
-fn retire_if_idle(state: &mut State, key: &SessionKey) {
+fn retire_if_idle(state: &mut State, key: &SessionKey, metrics: &Metrics) {
     if state
         .sessions
         .get(key)
@@ -237,6 +237,7 @@ fn retire_if_idle(state: &mut State, key: &SessionKey) {
     {
         state.sessions.remove(key);
     }
+    state.report(metrics);
 }
 
 struct State {
@@ -246,6 +247,13 @@ struct State {
     /// Sum of [`Queued::bytes`] across all sessions.
     queued_bytes: usize,
     recent: RecentIds,
+}
+
+impl State {
+    /// Writes the session gauges.
+    fn report(&self, metrics: &Metrics) {
+        metrics.set_sessions(self.sessions.len(), self.queued_total);
+    }
 }
 
 struct Inner<E, A> {

@@ -45,13 +45,14 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
                     // Empty: this worker ends. The session is forgotten once
                     // its replies are out too; a later event spawns a fresh worker.
                     session.worker = false;
-                    retire_if_idle(&mut state, &key);
+                    retire_if_idle(&mut state, &key, &inner.metrics);
                     return;
                 };
                 let cancel = inner.all_turns.child_token();
                 session.running = Some(cancel.clone());
                 state.queued_total = state.queued_total.saturating_sub(1);
                 state.queued_bytes = state.queued_bytes.saturating_sub(queued.bytes);
+                state.report(&inner.metrics);
                 (queued, cancel)
             };
             inner.room.notify_waiters();
@@ -104,7 +105,7 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             for _ in 0..dropped {
                 self.inner.metrics.turn_cancelled();
             }
-            retire_if_idle(&mut state, key);
+            retire_if_idle(&mut state, key, &self.inner.metrics);
         }
         drop(state);
         self.inner.room.notify_waiters();

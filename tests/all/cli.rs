@@ -1006,7 +1006,17 @@ fn run_serves_the_relay_and_admin_and_drains_on_sigterm() {
         ("c-1", "hello there", Some("m-1"))
     );
 
-    let (status, metrics) = admin_get(&admin, "/metrics").expect("metrics");
+    // The reply's round trip ends when its result reaches the gateway, just
+    // after the stub recorded the frame: poll (nothing else is visible from
+    // outside the process) until the reply is counted.
+    let (mut status, mut metrics) = (0, String::new());
+    for _ in 0..500 {
+        (status, metrics) = admin_get(&admin, "/metrics").expect("metrics");
+        if metrics.contains("hermes_gateway_replies_total{outcome=\"ok\"} 1") {
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(status, 200);
     assert!(
         metrics.contains("hermes_gateway_events_in_total 1"),

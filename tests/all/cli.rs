@@ -1110,6 +1110,23 @@ fn run_serves_the_relay_and_admin_and_drains_on_sigterm() {
         "{reason:?}"
     );
     wait(|f| matches!(f, GatewayFrame::Hello { .. })).expect("a new hello within 30 s");
+    let (_, metrics) = admin_get(&admin, "/metrics").expect("metrics");
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
+        .expect("the exposition parses");
+    let lost = scrape.samples.iter().find_map(|s| match s.value {
+        prometheus_parse::Value::Counter(v)
+            if s.metric == "hermes_relay_disconnects_total"
+                && s.labels.get("reason") == Some("lost") =>
+        {
+            Some(v)
+        }
+        _ => None,
+    });
+    assert_eq!(
+        lost,
+        Some(1.0),
+        "the dropped connection is counted: {metrics}"
+    );
 
     // SIGTERM: going_idle, drain, exit 0. The connector holds its ack, so
     // the drain is observable: /readyz says so while the endpoints serve.

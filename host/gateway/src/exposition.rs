@@ -247,6 +247,15 @@ fn render_relay_metrics(relay: Option<&RelayHandle>, out: &mut String) {
             let _ = writeln!(out, "{name}{{type=\"{frame_type}\"}} {v}");
         }
     }
+    let name = "hermes_relay_disconnects_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Connections ended other than by shutdown, by reason."
+    );
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (reason, v) in &c.disconnects {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {v}");
+    }
 }
 
 /// The values of `hermes_relay_state`'s `state` label.

@@ -64,6 +64,6 @@ pub use config::{
 };
 pub use handle::{RelayHandle, RelayLink, Target};
 pub use state::{
-    AckOutcome, DrainReport, FRAMES_IN, FRAMES_OUT, InboundItem, LinkCounters, LinkState,
-    SendOutcome,
+    AckOutcome, DISCONNECTS, DrainReport, FRAMES_IN, FRAMES_OUT, InboundItem, LinkCounters,
+    LinkState, SendOutcome,
 };

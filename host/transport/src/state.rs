@@ -138,6 +138,7 @@ pub(crate) struct Counters {
     pub(crate) frames_out: [AtomicU64; FRAMES_OUT.len()],
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
+    pub(crate) disconnects: [AtomicU64; DISCONNECTS.len()],
 }
 
 impl Counters {
@@ -158,6 +159,14 @@ impl Counters {
             frames_out: std::array::from_fn(|i| (FRAMES_OUT[i], get(&self.frames_out[i]))),
             bytes_in: get(&self.bytes_in),
             bytes_out: get(&self.bytes_out),
+            disconnects: std::array::from_fn(|i| (DISCONNECTS[i], get(&self.disconnects[i]))),
+        }
+    }
+
+    /// Counts a connection's end by its reason (one of [`DISCONNECTS`]).
+    pub(crate) fn disconnect(&self, reason: &str) {
+        if let Some(i) = DISCONNECTS.iter().position(|r| *r == reason) {
+            Self::bump(&self.disconnects[i]);
         }
     }
 
@@ -211,7 +220,16 @@ pub struct LinkCounters {
     pub bytes_in: u64,
     /// WebSocket payload bytes sent.
     pub bytes_out: u64,
+    /// Connections (or dials) that ended other than by shutdown, each
+    /// followed by a re-dial or a revocation, by reason ([`DISCONNECTS`]).
+    pub disconnects: [(&'static str, u64); DISCONNECTS.len()],
 }
+
+/// Why a connection ended: the dial failed; the connector closed with 4401;
+/// it closed with another code; the connection was lost without a close
+/// (reset, EOF, silence, a stalled write, a bad first descriptor, an
+/// oversized line).
+pub const DISCONNECTS: [&str; 4] = ["dial_failed", "unauthorized", "peer_closed", "lost"];
 
 /// The frame types counted on receipt, `unknown` last.
 pub const FRAMES_IN: [&str; 7] = [

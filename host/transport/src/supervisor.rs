@@ -125,6 +125,7 @@ pub(crate) async fn supervise(
             Ended::ConsumerGone => break None,
             Ended::DialFailed(detail) => {
                 warn!(%detail, "relay dial failed");
+                shared.counters.disconnect("dial_failed");
                 EndKind::DialFailed
             }
             Ended::Closed {
@@ -138,6 +139,12 @@ pub(crate) async fn supervise(
                     backoff.reset();
                     rules.on_stable_connection();
                 }
+                let reason = match &peer_close {
+                    Some((CLOSE_UNAUTHORIZED, _)) => "unauthorized",
+                    Some(_) => "peer_closed",
+                    None => "lost",
+                };
+                shared.counters.disconnect(reason);
                 match peer_close {
                     Some((CLOSE_UNAUTHORIZED, reason)) => EndKind::Unauthorized {
                         after_descriptor: handshaken,

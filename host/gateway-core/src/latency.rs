@@ -17,6 +17,12 @@ pub const BUCKETS: [f64; 16] = [
     60.0,
 ];
 
+/// The most label sets one family keeps (plus the `other` one).
+pub const MAX_SERIES: usize = 256;
+
+/// The label value observations past [`MAX_SERIES`] are counted under.
+const OVERFLOW: &str = "other";
+
 /// One histogram: a count per bucket (not cumulative; `+Inf` last) and the
 /// sum of the observations in microseconds.
 #[derive(Default)]
@@ -65,22 +71,34 @@ impl Histograms {
 
     /// Records one observation for these label values (in the order of the
     /// label names).
+    ///
+    /// Label values can come from the wire (a forward's platform names its
+    /// lane when no plugin routes it), so a family keeps at most
+    /// [`MAX_SERIES`] label sets; observations past that are counted under
+    /// `other` for every label.
     pub fn observe(&self, values: &[&str], elapsed: Duration) {
         let histogram = {
             let mut map = self
                 .by_values
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            match map
-                .iter()
-                .find(|(k, _)| k.iter().eq(values.iter().copied()))
-            {
-                Some((_, h)) => Arc::clone(h),
+            let find = |map: &[(Vec<String>, Arc<Histogram>)], values: &[&str]| {
+                map.iter()
+                    .find(|(k, _)| k.iter().eq(values.iter().copied()))
+                    .map(|(_, h)| Arc::clone(h))
+            };
+            match find(&map, values) {
+                Some(h) => h,
                 None => {
-                    let h = Arc::new(Histogram::default());
-                    let key = values.iter().map(|v| (*v).to_owned()).collect();
-                    map.push((key, Arc::clone(&h)));
-                    h
+                    let overflow = vec![OVERFLOW; values.len()];
+                    let full = map.len() >= MAX_SERIES;
+                    let values = if full { &overflow[..] } else { values };
+                    find(&map, values).unwrap_or_else(|| {
+                        let h = Arc::new(Histogram::default());
+                        let key = values.iter().map(|v| (*v).to_owned()).collect();
+                        map.push((key, Arc::clone(&h)));
+                        h
+                    })
                 }
             }
         };
@@ -172,5 +190,18 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("t_seconds_count{op=\"send\"} 3\n"), "{out}");
+    }
+
+    #[test]
+    fn label_sets_are_bounded() {
+        let h = Histograms::new("t_seconds", "test", &["platform"]);
+        for i in 0..MAX_SERIES + 10 {
+            h.observe(&[&format!("p{i}")], Duration::from_millis(1));
+        }
+        assert_eq!(h.count(&["p0"]), 1);
+        assert_eq!(h.count(&[&format!("p{}", MAX_SERIES + 5)]), 0);
+        assert_eq!(h.count(&["other"]), 10);
+        let series = h.by_values.lock().expect("lock").len();
+        assert_eq!(series, MAX_SERIES + 1, "the family stops growing");
     }
 }

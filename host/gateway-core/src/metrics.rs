@@ -50,19 +50,16 @@ impl std::fmt::Debug for Latencies {
     }
 }
 
-/// The result label of an outbound request's result.
+/// The result label of an outbound request's result, read from the
+/// contract's own failure texts (no result is built to compare against).
 pub fn outbound_result(result: &hermes_protocol::action::ActionResult) -> &'static str {
-    use hermes_protocol::action::ActionResult;
-    if result.success {
-        "success"
-    } else if *result == ActionResult::not_connected() {
-        "disconnected"
-    } else if *result == ActionResult::timed_out() {
-        "timeout"
-    } else if result.ambiguous {
-        "ambiguous"
-    } else {
-        "error"
+    use hermes_protocol::action::{ERR_CONNECTION_LOST, ERR_NOT_CONNECTED, ERR_TIMED_OUT};
+    match result.error.as_deref() {
+        _ if result.success => "success",
+        Some(ERR_NOT_CONNECTED | ERR_CONNECTION_LOST) => "disconnected",
+        Some(ERR_TIMED_OUT) => "timeout",
+        _ if result.ambiguous => "ambiguous",
+        _ => "error",
     }
 }
 

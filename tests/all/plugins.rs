@@ -664,6 +664,27 @@ async fn a_reload_reports_what_changed() {
     );
 }
 
+/// The idle instances are bounded in bytes as well as in number: with room
+/// for less than one instance's memory, none is kept and every forward of
+/// a tenant starts fresh.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_instances_are_bounded_in_bytes() {
+    let dir = plugins_dir(&[("hostile.wasm", hermes_plugin_artifacts::HOSTILE)]);
+    let policy = "[platform.hostile]\nisolation = \"per-tenant\"\n";
+    std::fs::write(dir.path().join("policy.toml"), policy).expect("policy");
+    let limits = Limits {
+        max_idle_bytes: 64 << 10,
+        ..limits()
+    };
+    let (host, report) = load_with(dir.path(), limits);
+    assert!(report.is_clean(), "{:?}", report.errors);
+    for _ in 0..3 {
+        assert_eq!(counter(&host, "tenant-a").await, "counter: 1");
+    }
+    assert_eq!(host.idle_instances(), 0);
+    assert!(host.host_counters().instances_retired >= 3);
+}
+
 /// Without the opt-in every forward gets a fresh instance, tenants or not.
 #[tokio::test(flavor = "multi_thread")]
 async fn per_request_isolation_is_the_default() {

@@ -302,7 +302,7 @@ impl PluginHost {
                 reloading: Mutex::new(()),
                 tables_built: std::sync::atomic::AtomicU64::new(0),
                 permits: tokio::sync::Semaphore::new(workers),
-                idle: reuse::IdleInstances::new(limits.max_idle_instances),
+                idle: reuse::IdleInstances::new(limits.max_idle_instances, limits.max_idle_bytes),
                 counts: HostCounts::default(),
                 _ticker: ticker,
                 config,

@@ -67,6 +67,8 @@ pub struct Limits {
     pub instance_reuses: u32,
     /// Warm instances kept idle at most, across all plugins and tenants.
     pub max_idle_instances: usize,
+    /// Linear memory those idle instances may hold together.
+    pub max_idle_bytes: usize,
 }
 
 impl Default for Limits {
@@ -96,6 +98,7 @@ impl Default for Limits {
             reload_debounce: Duration::from_millis(200),
             instance_reuses: 1000,
             max_idle_instances: 64,
+            max_idle_bytes: 256 << 20,
         }
     }
 }

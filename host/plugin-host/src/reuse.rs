@@ -13,8 +13,9 @@
 //! - on every reload or policy change (the routing table is rebuilt and
 //!   this cache emptied; keys also hold the plugin load itself, so an entry
 //!   of an older load can never match);
-//! - when the cache is full ([`Limits::max_idle_instances`](crate::Limits)):
-//!   the instance is dropped instead of kept.
+//! - when the cache is full ([`Limits::max_idle_instances`](crate::Limits)
+//!   instances, or [`Limits::max_idle_bytes`](crate::Limits) of linear
+//!   memory held by them together): the instance is dropped instead of kept.
 //!
 //! Finding the tenant needs `tenant-of`. For a per-tenant route it runs on
 //! a warm *router* instance of the plugin, which answers tenant keys only:
@@ -76,7 +77,8 @@ struct Entry {
     idle: Vec<Sandbox>,
 }
 
-/// Idle warm instances, at most `capacity` in all.
+/// Idle warm instances, at most `capacity` of them holding at most
+/// `capacity_bytes` of linear memory together.
 pub(crate) struct IdleInstances {
     inner: Mutex<Idle>,
 }
@@ -85,17 +87,22 @@ struct Idle {
     by_key: HashMap<Slot, Entry>,
     count: usize,
     capacity: usize,
+    /// Linear memory the idle instances hold, and its bound.
+    bytes: usize,
+    capacity_bytes: usize,
     /// Instances retired here: past their use limit, a full cache, a clear.
     retired: u64,
 }
 
 impl IdleInstances {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, capacity_bytes: usize) -> Self {
         Self {
             inner: Mutex::new(Idle {
                 by_key: HashMap::new(),
                 count: 0,
                 capacity,
+                bytes: 0,
+                capacity_bytes,
                 retired: 0,
             }),
         }
@@ -118,20 +125,25 @@ impl IdleInstances {
             idle.by_key.remove(&slot);
         }
         idle.count -= 1;
+        idle.bytes = idle.bytes.saturating_sub(sandbox.memory_bytes());
         Some(sandbox)
     }
 
     /// Keep `sandbox` for `key` unless it has served `max_uses` calls or the
     /// cache is full (then it is dropped, outside the lock).
     pub(crate) fn put(&self, key: InstanceKey, sandbox: Sandbox, max_uses: u32) {
+        let bytes = sandbox.memory_bytes();
         let mut idle = self.lock();
-        if sandbox.uses() >= max_uses || idle.count >= idle.capacity {
+        let full =
+            idle.count >= idle.capacity || idle.bytes.saturating_add(bytes) > idle.capacity_bytes;
+        if sandbox.uses() >= max_uses || full {
             idle.retired += 1;
             drop(idle);
             drop(sandbox);
             return;
         }
         idle.count += 1;
+        idle.bytes += bytes;
         let entry = idle.by_key.entry(key.slot()).or_insert_with(|| Entry {
             _plugin: key.plugin,
             _config: key.config,
@@ -146,6 +158,7 @@ impl IdleInstances {
             let mut idle = self.lock();
             idle.retired += idle.count as u64;
             idle.count = 0;
+            idle.bytes = 0;
             std::mem::take(&mut idle.by_key)
         };
         drop(retired);

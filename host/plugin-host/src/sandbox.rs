@@ -333,6 +333,11 @@ impl Sandbox {
         self.uses
     }
 
+    /// Linear memory the instance holds (what keeping it idle costs).
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.store.data().limiter.memory_bytes
+    }
+
     pub(crate) async fn describe(&mut self) -> Result<PluginInfo, PluginError> {
         self.start_call();
         let r = self

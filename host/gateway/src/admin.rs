@@ -126,10 +126,31 @@ pub fn is_loopback(addr: SocketAddr) -> bool {
 }
 
 /// Binds the admin address now, so a bad one fails the start.
-pub async fn bind(options: &AdminOptions) -> anyhow::Result<TcpListener> {
+async fn bind(options: &AdminOptions) -> anyhow::Result<TcpListener> {
     TcpListener::bind(options.addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on --admin {}: {e}", options.addr))
+}
+
+/// The running admin endpoints: they serve until this is dropped (through
+/// the drain, which `/readyz` reports).
+pub struct Running {
+    /// The bound address (port 0 resolved).
+    pub addr: Option<SocketAddr>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+/// Binds `options.addr` (a bad address fails the start) and serves the
+/// endpoints over `state` until the returned [`Running`] is dropped.
+pub async fn start(options: AdminOptions, state: AdminState) -> anyhow::Result<Running> {
+    let listener = bind(&options).await?;
+    let addr = listener.local_addr().ok();
+    let stop = CancellationToken::new();
+    tokio::spawn(serve(listener, options, state, stop.child_token()));
+    Ok(Running {
+        addr,
+        _stop: stop.drop_guard(),
+    })
 }
 
 /// What every connection shares.
@@ -141,7 +162,7 @@ struct Server {
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown`.
-pub async fn serve(
+async fn serve(
     listener: TcpListener,
     options: AdminOptions,
     state: AdminState,

@@ -23,7 +23,6 @@ use hermes_gateway_core::ExitReason;
 use hermes_gateway_core::agent::{AgentBackend, AgentSpec};
 use hermes_protocol::action::Action;
 use hermes_protocol::frame::GatewayFrame;
-use tokio_util::sync::CancellationToken;
 
 use crate::admin;
 use crate::args::{DevArgs, LogFormat};
@@ -78,28 +77,19 @@ async fn serve(
     serving::drain_on_signals(setup.shutdown.clone(), None)?;
     // The admin endpoints, as for `run`, over the embedded setup; they serve
     // through the drain and stop when this function returns.
-    let admin_stop = CancellationToken::new();
-    let _stop_admin = admin_stop.clone().drop_guard();
-    let admin_addr = match admin {
+    let admin = match admin {
         Some(options) => {
-            let listener = admin::bind(&options).await?;
-            let addr = listener.local_addr().ok();
             let state = admin::AdminState {
                 metrics: Arc::clone(&setup.metrics),
                 plugins: setup.plugins.clone(),
                 relay: Arc::clone(&setup.relay),
                 draining: setup.shutdown.clone(),
             };
-            tokio::spawn(admin::serve(
-                listener,
-                options,
-                state,
-                admin_stop.child_token(),
-            ));
-            addr
+            Some(admin::start(options, state).await?)
         }
         None => None,
     };
+    let admin_addr = admin.as_ref().and_then(|a| a.addr);
 
     let base = setup.ingress.url();
     println!("hermes-gateway dev");

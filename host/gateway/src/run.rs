@@ -77,8 +77,6 @@ async fn serve(
     admin: Option<admin::AdminOptions>,
 ) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
-    let admin_stop = CancellationToken::new();
-    let _stop_admin = admin_stop.clone().drop_guard();
 
     // Plugins: compile off the async threads; a bad file is a warning.
     let (host, report) = serving::load_plugins(&plugins_dir, args.policy.clone()).await?;
@@ -97,23 +95,20 @@ async fn serve(
 
     let metrics = Arc::new(Metrics::new());
     let relay_slot: Arc<OnceLock<hermes_transport::RelayHandle>> = Arc::new(OnceLock::new());
-    if let Some(options) = admin {
-        let listener = admin::bind(&options).await?;
-        let state = AdminState {
-            metrics: Arc::clone(&metrics),
-            plugins: host.clone(),
-            relay: Arc::clone(&relay_slot),
-            draining: shutdown.clone(),
-        };
-        // The endpoints outlive the start of the drain (`/readyz` reports
-        // it) and stop when `serve` returns.
-        tokio::spawn(admin::serve(
-            listener,
-            options,
-            state,
-            admin_stop.child_token(),
-        ));
-    }
+    // The endpoints outlive the start of the drain (`/readyz` reports it)
+    // and stop when `serve` returns.
+    let _admin = match admin {
+        Some(options) => {
+            let state = AdminState {
+                metrics: Arc::clone(&metrics),
+                plugins: host.clone(),
+                relay: Arc::clone(&relay_slot),
+                draining: shutdown.clone(),
+            };
+            Some(admin::start(options, state).await?)
+        }
+        None => None,
+    };
 
     serving::drain_on_signals(shutdown.clone(), Some(host.clone()))?;
 

@@ -2,9 +2,9 @@
 //!
 //! The controls a test drives are in `stub/controls.rs` (feature
 //! `test-controls`), the record of what happened in `record.rs`, the webhook
-//! ingress in `ingress.rs`. (This file stays one piece: it is the connector
-//! side of the whole contract — upgrade, auth, hello, descriptor, routing and
-//! buffering — which a reader checks against relay-contract.md in order.)
+//! ingress in `ingress.rs`, its configuration in `stub/config.rs`. This file
+//! is the connector side of the whole contract — upgrade, auth, hello,
+//! descriptor, routing and buffering — in the order of relay-contract.md.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -17,7 +17,6 @@ use futures_util::{SinkExt, StreamExt};
 use hermes_protocol::action::{Action, ActionResult};
 use hermes_protocol::auth::{AuthError, verify_token};
 use hermes_protocol::decoder::FrameDecoder;
-use hermes_protocol::descriptor::Descriptor;
 use hermes_protocol::frame::{ConnectorFrame, GatewayFrame};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -40,8 +39,11 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
+mod config;
 #[cfg(any(test, feature = "test-controls"))]
 mod controls;
+
+pub use config::{Answer, GoingIdle, StubAuth, StubConfig, StubError, descriptor_value};
 
 use crate::record::{EventCursor, Record, StubEvent, TokenVerdict};
 
@@ -53,96 +55,6 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 type Body = Full<Bytes>;
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
-
-/// How the stub authenticates upgrades.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StubAuth {
-    /// Verify the bearer token against this rotation list (like production).
-    Tokens(Vec<String>),
-    /// Accept every upgrade (a connector set up for unauthenticated local
-    /// development).
-    Open,
-}
-
-/// How the stub answers one `outbound` action.
-///
-/// Unlike the production connector, the default [`Answer::Success`] behaves
-/// as if every capability were vaulted for every session and every tenant
-/// matched: `follow_up` always succeeds. The real connector answers
-/// `success: false` when no capability of that kind is vaulted for the
-/// session or the tenant does not match; to test that path, give `follow_up`
-/// a failure with [`StubConnector::set_answer_for`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum Answer {
-    /// `success: true`; `send`/`edit`/`follow_up` get a fresh `message_id`,
-    /// `get_chat_info` gets `name` = the chat id and `type` = `dm`.
-    Success,
-    /// `success: false` with this error text.
-    Failure(String),
-    /// Exactly this result object.
-    Result(Value),
-    /// The inner answer, after a delay (later requests are answered first:
-    /// out-of-order results).
-    Delay(Duration, Box<Answer>),
-    /// No answer at all.
-    Never,
-}
-
-/// Whether the stub acknowledges `going_idle`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GoingIdle {
-    /// Answer with `going_idle_ack`.
-    Ack,
-    /// Stay silent.
-    Ignore,
-}
-
-/// The stub's behaviour; every field can also be changed while it runs.
-#[derive(Debug, Clone)]
-pub struct StubConfig {
-    /// Upgrade authentication.
-    pub auth: StubAuth,
-    /// Descriptor objects sent, in order, after the first `hello` of each
-    /// connection. The first becomes the gateway's default. Raw JSON so a
-    /// test can send a descriptor that breaks the rules; empty = never send
-    /// one.
-    pub descriptors: Vec<Value>,
-    /// Answer for an `outbound` when no scripted answer is queued.
-    pub default_answer: Answer,
-    /// `going_idle` behaviour.
-    pub going_idle: GoingIdle,
-    /// Events the record keeps: `None` keeps all (tests read the whole
-    /// record back); `dev` keeps the newest few thousand, so a long session
-    /// holds neither every frame nor every bearer token it saw.
-    pub record_limit: Option<usize>,
-}
-
-impl StubConfig {
-    /// A connector that verifies tokens against `secrets` and describes
-    /// itself as the placeholder `relay` platform.
-    pub fn with_secrets<S: Into<String>>(secrets: impl IntoIterator<Item = S>) -> Self {
-        Self {
-            auth: StubAuth::Tokens(secrets.into_iter().map(Into::into).collect()),
-            descriptors: vec![descriptor_value(&Descriptor::placeholder("relay"))],
-            default_answer: Answer::Success,
-            going_idle: GoingIdle::Ack,
-            record_limit: None,
-        }
-    }
-}
-
-/// A descriptor as the JSON object a connector sends.
-pub fn descriptor_value(descriptor: &Descriptor) -> Value {
-    serde_json::to_value(descriptor).unwrap_or(Value::Null)
-}
-
-/// Why a push to the gateway could not be made.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum StubError {
-    /// No authenticated connection is open.
-    #[error("no gateway is connected to the stub connector")]
-    NoConnection,
-}
 
 /// Something to do on the current connection.
 #[derive(Debug)]

@@ -1023,60 +1023,46 @@ fn run_serves_the_relay_and_admin_and_drains_on_sigterm() {
         "{metrics}"
     );
     // The exposition parses, and the latency histograms moved with the
-    // traffic: one turn, and its `send` round trip.
-    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
-        .expect("the exposition parses");
-    let histogram_count = |name: &str, label: (&str, &str)| {
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
-            .find_map(|s| match &s.value {
-                prometheus_parse::Value::Histogram(buckets) => buckets.last().map(|b| b.count),
-                _ => None,
-            })
-    };
+    // traffic: one turn (of the echo agent), its `send` round trip, and the
+    // wait from the inbound frame to that reply.
+    let m = crate::support::Metrics::parse(&metrics);
     assert_eq!(
-        histogram_count("hermes_gateway_turn_seconds", ("outcome", "completed")),
+        m.histogram_count(
+            "hermes_gateway_turn_seconds",
+            &[("agent", "echo"), ("outcome", "completed")]
+        ),
         Some(1.0),
         "{metrics}"
     );
     assert_eq!(
-        histogram_count("hermes_relay_outbound_seconds", ("op", "send")),
+        m.histogram_count("hermes_relay_outbound_seconds", &[("op", "send")]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        m.histogram_count("hermes_gateway_reply_seconds", &[("platform", "relay")]),
         Some(1.0),
         "{metrics}"
     );
     // The link's traffic by frame type, and its state as an enum gauge.
-    let value = |name: &str, label: (&str, &str)| {
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
-            .find_map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => Some(v),
-                _ => None,
-            })
-    };
     assert_eq!(
-        value("hermes_relay_frames_in_total", ("type", "inbound")),
+        m.value("hermes_relay_frames_in_total", ("type", "inbound")),
         Some(1.0)
     );
     assert_eq!(
-        value("hermes_relay_frames_out_total", ("type", "hello")),
+        m.value("hermes_relay_frames_out_total", ("type", "hello")),
         Some(1.0)
     );
     assert_eq!(
-        value("hermes_relay_frames_out_total", ("type", "outbound")),
+        m.value("hermes_relay_frames_out_total", ("type", "outbound")),
         Some(1.0)
     );
     assert_eq!(
-        value("hermes_relay_state", ("state", "connected")),
+        m.value("hermes_relay_state", ("state", "connected")),
         Some(1.0)
     );
     assert_eq!(
-        value("hermes_relay_state", ("state", "connecting")),
+        m.value("hermes_relay_state", ("state", "connecting")),
         Some(0.0)
     );
     assert!(metrics.contains("hermes_relay_connected 1"), "{metrics}");
@@ -1111,17 +1097,8 @@ fn run_serves_the_relay_and_admin_and_drains_on_sigterm() {
     );
     wait(|f| matches!(f, GatewayFrame::Hello { .. })).expect("a new hello within 30 s");
     let (_, metrics) = admin_get(&admin, "/metrics").expect("metrics");
-    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
-        .expect("the exposition parses");
-    let lost = scrape.samples.iter().find_map(|s| match s.value {
-        prometheus_parse::Value::Counter(v)
-            if s.metric == "hermes_relay_disconnects_total"
-                && s.labels.get("reason") == Some("lost") =>
-        {
-            Some(v)
-        }
-        _ => None,
-    });
+    let lost = crate::support::Metrics::parse(&metrics)
+        .value("hermes_relay_disconnects_total", ("reason", "lost"));
     assert_eq!(
         lost,
         Some(1.0),
@@ -1514,17 +1491,10 @@ fn trace_logs_never_show_the_relay_token_or_secret() {
     let auth = format!("authorization: Bearer {ADMIN_TOKEN}");
     let (_, metrics) = admin_get(&gw.admin, "/metrics").expect("metrics");
     // The forward's conversion was timed under its plugin and outcome.
-    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
-        .expect("the exposition parses");
-    let converted = scrape.samples.iter().find_map(|s| {
-        let ours = s.metric == "hermes_gateway_conversion_seconds"
-            && s.labels.get("plugin") == Some("discord-interactions")
-            && s.labels.get("outcome") == Some("events");
-        match &s.value {
-            prometheus_parse::Value::Histogram(b) if ours => b.last().map(|b| b.count),
-            _ => None,
-        }
-    });
+    let converted = crate::support::Metrics::parse(&metrics).histogram_count(
+        "hermes_gateway_conversion_seconds",
+        &[("plugin", "discord-interactions"), ("outcome", "events")],
+    );
     assert_eq!(converted, Some(1.0), "{metrics}");
     let (status, plugins) = admin_request(&gw.admin, "GET", "/plugins", &[&auth]).expect("plugins");
     assert_eq!(status, 200, "{plugins}");

@@ -144,3 +144,71 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// A parsed `/metrics` page (OpenMetrics text), checked for the format's
+/// shape before any value is read: it ends with `# EOF`, and every sample
+/// belongs to a family declared by a `# TYPE` line (a counter family `X`
+/// declares the samples `X_total`, a histogram `X` its `X_bucket`, `X_sum`
+/// and `X_count`).
+pub struct Metrics {
+    pub scrape: prometheus_parse::Scrape,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Self {
+        assert!(text.ends_with("# EOF\n"), "no `# EOF` at the end:\n{text}");
+        let declared: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .collect();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let ok = declared.iter().any(|(family, kind)| match *kind {
+                "counter" => name.strip_suffix("_total") == Some(family),
+                "histogram" => ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| name.strip_suffix(s) == Some(family)),
+                _ => name == *family,
+            });
+            assert!(ok, "sample `{line}` has no matching # TYPE:\n{text}");
+        }
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("the exposition parses");
+        Self { scrape }
+    }
+
+    /// The value of the counter or gauge sample `name` with `label`.
+    pub fn value(&self, name: &str, label: (&str, &str)) -> Option<f64> {
+        self.samples(name, label).find_map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+    }
+
+    /// The observation count of the histogram `name` with `labels`.
+    pub fn histogram_count(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .find_map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(buckets) => buckets.last().map(|b| b.count),
+                _ => None,
+            })
+    }
+
+    fn samples<'a>(
+        &'a self,
+        name: &'a str,
+        label: (&'a str, &'a str),
+    ) -> impl Iterator<Item = &'a prometheus_parse::Sample> {
+        self.scrape
+            .samples
+            .iter()
+            .filter(move |s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+    }
+}

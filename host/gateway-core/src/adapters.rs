@@ -148,6 +148,7 @@ pub fn converted_from(
                     metadata: Metadata::new(),
                     profile: profile.map(str::to_owned),
                     origin: Some(origin.clone()),
+                    received: std::time::Instant::now(),
                 })
                 .collect(),
         ),

@@ -120,9 +120,10 @@ impl Gateway {
                 platform = forward.platform.as_str(),
                 buffer_id = buffer_id.as_deref(),
             );
+            let received = std::time::Instant::now();
             async move {
                 let started = std::time::Instant::now();
-                let converted = if buffer_id.is_some() {
+                let mut converted = if buffer_id.is_some() {
                     converter.convert(&forward).await
                 } else {
                     convert_live(converter, &forward, live_retry).await
@@ -136,6 +137,11 @@ impl Gateway {
                     .latency
                     .conversion
                     .observe(&labels, started.elapsed());
+                if let Converted::Events(events) = &mut converted {
+                    for incoming in events {
+                        incoming.received = received;
+                    }
+                }
                 (converted, buffer_id)
             }
             .instrument(span)

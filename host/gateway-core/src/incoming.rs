@@ -2,6 +2,8 @@
 //! that the converter side (`egress`) and the session layer both use it
 //! without depending on each other.
 
+use std::time::Instant;
+
 use hermes_protocol::action::Metadata;
 use hermes_protocol::event::{MessageEvent, ReplyRoute};
 
@@ -20,6 +22,9 @@ pub struct Incoming {
     /// For a converted forward: which plugin converted it, for which tenant
     /// (the turn's log span carries them).
     pub origin: Option<Origin>,
+    /// When the frame that carried it arrived: the start of what the
+    /// user waits for (the reply latency histogram).
+    pub received: Instant,
 }
 
 /// Where a converted event came from.
@@ -40,6 +45,7 @@ impl Incoming {
             metadata: Metadata::new(),
             profile: None,
             origin: None,
+            received: Instant::now(),
         }
     }
 }

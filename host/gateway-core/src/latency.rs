@@ -1,11 +1,10 @@
-//! Latency histograms, rendered in the Prometheus text format.
+//! Latency histograms: atomics to observe into, snapshots to expose.
 //!
 //! One [`Histograms`] holds a family (one metric name) of histograms keyed
 //! by their label values; label sets are small and bounded (plugins ×
 //! outcomes, ops × results). An observation is a map lookup under a lock
 //! held for that lookup only, then relaxed atomic adds.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -118,49 +117,61 @@ impl Histograms {
             })
     }
 
-    /// Appends the family in the Prometheus text format: cumulative
-    /// `_bucket{le}` series, `_sum` (seconds) and `_count` per label set.
-    pub fn render(&self, out: &mut String) {
-        let (name, help) = (self.name, self.help);
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
+    /// The family's name (`…_seconds`).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// What the family measures.
+    pub fn help(&self) -> &'static str {
+        self.help
+    }
+
+    /// The label names, in the order of every series' values.
+    pub fn label_names(&self) -> &'static [&'static str] {
+        self.labels
+    }
+
+    /// A copy of every series at one moment, for an exposition layer.
+    pub fn snapshot(&self) -> Vec<Series> {
         let map = self
             .by_values
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        for (values, h) in map.iter() {
-            let labels: Vec<String> = self
-                .labels
-                .iter()
-                .zip(values)
-                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-                .collect();
-            let labels = labels.join(",");
-            let sep = if labels.is_empty() { "" } else { "," };
-            let mut cumulative = 0;
-            for (i, count) in h.counts.iter().enumerate() {
-                cumulative += count.load(Ordering::Relaxed);
-                let le = BUCKETS
-                    .get(i)
-                    .map_or_else(|| "+Inf".to_owned(), f64::to_string);
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
-        }
+        map.iter()
+            .map(|(values, h)| {
+                let buckets: Vec<(f64, u64)> = h
+                    .counts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let le = BUCKETS.get(i).copied().unwrap_or(f64::INFINITY);
+                        (le, c.load(Ordering::Relaxed))
+                    })
+                    .collect();
+                Series {
+                    values: values.clone(),
+                    count: buckets.iter().map(|(_, n)| n).sum(),
+                    sum_seconds: h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+                    buckets,
+                }
+            })
+            .collect()
     }
 }
 
-/// A label value as the text format needs it.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// One histogram of a family at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// The label values, in the order of [`Histograms::label_names`].
+    pub values: Vec<String>,
+    /// `(upper bound in seconds, observations in that bucket alone)`, not
+    /// cumulative; the last bound is `+∞`.
+    pub buckets: Vec<(f64, u64)>,
+    /// The sum of the observations in seconds.
+    pub sum_seconds: f64,
+    /// The number of observations.
+    pub count: u64,
 }
 
 #[cfg(test)]
@@ -175,21 +186,30 @@ mod tests {
         h.observe(&["send"], Duration::from_secs(120));
         assert_eq!(h.count(&["send"]), 3);
         assert_eq!(h.count(&["edit"]), 0);
-        let mut out = String::new();
-        h.render(&mut out);
-        assert!(
-            out.contains("t_seconds_bucket{op=\"send\",le=\"0.0005\"} 1\n"),
-            "{out}"
+        let series = h.snapshot();
+        assert_eq!(series.len(), 1);
+        let send = &series[0];
+        assert_eq!(send.values, ["send"]);
+        assert_eq!(send.count, 3);
+        let in_bucket = |le: f64| {
+            send.buckets
+                .iter()
+                .find(|(bound, _)| *bound == le)
+                .map(|(_, n)| *n)
+        };
+        assert_eq!(in_bucket(0.000_5), Some(1), "300 µs is in the first bucket");
+        assert_eq!(in_bucket(0.005), Some(1), "3 ms is in the 5 ms bucket");
+        assert_eq!(
+            in_bucket(f64::INFINITY),
+            Some(1),
+            "two minutes is past the last"
         );
+        assert_eq!(send.buckets.iter().map(|(_, n)| n).sum::<u64>(), 3);
         assert!(
-            out.contains("t_seconds_bucket{op=\"send\",le=\"0.005\"} 2\n"),
-            "{out}"
+            (send.sum_seconds - 120.0033).abs() < 1e-9,
+            "{}",
+            send.sum_seconds
         );
-        assert!(
-            out.contains("t_seconds_bucket{op=\"send\",le=\"+Inf\"} 3\n"),
-            "{out}"
-        );
-        assert!(out.contains("t_seconds_count{op=\"send\"} 3\n"), "{out}");
     }
 
     #[test]

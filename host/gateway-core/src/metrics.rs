@@ -1,9 +1,9 @@
-//! Counters for the session layer, rendered in the Prometheus text format.
+//! Counters for the session layer: atomics to count into, a snapshot to
+//! expose (the binary registers them with its metrics layer).
 //!
 //! Plain relaxed atomics: every counter is monotonic and read only for
 //! reporting, so no ordering between them is needed.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::latency::Histograms;
@@ -17,9 +17,15 @@ pub struct Latencies {
     /// An outbound request's round trip, by op and result (`success`,
     /// `error`, `timeout`, `disconnected`, `ambiguous`).
     pub outbound: Histograms,
-    /// A turn, from the agent's start to its answer, by outcome
-    /// (`completed`, `failed`, `cancelled`).
+    /// A turn, from the agent's start to its answer, by agent backend
+    /// (`echo`, `exec`, `openai`, …) and outcome (`completed`, `failed`,
+    /// `cancelled`).
     pub turn: Histograms,
+    /// From the frame that carried a message (an `inbound` event or the
+    /// passthrough forward it was converted from) to the connector's
+    /// success for the first piece of its reply, by platform: what the
+    /// user waits, minus the platform's own delivery.
+    pub reply: Histograms,
 }
 
 impl Default for Latencies {
@@ -37,8 +43,13 @@ impl Default for Latencies {
             ),
             turn: Histograms::new(
                 "hermes_gateway_turn_seconds",
-                "Agent turn duration, by outcome.",
-                &["outcome"],
+                "Agent turn duration, by agent and outcome.",
+                &["agent", "outcome"],
+            ),
+            reply: Histograms::new(
+                "hermes_gateway_reply_seconds",
+                "From the frame carrying a message to its reply's first piece sent, by platform.",
+                &["platform"],
             ),
         }
     }
@@ -80,7 +91,8 @@ pub enum ForwardDrop {
 }
 
 impl ForwardDrop {
-    const ALL: [ForwardDrop; 4] = [
+    /// Every reason, in the order the metrics list them.
+    pub const ALL: [ForwardDrop; 4] = [
         ForwardDrop::Ignored,
         ForwardDrop::Rejected,
         ForwardDrop::Failed,
@@ -111,13 +123,15 @@ pub enum EventDrop {
 }
 
 impl EventDrop {
-    const ALL: [EventDrop; 3] = [
+    /// Every reason, in the order the metrics list them.
+    pub const ALL: [EventDrop; 3] = [
         EventDrop::Draining,
         EventDrop::Duplicate,
         EventDrop::Undecodable,
     ];
 
-    fn label(self) -> &'static str {
+    /// The metric label of this reason.
+    pub fn label(self) -> &'static str {
         match self {
             EventDrop::Draining => "draining",
             EventDrop::Duplicate => "duplicate",
@@ -248,6 +262,8 @@ impl Metrics {
             replies_ok: get(&self.replies_ok),
             replies_failed: get(&self.replies_failed),
             replies_ambiguous: get(&self.replies_ambiguous),
+            sessions_active: get(&self.sessions_active),
+            queued_messages: get(&self.queued_messages),
         }
     }
 
@@ -256,119 +272,6 @@ impl Metrics {
     pub fn set_sessions(&self, active: usize, queued: usize) {
         self.sessions_active.store(active as u64, Ordering::Relaxed);
         self.queued_messages.store(queued as u64, Ordering::Relaxed);
-    }
-
-    /// Appends the counters to `out` in the Prometheus text exposition format.
-    pub fn render_prometheus(&self, out: &mut String) {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        // Writing into a String cannot fail; the results are ignored on purpose.
-        let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            for (labels, value) in samples {
-                if labels.is_empty() {
-                    let _ = writeln!(out, "{name} {value}");
-                } else {
-                    let _ = writeln!(out, "{name}{{{labels}}} {value}");
-                }
-            }
-        };
-        counter(
-            "hermes_gateway_events_in_total",
-            "Inbound events received.",
-            &[("", get(&self.events_in))],
-        );
-        counter(
-            "hermes_gateway_forwards_in_total",
-            "Passthrough forwards received.",
-            &[("", get(&self.forwards_in))],
-        );
-        counter(
-            "hermes_gateway_forwards_converted_total",
-            "Forwards converted into events.",
-            &[("", get(&self.forwards_converted))],
-        );
-        let forward_labels: Vec<String> = ForwardDrop::ALL
-            .iter()
-            .map(|d| format!("reason=\"{}\"", d.label()))
-            .collect();
-        let forward_samples: Vec<(&str, u64)> = ForwardDrop::ALL
-            .iter()
-            .zip(&forward_labels)
-            .map(|(d, l)| (l.as_str(), get(&self.forward_drops[*d as usize])))
-            .collect();
-        counter(
-            "hermes_gateway_forwards_dropped_total",
-            "Forwards that produced no event.",
-            &forward_samples,
-        );
-        let event_labels: Vec<String> = EventDrop::ALL
-            .iter()
-            .map(|d| format!("reason=\"{}\"", d.label()))
-            .collect();
-        let event_samples: Vec<(&str, u64)> = EventDrop::ALL
-            .iter()
-            .zip(&event_labels)
-            .map(|(d, l)| (l.as_str(), get(&self.event_drops[*d as usize])))
-            .collect();
-        counter(
-            "hermes_gateway_events_dropped_total",
-            "Events dropped before becoming a turn.",
-            &event_samples,
-        );
-        counter(
-            "hermes_gateway_queue_full_waits_total",
-            "Deliveries that waited for room in a full queue (backpressure).",
-            &[("", get(&self.queue_full_waits))],
-        );
-        counter(
-            "hermes_gateway_interrupts_in_total",
-            "Interrupts received from the relay.",
-            &[("", get(&self.interrupts_in))],
-        );
-        counter(
-            "hermes_gateway_stops_local_total",
-            "User /stop messages handled locally.",
-            &[("", get(&self.stops_local))],
-        );
-        counter(
-            "hermes_gateway_turns_total",
-            "Agent turns by stage.",
-            &[
-                ("state=\"started\"", get(&self.turns_started)),
-                ("state=\"completed\"", get(&self.turns_completed)),
-                ("state=\"cancelled\"", get(&self.turns_cancelled)),
-                ("state=\"failed\"", get(&self.turns_failed)),
-            ],
-        );
-        counter(
-            "hermes_gateway_replies_total",
-            "Reply actions by outcome.",
-            &[
-                ("outcome=\"ok\"", get(&self.replies_ok)),
-                ("outcome=\"failed\"", get(&self.replies_failed)),
-                ("outcome=\"ambiguous\"", get(&self.replies_ambiguous)),
-            ],
-        );
-        for (name, help, v) in [
-            (
-                "hermes_gateway_sessions_active",
-                "Sessions with a queued, running or delivering turn.",
-                get(&self.sessions_active),
-            ),
-            (
-                "hermes_gateway_queued_messages",
-                "Messages queued behind running turns.",
-                get(&self.queued_messages),
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            let _ = writeln!(out, "{name} {v}");
-        }
-        self.latency.conversion.render(out);
-        self.latency.outbound.render(out);
-        self.latency.turn.render(out);
     }
 }
 
@@ -396,6 +299,35 @@ pub struct MetricsSnapshot {
     pub replies_ok: u64,
     pub replies_failed: u64,
     pub replies_ambiguous: u64,
+    pub sessions_active: u64,
+    pub queued_messages: u64,
+}
+
+impl MetricsSnapshot {
+    /// Forwards that produced no event, by reason (label, count).
+    pub fn forward_drops(&self) -> [(&'static str, u64); 4] {
+        ForwardDrop::ALL.map(|d| {
+            let n = match d {
+                ForwardDrop::Ignored => self.forwards_ignored,
+                ForwardDrop::Rejected => self.forwards_rejected,
+                ForwardDrop::Failed => self.forwards_failed,
+                ForwardDrop::Deferred => self.forwards_deferred,
+            };
+            (d.label(), n)
+        })
+    }
+
+    /// Events dropped before becoming a turn, by reason (label, count).
+    pub fn event_drops(&self) -> [(&'static str, u64); 3] {
+        EventDrop::ALL.map(|d| {
+            let n = match d {
+                EventDrop::Draining => self.dropped_draining,
+                EventDrop::Duplicate => self.dropped_duplicate,
+                EventDrop::Undecodable => self.dropped_undecodable,
+            };
+            (d.label(), n)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -403,28 +335,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prometheus_text_carries_labelled_counts() {
+    fn the_snapshot_carries_labelled_counts() {
         let m = Metrics::new();
         m.forward_dropped(ForwardDrop::Rejected);
         m.forward_dropped(ForwardDrop::Rejected);
+        m.event_dropped(EventDrop::Duplicate);
         m.reply_ambiguous();
-        let mut out = String::new();
-        m.render_prometheus(&mut out);
-        assert!(
-            out.contains("hermes_gateway_forwards_dropped_total{reason=\"rejected\"} 2\n"),
-            "{out}"
+        m.set_sessions(3, 5);
+        let snapshot = m.snapshot();
+        assert_eq!(
+            snapshot.forward_drops(),
+            [
+                ("ignored", 0),
+                ("rejected", 2),
+                ("failed", 0),
+                ("deferred", 0)
+            ]
         );
-        assert!(
-            out.contains("hermes_gateway_forwards_dropped_total{reason=\"ignored\"} 0\n"),
-            "{out}"
+        assert_eq!(
+            snapshot.event_drops(),
+            [("draining", 0), ("duplicate", 1), ("undecodable", 0)]
         );
-        assert!(
-            out.contains("hermes_gateway_replies_total{outcome=\"ambiguous\"} 1\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("# TYPE hermes_gateway_turns_total counter\n"),
-            "{out}"
-        );
+        assert_eq!(snapshot.replies_ambiguous, 1);
+        assert_eq!((snapshot.sessions_active, snapshot.queued_messages), (3, 5));
     }
 }

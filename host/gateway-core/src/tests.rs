@@ -326,23 +326,16 @@ async fn one_turn_per_session_in_fifo_order() {
 }
 
 /// The session gauges follow the queue: one session, one running turn and
-/// two messages waiting; nothing once it is all answered.
+/// two messages waiting; nothing once it is all answered. Each answered
+/// message moves the turn and reply histograms once.
 #[tokio::test]
 async fn session_gauges_follow_the_queue() {
     let (agent, mut probe) = gate_agent();
     let (sessions, relay, mut out) = sessions_with(agent, SessionConfig::default());
     no_typing(&relay);
     let gauges = |sessions: &Sessions<_, _>| {
-        let mut text = String::new();
-        sessions.metrics().render_prometheus(&mut text);
-        let value = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
-        };
-        (
-            value("hermes_gateway_sessions_active"),
-            value("hermes_gateway_queued_messages"),
-        )
+        let snapshot = sessions.metrics().snapshot();
+        (snapshot.sessions_active, snapshot.queued_messages)
     };
     for text in ["a", "b", "c"] {
         sessions
@@ -350,17 +343,24 @@ async fn session_gauges_follow_the_queue() {
             .await;
     }
     next(&mut probe.started).await;
-    assert_eq!(
-        gauges(&sessions),
-        (Some(1), Some(2)),
-        "a running, b and c waiting"
-    );
+    assert_eq!(gauges(&sessions), (1, 2), "a running, b and c waiting");
     for _ in 0..3 {
         probe.release.add_permits(1);
         next_reply(&mut out).await;
     }
     assert_eq!(sessions.drain(SAFETY).await, DrainOutcome::Finished);
-    assert_eq!(gauges(&sessions), (Some(0), Some(0)));
+    assert_eq!(gauges(&sessions), (0, 0));
+    let latency = &sessions.metrics().latency;
+    assert_eq!(
+        latency.reply.count(&["discord"]),
+        3,
+        "each reply's wait is observed once, under its platform"
+    );
+    assert_eq!(
+        latency.turn.count(&["custom", "completed"]),
+        3,
+        "turns are observed under the agent's kind"
+    );
 }
 
 #[tokio::test]
@@ -845,6 +845,7 @@ async fn follow_up_has_exactly_the_contract_keys() {
         metadata: Metadata::new(),
         profile: None,
         origin: None,
+        received: std::time::Instant::now(),
     };
     let key = sessions.key_of(&incoming);
     sessions.submit(vec![incoming], None).await;
@@ -1094,6 +1095,7 @@ impl Converter for FakeConverter {
                     metadata: Metadata::new(),
                     profile: forward.profile.clone(),
                     origin: None,
+                    received: std::time::Instant::now(),
                 }])
             }
             "/ping" => Converted::Dropped {

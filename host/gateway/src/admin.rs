@@ -156,6 +156,8 @@ pub async fn start(options: AdminOptions, state: AdminState) -> anyhow::Result<R
 /// What every connection shares.
 struct Server {
     state: AdminState,
+    /// The `/metrics` registry, over the same state.
+    exposition: crate::exposition::Exposition,
     token: Option<Secret>,
     /// Held for the whole of a reload: one at a time.
     reload: Arc<Mutex<()>>,
@@ -177,8 +179,14 @@ async fn serve(
             );
         }
     }
+    let exposition = crate::exposition::Exposition::new(
+        Arc::clone(&state.metrics),
+        state.plugins.clone(),
+        Arc::clone(&state.relay),
+    );
     let server = Arc::new(Server {
         state,
+        exposition,
         token: options.token,
         reload: Arc::new(Mutex::new(())),
     });
@@ -307,8 +315,8 @@ async fn route(server: &Server, req: Request<Incoming>) -> Response<Full<Bytes>>
         }
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
-            crate::exposition::render_metrics(&state.metrics, &state.plugins, state.relay.get()),
-            "text/plain; version=0.0.4",
+            server.exposition.render(),
+            crate::exposition::CONTENT_TYPE,
         ),
         (&Method::GET, "/plugins") => json(StatusCode::OK, &plugins_json(&state.plugins)),
         (&Method::POST, "/reload") => reload(server).await,

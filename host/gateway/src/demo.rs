@@ -34,6 +34,10 @@ pub struct DemoAgent {
 }
 
 impl Agent for DemoAgent {
+    fn kind(&self) -> &'static str {
+        "demo"
+    }
+
     async fn respond(
         &self,
         turn: &TurnInput,

@@ -10,6 +10,10 @@ use super::{Agent, AgentError, TurnInput};
 pub struct EchoAgent;
 
 impl Agent for EchoAgent {
+    fn kind(&self) -> &'static str {
+        "echo"
+    }
+
     async fn respond(
         &self,
         turn: &TurnInput,

@@ -255,6 +255,10 @@ impl ExecAgent {
 }
 
 impl Agent for ExecAgent {
+    fn kind(&self) -> &'static str {
+        "exec"
+    }
+
     async fn respond(
         &self,
         turn: &TurnInput,

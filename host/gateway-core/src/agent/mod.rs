@@ -100,6 +100,12 @@ fn stderr_suffix(stderr: &str) -> String {
 /// Implementations must return promptly once `cancel` fires, having stopped
 /// every side effect of the turn.
 pub trait Agent: Send + Sync + 'static {
+    /// The kind of backend (`echo`, `exec`, `openai`, …): the `agent`
+    /// label of the turn histogram, never a command or a URL.
+    fn kind(&self) -> &'static str {
+        "custom"
+    }
+
     /// Produces the reply text for `turn`.
     fn respond(
         &self,
@@ -243,6 +249,14 @@ impl AgentBackend {
 }
 
 impl Agent for AgentBackend {
+    fn kind(&self) -> &'static str {
+        match self {
+            AgentBackend::Echo(a) => a.kind(),
+            AgentBackend::Exec(a) => a.kind(),
+            AgentBackend::OpenAi(a) => a.kind(),
+        }
+    }
+
     async fn respond(
         &self,
         turn: &TurnInput,

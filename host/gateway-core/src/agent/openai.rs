@@ -244,6 +244,10 @@ impl OpenAiAgent {
 }
 
 impl Agent for OpenAiAgent {
+    fn kind(&self) -> &'static str {
+        "openai"
+    }
+
     async fn respond(
         &self,
         turn: &TurnInput,

@@ -28,6 +28,7 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
     /// Sends one reply's chunks until one fails or the drain cancels it.
     pub(super) async fn send_reply(&self, key: &SessionKey, reply: Reply) {
         let inner = &self.inner;
+        let mut first = true;
         for chunk in reply.chunks {
             if reply.cancel.is_cancelled() {
                 inner.metrics.turn_cancelled();
@@ -50,6 +51,14 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             };
             let op = action.op();
             let result = self.request_through_reconnects(action, &reply.cancel).await;
+            if result.success && std::mem::take(&mut first) {
+                let waited = reply.received.elapsed();
+                inner
+                    .metrics
+                    .latency
+                    .reply
+                    .observe(&[&reply.platform], waited);
+            }
             if !self.record_reply(key, op, &result) {
                 // Later pieces without the failed one would read as nonsense,
                 // and an ambiguous failure may have been delivered: stop here.

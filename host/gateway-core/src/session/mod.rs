@@ -189,6 +189,10 @@ struct Reply {
     /// off: an interrupt targets the session's *running* turn, and a reply
     /// already handed to delivery is allowed to finish.
     cancel: CancellationToken,
+    /// When the message's frame arrived, and its platform (the reply
+    /// latency histogram's label).
+    received: std::time::Instant,
+    platform: String,
     /// The reply's place among [`MAX_UNCONFIRMED_REPLIES`]; freed when the
     /// reply is finished.
     _place: OwnedSemaphorePermit,

@@ -78,7 +78,7 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             .metrics
             .latency
             .turn
-            .observe(&[outcome], started.elapsed());
+            .observe(&[inner.agent.kind(), outcome], started.elapsed());
         let text = match answer {
             _ if cancel.is_cancelled() => {
                 inner.metrics.turn_cancelled();
@@ -121,6 +121,8 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             metadata: incoming.metadata,
             scope,
             cancel,
+            received: incoming.received,
+            platform: turn.event.source.platform,
             _place: place,
         })
     }

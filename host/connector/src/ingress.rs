@@ -20,19 +20,15 @@
 //! from a browser page is 403 (see [`browser_refusal`]); a body over
 //! [`IngressConfig::max_body`] is 413; no connected gateway is 503.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use hermes_http::{Body, BodyError};
 use hermes_protocol::forward::PassthroughForward;
 use hermes_protocol::frame::ConnectorFrame;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, ORIGIN};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -290,7 +286,14 @@ impl Ingress {
             max_body: config.max_body,
             events: events.clone(),
         });
-        let server = tokio::spawn(accept_loop(listener, shared));
+        // A webhook client is a developer's curl or a test: the shared
+        // loop's limits (64 connections, 5 s per request head, 60 s per
+        // connection) are generous for it.
+        let options = hermes_http::ServeOptions::new("dev ingress");
+        let serving = hermes_http::serve(listener, options, Default::default(), move |req| {
+            handle(Arc::clone(&shared), req)
+        });
+        let server = tokio::spawn(serving);
         Ok(Self {
             addr,
             events,
@@ -315,26 +318,6 @@ impl Ingress {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        let Ok((stream, _peer)) = listener.accept().await else {
-            continue;
-        };
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let service = service_fn(move |req| handle(Arc::clone(&shared), req));
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "ingress: http connection ended");
-            }
-        });
-    }
-}
-
-type Body = Full<Bytes>;
-
 fn respond(
     status: StatusCode,
     content_type: Option<&'static str>,
@@ -350,7 +333,7 @@ fn respond(
     response
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let refuse = |status: StatusCode, reason: &'static str| {
@@ -360,7 +343,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             status: status.as_u16(),
             reason,
         });
-        Ok(respond(status, Some("text/plain"), reason))
+        respond(status, Some("text/plain"), reason)
     };
     let Some(hook) = hook_for(&path) else {
         return refuse(StatusCode::NOT_FOUND, "no such hook");
@@ -371,28 +354,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     if let Some(reason) = browser_refusal(req.headers()) {
         return refuse(StatusCode::FORBIDDEN, reason);
     }
-    // A declared length over the limit is refused before reading anything.
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > shared.max_body as u64) {
-        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
-    }
     let headers = forwarded_headers(req.headers());
-    let body = match Limited::new(req.into_body(), shared.max_body)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+    let body = match hermes_http::read_body(req, shared.max_body).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
+        Err(BodyError::Unreadable) => {
+            return refuse(StatusCode::BAD_REQUEST, "body could not be read");
         }
-        Err(_) => return refuse(StatusCode::BAD_REQUEST, "body could not be read"),
     };
 
     let (status, content_type, answer) = provider_answer(hook.answer, &body);
@@ -420,7 +388,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         bytes,
         answer,
     });
-    Ok(respond(status, content_type, answer))
+    respond(status, content_type, answer)
 }
 
 #[cfg(test)]

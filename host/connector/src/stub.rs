@@ -7,7 +7,6 @@
 //! descriptor, routing and buffering — in the order of relay-contract.md.
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -18,14 +17,11 @@ use hermes_protocol::action::{Action, ActionResult};
 use hermes_protocol::auth::{AuthError, verify_token};
 use hermes_protocol::decoder::FrameDecoder;
 use hermes_protocol::frame::{ConnectorFrame, GatewayFrame};
-use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{
     AUTHORIZATION, CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
     SEC_WEBSOCKET_VERSION, UPGRADE,
 };
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -53,7 +49,7 @@ pub const CLOSE_UNAUTHORIZED: u16 = 4401;
 /// How long a closing connection waits for the peer's close reply.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-type Body = Full<Bytes>;
+type Body = hermes_http::Body;
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
 /// Something to do on the current connection.
@@ -122,7 +118,20 @@ impl StubConnector {
             connections: AtomicU64::new(0),
             message_ids: AtomicU64::new(0),
         });
-        let server = tokio::spawn(accept_loop(listener, Arc::clone(&inner)));
+        // The relay link is one long-lived upgraded connection (and the
+        // reconnects a test provokes): no connection deadline, room for
+        // many.
+        let options = hermes_http::ServeOptions {
+            max_connections: 1024,
+            connection_timeout: None,
+            upgrades: true,
+            ..hermes_http::ServeOptions::new("stub connector")
+        };
+        let served = Arc::clone(&inner);
+        let serving = hermes_http::serve(listener, options, Default::default(), move |req| {
+            route(Arc::clone(&served), req)
+        });
+        let server = tokio::spawn(serving);
         Ok(Self {
             inner,
             addr,
@@ -172,27 +181,6 @@ impl StubConnector {
     }
 }
 
-async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
-    loop {
-        let Ok((stream, _peer)) = listener.accept().await else {
-            continue;
-        };
-        // Frames are small and latency-bound: without this, Nagle's
-        // algorithm meets the peer's delayed ACK and adds ~40 ms per frame.
-        let _ = stream.set_nodelay(true);
-        let inner = Arc::clone(&inner);
-        tokio::spawn(async move {
-            let service = service_fn(move |req| route(Arc::clone(&inner), req));
-            let served = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(e) = served.await {
-                tracing::debug!(error = %e, "stub connector: http connection ended");
-            }
-        });
-    }
-}
-
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut response = Response::new(Body::from(text));
     *response.status_mut() = status;
@@ -202,16 +190,13 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 /// HTTP routing. Only `/relay` upgrades; everything else is 400, as the
 /// production connector answers (relay-contract §7.1). A webhook ingress for
 /// the `dev` command hooks in here later.
-async fn route(
-    inner: Arc<Inner>,
-    mut req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+async fn route(inner: Arc<Inner>, mut req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let reject = |inner: &Inner, path: String, text| {
         inner
             .record
             .push(StubEvent::HttpRejected { path, status: 400 });
-        Ok(plain(StatusCode::BAD_REQUEST, text))
+        plain(StatusCode::BAD_REQUEST, text)
     };
     if path != "/relay" {
         return reject(&inner, path, "relay upgrades only on /relay\n");
@@ -244,7 +229,7 @@ async fn route(
     if let Ok(value) = HeaderValue::from_str(&accept) {
         headers.insert(SEC_WEBSOCKET_ACCEPT, value);
     }
-    Ok(response)
+    response
 }
 
 /// The `Sec-WebSocket-Accept` value when `req` is a valid upgrade request.

@@ -15,45 +15,26 @@
 //! [`MAX_CONNECTIONS`] are served at once, accept errors back off, and one
 //! reload runs at a time.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use hermes_gateway_core::Metrics;
+use hermes_http::Body;
 use hermes_plugin_host::PluginHost;
 use hermes_transport::{LinkState, RelayHandle};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::settings::Secret;
-
-/// Most connections served at once. One more is closed as soon as it is
-/// accepted: a flood of idle connections cannot take the process's file
-/// descriptors or memory.
-pub const MAX_CONNECTIONS: usize = 64;
-
-/// How long a client may take to send a request head, and how long an idle
-/// keep-alive connection stays open.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The longest one connection may last, whatever it does (a slow body, a
-/// response read byte by byte).
-pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// First and longest pause after a failed accept (doubling in between).
-const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
 /// The environment variable (or env-file line) holding the admin token.
 pub const TOKEN_ENV: &str = "HERMES_ADMIN_TOKEN";
@@ -190,61 +171,15 @@ async fn serve(
         token: options.token,
         reload: Arc::new(Mutex::new(())),
     });
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut backoff = None;
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => {
-                backoff = None;
-                pair
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: the error repeats
-                // until something is released, so pause rather than spin,
-                // and say so once per pause.
-                let delay = next_backoff(backoff);
-                backoff = Some(delay);
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "admin accept failed");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(delay) => continue,
-                }
-            }
-        };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            debug!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
-            drop(stream);
-            continue;
-        };
+    // `hermes_http`'s defaults are the admin server's limits: 64
+    // connections (more are closed on accept), 5 s per request head, 60 s
+    // per connection, a failing accept backs off instead of spinning.
+    let options = hermes_http::ServeOptions::new("admin");
+    hermes_http::serve(listener, options, shutdown, move |req| {
         let server = Arc::clone(&server);
-        tokio::spawn(async move {
-            let _slot = slot;
-            let service = hyper::service::service_fn(move |req| {
-                let server = Arc::clone(&server);
-                async move { Ok::<_, Infallible>(route(&server, req).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(%peer, error = %e, "admin connection ended"),
-                Err(_) => debug!(%peer, "admin connection closed: open too long"),
-            }
-        });
-    }
-}
-
-/// The pause after a failed accept: [`ACCEPT_BACKOFF`]'s first, then
-/// doubling up to its longest.
-fn next_backoff(previous: Option<Duration>) -> Duration {
-    let (first, longest) = ACCEPT_BACKOFF;
-    previous.map_or(first, |d| d.saturating_mul(2).min(longest))
+        async move { route(&server, req).await }
+    })
+    .await;
 }
 
 /// Whether `headers` carry `Authorization: Bearer <expected>`; always true
@@ -263,12 +198,8 @@ fn authorized(expected: Option<&Secret>, headers: &HeaderMap) -> bool {
     given.is_some_and(|g| g.as_bytes().ct_eq(expected.expose().as_bytes()).into())
 }
 
-fn text(
-    status: StatusCode,
-    body: impl Into<Bytes>,
-    content_type: &'static str,
-) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(body.into()));
+fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Body::new(body.into()));
     *resp.status_mut() = status;
     if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
         resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
@@ -276,13 +207,13 @@ fn text(
     resp
 }
 
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut body = value.to_string();
     body.push('\n');
     text(status, body, "application/json")
 }
 
-async fn route(server: &Server, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(server: &Server, req: Request<Incoming>) -> Response<Body> {
     let state = &server.state;
     let path = req.uri().path();
     if matches!(path, "/plugins" | "/reload") && !authorized(server.token.as_ref(), req.headers()) {
@@ -333,7 +264,7 @@ async fn route(server: &Server, req: Request<Incoming>) -> Response<Full<Bytes>>
 /// at once rather than a second reload (each compiles every plugin on a
 /// blocking thread). The reload runs in its own task holding the lock, so a
 /// client that hangs up cannot end it early and let another one start.
-async fn reload(server: &Server) -> Response<Full<Bytes>> {
+async fn reload(server: &Server) -> Response<Body> {
     let Ok(running) = Arc::clone(&server.reload).try_lock_owned() else {
         return json(
             StatusCode::CONFLICT,
@@ -373,9 +304,14 @@ fn link_state(state: &AdminState) -> Option<LinkState> {
 /// is up with a descriptor and no drain has started; otherwise 503 with the
 /// reason a probe or an operator can act on.
 fn readiness(state: &AdminState) -> (StatusCode, serde_json::Value) {
+    readiness_of(link_state(state), state.draining.is_cancelled())
+}
+
+/// [`readiness`] of a link state and whether the drain has started. A
+/// revocation outranks the drain it causes: the operator must act on it.
+fn readiness_of(link: Option<LinkState>, draining: bool) -> (StatusCode, serde_json::Value) {
     use serde_json::json;
-    let link = link_state(state);
-    if state.draining.is_cancelled() && !matches!(link, Some(LinkState::Revoked)) {
+    if draining && !matches!(link, Some(LinkState::Revoked)) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"ready": false, "reason": "draining"}),
@@ -413,15 +349,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accept_backoff_doubles_from_10ms_to_1s() {
-        let mut delay = None;
-        let mut seen = Vec::new();
-        for _ in 0..10 {
-            let d = next_backoff(delay);
-            seen.push(d.as_millis());
-            delay = Some(d);
+    fn readiness_says_why_in_every_state() {
+        use serde_json::json;
+        let backing_off = LinkState::BackingOff {
+            attempt: 3,
+            delay: std::time::Duration::from_millis(1500),
+        };
+        let cases = [
+            (
+                None,
+                false,
+                json!({"ready": false, "reason": "provisioning"}),
+            ),
+            (
+                Some(LinkState::Connecting),
+                false,
+                json!({"ready": false, "reason": "connecting"}),
+            ),
+            (
+                Some(backing_off),
+                false,
+                json!({"ready": false, "reason": "backing off", "attempt": 3, "retry_in_ms": 1500}),
+            ),
+            (
+                Some(LinkState::Revoked),
+                false,
+                json!({"ready": false, "reason": "revoked"}),
+            ),
+            (
+                Some(LinkState::Revoked),
+                true,
+                json!({"ready": false, "reason": "revoked"}),
+            ),
+            (
+                Some(LinkState::Closed),
+                false,
+                json!({"ready": false, "reason": "closed"}),
+            ),
+            (
+                Some(LinkState::Connecting),
+                true,
+                json!({"ready": false, "reason": "draining"}),
+            ),
+        ];
+        for (link, draining, body) in cases {
+            let seen = readiness_of(link.clone(), draining);
+            assert_eq!(seen, (StatusCode::SERVICE_UNAVAILABLE, body), "{link:?}");
         }
-        assert_eq!(seen, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
     }
 
     #[test]

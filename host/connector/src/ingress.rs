@@ -16,6 +16,8 @@
 //! | `/hooks/twilio/messaging`, `/hooks/twilio/voice` | `twilio` | empty TwiML `<Response/>`, `text/xml` |
 //! | `/hooks/slack/commands`, `/hooks/slack/interactivity` | `slack` | 200, empty body |
 //!
+//! | `/hooks/<platform>/<anything>`, for a platform [`IngressConfig::claims`] accepts | `<platform>` | as above for those three; 200 with an empty body for any other |
+//!
 //! Anything else is 404; another method on a known route is 405; a request
 //! from a browser page is 403 (see [`browser_refusal`]); a body over
 //! [`IngressConfig::max_body`] is 413; no connected gateway is 503.
@@ -80,33 +82,86 @@ pub enum ProviderAnswer {
     TwilioTwiml,
     /// Slack: 200 with an empty body (the agent answers through `response_url`).
     SlackEmpty,
+    /// A platform with no known provider answer (a third-party plugin's):
+    /// 200 with an empty body.
+    Plain,
+}
+
+impl ProviderAnswer {
+    /// The answer a provider expects on `platform`'s webhooks.
+    pub fn of_platform(platform: &str) -> Self {
+        match platform {
+            "discord" => ProviderAnswer::DiscordInteraction,
+            "twilio" => ProviderAnswer::TwilioTwiml,
+            "slack" => ProviderAnswer::SlackEmpty,
+            _ => ProviderAnswer::Plain,
+        }
+    }
 }
 
 /// A webhook route the ingress accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hook {
     /// The forward's `platform`.
-    pub platform: &'static str,
+    pub platform: String,
     /// How the HTTP client is answered.
     pub answer: ProviderAnswer,
 }
 
-/// The hook served at `path`, if any.
-pub fn hook_for(path: &str) -> Option<Hook> {
-    let (platform, answer) = match path {
-        "/hooks/discord/interactions" => ("discord", ProviderAnswer::DiscordInteraction),
-        "/hooks/twilio/messaging" | "/hooks/twilio/voice" => {
-            ("twilio", ProviderAnswer::TwilioTwiml)
-        }
-        "/hooks/slack/commands" | "/hooks/slack/interactivity" => {
-            ("slack", ProviderAnswer::SlackEmpty)
-        }
-        _ => return None,
-    };
-    Some(Hook { platform, answer })
+/// Which platforms the ingress serves beyond its fixed paths: asked per
+/// request, so a plugin loaded by a reload is served at once.
+#[derive(Clone)]
+pub struct PlatformClaims(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl PlatformClaims {
+    /// Claims decided by `claims`.
+    pub fn new(claims: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(claims))
+    }
+
+    /// Whether `platform` is claimed.
+    pub fn claims(&self, platform: &str) -> bool {
+        (self.0)(platform)
+    }
 }
 
-/// Every path [`hook_for`] accepts, for banners and docs.
+impl std::fmt::Debug for PlatformClaims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PlatformClaims")
+    }
+}
+
+/// The hook served at `path`, if any: one of [`HOOK_PATHS`], or
+/// `/hooks/<platform>/<anything>` for a platform `claims` accepts (a
+/// platform name of ASCII letters, digits, `-` and `_`).
+pub fn hook_for(path: &str, claims: Option<&PlatformClaims>) -> Option<Hook> {
+    let fixed = match path {
+        "/hooks/discord/interactions" => Some("discord"),
+        "/hooks/twilio/messaging" | "/hooks/twilio/voice" => Some("twilio"),
+        "/hooks/slack/commands" | "/hooks/slack/interactivity" => Some("slack"),
+        _ => None,
+    };
+    let platform = match fixed {
+        Some(platform) => platform,
+        None => {
+            let (platform, rest) = path.strip_prefix("/hooks/")?.split_once('/')?;
+            let named = !platform.is_empty()
+                && platform
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !named || rest.is_empty() || !claims?.claims(platform) {
+                return None;
+            }
+            platform
+        }
+    };
+    Some(Hook {
+        platform: platform.to_owned(),
+        answer: ProviderAnswer::of_platform(platform),
+    })
+}
+
+/// The fixed paths [`hook_for`] always accepts, for banners and docs.
 pub const HOOK_PATHS: [&str; 5] = [
     "/hooks/discord/interactions",
     "/hooks/twilio/messaging",
@@ -171,7 +226,7 @@ pub fn provider_answer(
             (StatusCode::OK, Some("application/json"), json)
         }
         ProviderAnswer::TwilioTwiml => (StatusCode::OK, Some("text/xml"), "<Response/>"),
-        ProviderAnswer::SlackEmpty => (StatusCode::OK, None, ""),
+        ProviderAnswer::SlackEmpty | ProviderAnswer::Plain => (StatusCode::OK, None, ""),
     }
 }
 
@@ -186,6 +241,9 @@ pub struct IngressConfig {
     pub allow_non_loopback: bool,
     /// Largest body accepted; larger gets 413.
     pub max_body: usize,
+    /// Platforms served at `/hooks/<platform>/<anything>` besides the fixed
+    /// paths (`dev`: every platform a loaded plugin claims).
+    pub claims: Option<PlatformClaims>,
 }
 
 impl IngressConfig {
@@ -195,6 +253,7 @@ impl IngressConfig {
             addr,
             allow_non_loopback: false,
             max_body: DEFAULT_MAX_BODY,
+            claims: None,
         }
     }
 }
@@ -223,7 +282,7 @@ pub enum IngressEvent {
     /// The request was forwarded to the gateway and answered.
     Forwarded {
         /// The forward's platform.
-        platform: &'static str,
+        platform: String,
         /// Request path.
         path: String,
         /// Body size in bytes.
@@ -261,6 +320,7 @@ impl Drop for Ingress {
 struct Shared {
     connector: Arc<StubConnector>,
     max_body: usize,
+    claims: Option<PlatformClaims>,
     events: broadcast::Sender<IngressEvent>,
 }
 
@@ -284,6 +344,7 @@ impl Ingress {
         let shared = Arc::new(Shared {
             connector,
             max_body: config.max_body,
+            claims: config.claims,
             events: events.clone(),
         });
         // A webhook client is a developer's curl or a test: the shared
@@ -345,7 +406,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         });
         respond(status, Some("text/plain"), reason)
     };
-    let Some(hook) = hook_for(&path) else {
+    let Some(hook) = hook_for(&path, shared.claims.as_ref()) else {
         return refuse(StatusCode::NOT_FOUND, "no such hook");
     };
     if method != Method::POST {
@@ -367,7 +428,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let bytes = body.len();
     let frame = ConnectorFrame::PassthroughForward {
         forward: PassthroughForward {
-            platform: hook.platform.to_owned(),
+            platform: hook.platform.clone(),
             bot_id: String::new(),
             method: method.to_string(),
             path: path.clone(),
@@ -408,18 +469,10 @@ mod tests {
     fn routes_map_to_platforms() {
         let platforms: Vec<_> = HOOK_PATHS
             .iter()
-            .map(|p| hook_for(p).map(|h| h.platform))
+            .map(|p| hook_for(p, None).map(|h| h.platform))
             .collect();
-        assert_eq!(
-            platforms,
-            [
-                Some("discord"),
-                Some("twilio"),
-                Some("twilio"),
-                Some("slack"),
-                Some("slack")
-            ]
-        );
+        let expected = ["discord", "twilio", "twilio", "slack", "slack"];
+        assert_eq!(platforms, expected.map(|p| Some(p.to_owned())));
         for unknown in [
             "/",
             "/relay",
@@ -427,7 +480,39 @@ mod tests {
             "/hooks/discord/interactions/",
             "/hooks/telegram/updates",
         ] {
-            assert_eq!(hook_for(unknown), None, "{unknown}");
+            assert_eq!(hook_for(unknown, None), None, "{unknown}");
+        }
+    }
+
+    #[test]
+    fn claimed_platforms_are_served_under_any_subpath() {
+        let claims = PlatformClaims::new(|p| p == "acme-hooks" || p == "discord");
+        let hook = |path| hook_for(path, Some(&claims));
+        assert_eq!(
+            hook("/hooks/acme-hooks/orders/created"),
+            Some(Hook {
+                platform: "acme-hooks".to_owned(),
+                answer: ProviderAnswer::Plain
+            })
+        );
+        assert_eq!(
+            hook("/hooks/discord/other").map(|h| h.answer),
+            Some(ProviderAnswer::DiscordInteraction),
+            "a known platform keeps its provider's answer"
+        );
+        assert_eq!(
+            hook("/hooks/twilio/messaging").map(|h| h.platform),
+            Some("twilio".to_owned()),
+            "the fixed paths stay"
+        );
+        for refused in [
+            "/hooks/telegram/updates",
+            "/hooks/acme-hooks",
+            "/hooks/acme-hooks/",
+            "/hooks/acme%2Dhooks/x",
+            "/hooks//x",
+        ] {
+            assert_eq!(hook(refused), None, "{refused}");
         }
     }
 

@@ -208,6 +208,10 @@ pub struct RunArgs {
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+
+    /// `--record DIR` and its limits.
+    #[command(flatten)]
+    pub record: crate::record::RecordFlags,
 }
 
 impl RunArgs {
@@ -238,7 +242,40 @@ pub enum PluginsCommand {
     /// Load DIR as `run` would and print each plugin and the routing table.
     /// Exits 1 if any file failed to load, naming the file and the reason.
     Check(CheckArgs),
+    /// Run every case of a webhook corpus through DIR's routed plugins and
+    /// compare each outcome with the case's expectation. Prints a line per
+    /// failing case (the first field that differs, expected and got) and a
+    /// summary; exits 1 if any case failed.
+    Test(TestArgs),
 }
+
+/// Flags of `plugins test`.
+#[derive(Debug, Args)]
+#[command(after_help = TEST_HELP)]
+pub struct TestArgs {
+    /// Directory of converter plugins, loaded as `run` would.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Corpus directory: a `manifest.json` (version 2, the format of
+    /// `tests/data/corpus`) and the body files it names.
+    #[arg(long, value_name = "CORPUS_DIR")]
+    pub corpus: PathBuf,
+    /// Policy file (default: DIR/policy.toml when present).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+}
+
+/// The corpus rules `plugins test --help` explains.
+pub const TEST_HELP: &str = "\
+Each case's forward (plus its body file, checked against body_bytes and
+body_sha256) is converted through routing, as `run` would convert it. A case
+with a `config` object runs once, with that tenant config on top of the
+policy's; a case without runs twice: with no extra config (compared with
+`text`) and with options=named (compared with `text_named` where present).
+Every key of an expected event is compared; `extras` is not.
+
+Exit codes: 0 every case passed; 1 a case failed, or the corpus is empty or
+unreadable; 2 usage error.";
 
 /// Flags of `plugins check`.
 #[derive(Debug, Args)]
@@ -452,6 +489,9 @@ pub struct DevArgs {
     /// `run`: /healthz, /readyz, /metrics, /plugins, POST /reload).
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
+    /// `--record DIR` and its limits.
+    #[command(flatten)]
+    pub record: crate::record::RecordFlags,
 }
 
 /// Flags of `demo`.

@@ -163,7 +163,8 @@ async fn play(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(args.timeout.max(1));
     let (slow_started, mut slow_turns) = mpsc::unbounded_channel();
     let loopback = IngressConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-    let setup = DevSetup::start(&args.plugins, None, DemoAgent { slow_started }, loopback).await?;
+    let agent = DemoAgent { slow_started };
+    let setup = DevSetup::start(&args.plugins, None, agent, loopback, None).await?;
     crate::serving::drain_on_signals(setup.shutdown.clone(), None)?;
     // Fail at once, not after a reply timeout, when a converter is missing.
     for platform in ["discord", "twilio"] {

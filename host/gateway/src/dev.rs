@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use hermes_connector::EventCursor;
-use hermes_connector::ingress::{HOOK_PATHS, IngressConfig};
+use hermes_connector::ingress::IngressConfig;
 use hermes_gateway_core::ExitReason;
 use hermes_gateway_core::agent::{AgentBackend, AgentSpec};
 use hermes_protocol::action::Action;
@@ -26,7 +26,11 @@ use hermes_protocol::frame::GatewayFrame;
 
 use crate::admin;
 use crate::args::{DevArgs, LogFormat};
-use crate::embedded::{DevSetup, LOG_FILTER, describe_action, describe_request, plugin_list};
+use crate::embedded::{
+    DevSetup, LOG_FILTER, describe_action, describe_reload, describe_request, hook_paths,
+    plugin_list,
+};
+use crate::record::RecordOptions;
 use crate::serving;
 use crate::settings::{AgentSettings, EnvLayers};
 
@@ -73,8 +77,28 @@ async fn serve(
 ) -> anyhow::Result<ExitCode> {
     let mut ingress = IngressConfig::new(args.listen);
     ingress.allow_non_loopback = args.allow_non_loopback;
-    let setup = DevSetup::start(&args.plugins, args.policy.clone(), agent, ingress).await?;
-    serving::drain_on_signals(setup.shutdown.clone(), None)?;
+    let record = RecordOptions::from_flags(&args.record, true)?;
+    let setup = DevSetup::start(&args.plugins, args.policy.clone(), agent, ingress, record).await?;
+    // The author's loop: a rebuilt `.wasm` or an edited policy is picked
+    // up on its own (or on SIGHUP), as `run` does, and each reload printed.
+    serving::drain_on_signals(setup.shutdown.clone(), Some(setup.plugins.clone()))?;
+    let _watch = serving::watch_plugins(&setup.plugins);
+    let mut reloads = setup.plugins.subscribe_reloads();
+    let reload_printer = tokio::spawn(async move {
+        loop {
+            match reloads.recv().await {
+                Ok(report) => {
+                    for line in describe_reload(&report) {
+                        println!("{line}");
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    println!("… {n} reloads not shown")
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
     // The admin endpoints, as for `run`, over the embedded setup; they serve
     // through the drain and stop when this function returns.
     let admin = match admin {
@@ -106,7 +130,7 @@ async fn serve(
     if !setup.ingress.addr().ip().is_loopback() {
         println!("  WARNING    listening beyond loopback: platform signatures are NOT verified");
     }
-    println!("  hooks      POST {}", HOOK_PATHS.join(" "));
+    println!("  hooks      POST {}", hook_paths(&setup.plugins).join(" "));
     println!("try:");
     println!(
         "  curl -sS -H 'content-type: application/json' --data-binary @docs/examples/discord-slash-command.json {base}/hooks/discord/interactions"
@@ -133,6 +157,7 @@ async fn serve(
     let exit = setup.finish().await;
     printer.abort();
     request_printer.abort();
+    reload_printer.abort();
     match exit? {
         ExitReason::Shutdown(_) => {
             println!("drained; bye");

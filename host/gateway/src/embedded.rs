@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use hermes_connector::ingress::{Ingress, IngressConfig, IngressEvent};
+use hermes_connector::ingress::{HOOK_PATHS, Ingress, IngressConfig, IngressEvent, PlatformClaims};
 use hermes_connector::{
     EventCursor, StubConfig, StubConnector, StubEvent, TokenVerdict, descriptor_value,
 };
@@ -24,6 +24,7 @@ use hermes_transport::{RelayConfig, RelayHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::record::{RecordOptions, Recorder};
 use crate::serving;
 
 /// Default log filter of `dev` and `demo`: the live print is the output;
@@ -72,6 +73,7 @@ impl DevSetup {
         policy: Option<PathBuf>,
         agent: A,
         ingress: IngressConfig,
+        record: Option<RecordOptions>,
     ) -> anyhow::Result<Self> {
         let (host, report) = serving::load_plugins(plugins, policy).await?;
         serving::log_report(&report);
@@ -105,7 +107,10 @@ impl DevSetup {
         let slot = Arc::clone(&relay_slot);
         let gateway = tokio::spawn(serving::serve_relay(
             relay,
-            host.clone(),
+            serving::PluginConverter {
+                plugins: host.clone(),
+                recorder: record.map(Recorder::start).transpose()?,
+            },
             agent,
             config,
             Arc::clone(&metrics),
@@ -119,6 +124,11 @@ impl DevSetup {
             .await
             .map_err(|_| anyhow!("the gateway did not connect to the embedded connector within {CONNECT_TIMEOUT:?}"))??;
 
+        // Every platform a loaded plugin claims is served under
+        // `/hooks/<platform>/…`, asked per request so a reload counts.
+        let mut ingress = ingress;
+        let claimer = host.clone();
+        ingress.claims = Some(PlatformClaims::new(move |p| claimer.claims_platform(p)));
         let ingress = Ingress::start(ingress, Arc::clone(&connector)).await?;
         Ok(Self {
             connector,
@@ -254,6 +264,50 @@ pub fn describe_action(action: &Action) -> String {
         } => format!("· typing {chat_id} {}", quote(status)),
         Action::GetChatInfo { chat_id } => format!("→ get_chat_info {chat_id}"),
     }
+}
+
+/// The hook paths the ingress serves now: its fixed ones, then
+/// `/hooks/<platform>/…` for every platform a loaded plugin claims.
+pub fn hook_paths(host: &PluginHost) -> Vec<String> {
+    let mut platforms: Vec<String> = host
+        .plugins()
+        .into_iter()
+        .flat_map(|p| p.platforms)
+        .collect();
+    platforms.sort();
+    platforms.dedup();
+    HOOK_PATHS
+        .iter()
+        .map(|p| (*p).to_owned())
+        .chain(platforms.iter().map(|p| format!("/hooks/{p}/…")))
+        .collect()
+}
+
+/// The lines `dev` prints for a reload: what changed, what was refused
+/// and why.
+pub fn describe_reload(report: &LoadReport) -> Vec<String> {
+    let c = &report.changes;
+    let mut changed = Vec::new();
+    for (what, names) in [
+        ("added", &c.added),
+        ("replaced", &c.replaced),
+        ("removed", &c.removed),
+    ] {
+        if !names.is_empty() {
+            changed.push(format!("{what} {}", names.join(", ")));
+        }
+    }
+    if c.policy_changed {
+        changed.push("policy changed".to_owned());
+    }
+    let summary = if changed.is_empty() {
+        "nothing changed".to_owned()
+    } else {
+        changed.join("; ")
+    };
+    let mut lines = vec![format!("⟳ plugins reloaded: {summary}")];
+    lines.extend(report.errors.iter().map(|e| format!("  refused: {e}")));
+    lines
 }
 
 /// One line for a webhook the ingress handled.

@@ -22,6 +22,8 @@ mod env_file;
 mod exposition;
 mod logging;
 mod plugins_check;
+mod plugins_test;
+mod record;
 mod run;
 mod scaffold;
 mod serving;
@@ -58,6 +60,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         None => run::run(cli.run),
         Some(Command::Run(args)) => run::run(args),
         Some(Command::Plugins(PluginsCommand::Check(args))) => plugins_check::run(args),
+        Some(Command::Plugins(PluginsCommand::Test(args))) => plugins_test::run(args),
         Some(Command::Convert(args)) => convert::run(args),
         Some(Command::Plugin(PluginCommand::New(args))) => new_plugin(&args.name),
         Some(Command::Enroll(args)) => enroll::run(args).map(|()| ExitCode::SUCCESS),

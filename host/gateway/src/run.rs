@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 use crate::admin::{self, AdminState};
 use crate::args::RunArgs;
 use crate::logging;
+use crate::record::{RecordOptions, Recorder};
 use crate::serving;
 use crate::settings::{self, ConfigFile, EnvLayers, Overrides, RelayAuth, Secret, Settings};
 
@@ -48,6 +49,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .parse()
         .map_err(|e| anyhow!("--agent / HERMES_AGENT: {e}"))?;
     let plugins_dir = args.plugins.clone().context("--plugins DIR is required")?;
+    let record = RecordOptions::from_flags(&args.record, false)?;
 
     let admin = match &args.admin {
         Some(addr) => Some(admin::AdminOptions::resolve(
@@ -63,7 +65,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     logging::init(args.log_format, "info,hermes_plugin_host::table=error");
 
     let runtime = serving::runtime(settings.runtime_threads)?;
-    let result = runtime.block_on(serve(args, settings, spec, plugins_dir, admin));
+    let result = runtime.block_on(serve(args, settings, spec, plugins_dir, admin, record));
     // Blocking tasks (a stuck agent child's I/O) must not hold the exit.
     runtime.shutdown_timeout(Duration::from_secs(2));
     result
@@ -75,6 +77,7 @@ async fn serve(
     spec: AgentSpec,
     plugins_dir: std::path::PathBuf,
     admin: Option<admin::AdminOptions>,
+    record: Option<RecordOptions>,
 ) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
 
@@ -85,13 +88,8 @@ async fn serve(
         warn!(dir = %plugins_dir.display(), "no plugins loaded: passthrough forwards will be dropped");
     }
     // Dropping the handle would stop the watcher: keep it for the whole run.
-    let _watch = match host.watch() {
-        Ok(w) => Some(w),
-        Err(e) => {
-            warn!("plugin hot reload disabled: {e}");
-            None
-        }
-    };
+    let _watch = serving::watch_plugins(&host);
+    let recorder = record.map(Recorder::start).transpose()?;
 
     let metrics = Arc::new(Metrics::new());
     let relay_slot: Arc<OnceLock<hermes_transport::RelayHandle>> = Arc::new(OnceLock::new());
@@ -119,7 +117,10 @@ async fn serve(
     let agent = serving::agent_backend(&settings.agent, &spec)?;
     let exit = serving::serve_relay(
         relay_config,
-        host,
+        serving::PluginConverter {
+            plugins: host,
+            recorder,
+        },
         agent,
         gateway_config(&settings.sessions),
         metrics,

@@ -12,15 +12,20 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use anyhow::anyhow;
+use hermes_gateway_core::adapters::converted_from;
 use hermes_gateway_core::agent::{AgentBackend, AgentOptions, AgentSpec};
-use hermes_gateway_core::{Agent, ExitReason, Gateway, GatewayConfig, Metrics};
-
-use crate::settings::AgentSettings;
+use hermes_gateway_core::{
+    Agent, Converted, Converter, ExitReason, Gateway, GatewayConfig, Metrics,
+};
 use hermes_plugin_host::{LoadReport, PluginHost, PluginHostConfig};
+use hermes_protocol::forward::PassthroughForward;
 use hermes_transport::{LinkState, RelayConfig, RelayHandle, RelayLink};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+use crate::record::Recorder;
+use crate::settings::AgentSettings;
 
 /// The runtime `run` serves on. With one thread (the default) the whole
 /// hot path — the link's reader and writer, the conversions (which run
@@ -69,6 +74,20 @@ pub fn load_plugins_blocking(
     Ok(PluginHost::load(config)?)
 }
 
+/// Watches the plugins directory and the policy and reloads on a change
+/// (`run` and `dev` alike). `None`, with a warning, when the platform cannot
+/// watch: reloads then come only from `SIGHUP` (and `POST /reload`). Keep
+/// the handle: dropping it stops the watch.
+pub fn watch_plugins(host: &PluginHost) -> Option<hermes_plugin_host::WatchHandle> {
+    match host.watch() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!("plugin hot reload disabled: {e}");
+            None
+        }
+    }
+}
+
 /// Logs a load report: each loaded plugin at info, each bad file as a warning.
 pub fn log_report(report: &hermes_plugin_host::LoadReport) {
     for p in &report.loaded {
@@ -98,13 +117,13 @@ pub async fn load_plugins(
 }
 
 /// Dials the relay described by `relay` and serves the gateway loop over it
-/// with `plugins` as the converter and `agent` answering turns, until
+/// with `converter` converting forwards and `agent` answering turns, until
 /// `shutdown` (then drains, relay-contract §7.3) or the link ends.
 /// `on_link` sees the link's handle before the first frame (the admin
 /// endpoints read its state).
 pub async fn serve_relay<A: Agent>(
     relay: RelayConfig,
-    plugins: PluginHost,
+    converter: PluginConverter,
     agent: A,
     config: GatewayConfig,
     metrics: Arc<Metrics>,
@@ -115,8 +134,32 @@ pub async fn serve_relay<A: Agent>(
     on_link(&handle);
     stop_when_revoked(&handle, &shutdown);
     Gateway::new(config, metrics)
-        .run(handle, inbound, plugins, agent, shutdown)
+        .run(handle, inbound, converter, agent, shutdown)
         .await
+}
+
+/// The gateway's converter: the plugin host, and the recording when
+/// `--record` asks for one.
+pub struct PluginConverter {
+    /// Routes and converts.
+    pub plugins: PluginHost,
+    /// Keeps each forward and its outcome as a corpus case.
+    pub recorder: Option<Recorder>,
+}
+
+impl Converter for PluginConverter {
+    async fn convert(&self, forward: &PassthroughForward) -> Converted {
+        let conversion = self.plugins.convert(forward).await;
+        if let Some(recorder) = &self.recorder {
+            recorder.offer(&self.plugins, forward, &conversion);
+        }
+        let outer_timeout = self.plugins.limits().outer_timeout;
+        converted_from(conversion, forward.profile.as_deref(), outer_timeout)
+    }
+
+    fn lane(&self, forward: &PassthroughForward) -> Arc<str> {
+        self.plugins.lane_of(forward)
+    }
 }
 
 /// The agent the settings name, with its model, key and environment.
@@ -157,7 +200,7 @@ fn stop_when_revoked(handle: &RelayHandle, shutdown: &CancellationToken) {
 
 /// SIGTERM/SIGINT cancel `shutdown` (a graceful drain); a second one exits
 /// at once with status 1. With `reload`, SIGHUP reloads its plugins and
-/// policy (`run`); without, SIGHUP keeps its default action.
+/// policy (`run`, `dev`); without, SIGHUP keeps its default action.
 pub fn drain_on_signals(
     shutdown: CancellationToken,
     reload: Option<PluginHost>,

@@ -210,8 +210,14 @@ struct Inner {
     idle: reuse::IdleInstances,
     /// Host-wide counters ([`HostCounters`]).
     counts: HostCounts,
+    /// Every reload's report, for whoever listens (`dev` prints them).
+    reloads: tokio::sync::broadcast::Sender<Arc<LoadReport>>,
     _ticker: engine::Ticker,
 }
+
+/// Reload reports a [`PluginHost::subscribe_reloads`] channel keeps for a
+/// receiver that has not read them yet.
+pub const RELOAD_REPORTS_KEPT: usize = 16;
 
 /// Host-wide counters, for `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -304,6 +310,7 @@ impl PluginHost {
                 permits: tokio::sync::Semaphore::new(workers),
                 idle: reuse::IdleInstances::new(limits.max_idle_instances, limits.max_idle_bytes),
                 counts: HostCounts::default(),
+                reloads: tokio::sync::broadcast::channel(RELOAD_REPORTS_KEPT).0,
                 _ticker: ticker,
                 config,
             }),
@@ -326,7 +333,29 @@ impl PluginHost {
     }
 
     /// [`reload`](Self::reload) on the calling thread (compiles: slow).
+    /// Its report also goes to every [`subscribe_reloads`](Self::subscribe_reloads)
+    /// receiver.
     pub fn reload_blocking(&self) -> LoadReport {
+        let report = self.reload_now();
+        // No receiver is fine; a slow one loses the oldest reports.
+        let _ = self.inner.reloads.send(Arc::new(report.clone()));
+        report
+    }
+
+    /// The report of every reload from now on, whatever triggered it (the
+    /// file watch, `SIGHUP`, `POST /reload`). The channel keeps the last
+    /// [`RELOAD_REPORTS_KEPT`]; a receiver that falls further behind is
+    /// told how many it missed.
+    pub fn subscribe_reloads(&self) -> tokio::sync::broadcast::Receiver<Arc<LoadReport>> {
+        self.inner.reloads.subscribe()
+    }
+
+    /// Whether a loaded plugin lists `platform` in its `describe()`.
+    pub fn claims_platform(&self, platform: &str) -> bool {
+        self.table().by_name.values().any(|p| p.converts(platform))
+    }
+
+    fn reload_now(&self) -> LoadReport {
         let _one_at_a_time = self
             .inner
             .reloading

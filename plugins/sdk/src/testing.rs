@@ -175,12 +175,13 @@ fn load_case(dir: &Path, corpus: &str, entry: &Value) -> Result<Case, String> {
         .collect();
     let request = Request {
         platform: text(&forward["platform"]),
-        bot_id: String::new(),
+        bot_id: text(&forward["bot_id"]),
         method: text(&forward["method"]),
         path: text(&forward["path"]),
         headers,
         body,
-        profile: None,
+        // A recorded case keeps its forward's profile (it may pick a route).
+        profile: forward["profile"].as_str().map(str::to_owned),
     };
     Ok(Case {
         corpus: corpus.to_owned(),

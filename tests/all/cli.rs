@@ -140,8 +140,10 @@ fn every_subcommand_has_help() {
     let home = tempfile::tempdir().expect("tempdir");
     for args in [
         &["plugins", "check", "--help"][..],
+        &["plugins", "test", "--help"],
         &["convert", "--help"],
         &["plugin", "new", "--help"],
+        &["dev", "--help"],
     ] {
         let o = run(gateway(home.path()).args(args));
         assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
@@ -160,6 +162,27 @@ fn every_subcommand_has_help() {
     ] {
         assert!(convert.contains(needle), "`convert --help` lacks {needle}");
     }
+    let test = stdout(&run(
+        gateway(home.path()).args(["plugins", "test", "--help"])
+    ));
+    for needle in ["--corpus", "--policy", "text_named", "Exit codes"] {
+        assert!(
+            test.contains(needle),
+            "`plugins test --help` lacks {needle}"
+        );
+    }
+    let dev = stdout(&run(gateway(home.path()).args(["dev", "--help"])));
+    for needle in ["--record", "--record-tenant", "--record-redact-header"] {
+        assert!(dev.contains(needle), "`dev --help` lacks {needle}");
+    }
+}
+
+#[test]
+fn run_records_only_the_tenants_it_is_told() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let o = run(gateway(home.path()).args(["run", "--plugins", "p", "--record", "rec"]));
+    assert_one_error_line(&o, 1, "--record-tenant");
+    assert!(!home.path().join("rec").exists(), "nothing was recorded");
 }
 
 #[test]
@@ -616,8 +639,8 @@ fn plugin_new_scaffolds_and_refuses_an_existing_dir() {
         .and_then(|rest| rest.strip_suffix("\" }"))
         .expect("SDK path dependency");
     assert!(
-        Path::new(sdk).join("Cargo.toml").is_file(),
-        "SDK path {sdk} does not exist"
+        dir.join(sdk).join("Cargo.toml").is_file(),
+        "SDK path {sdk} is not in the scaffold"
     );
     let lib = std::fs::read_to_string(dir.join("src/lib.rs")).expect("lib.rs");
     assert!(lib.contains("export_converter!(Plugin)") && lib.contains("#[test]"));

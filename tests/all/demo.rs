@@ -6,13 +6,12 @@
 //!
 //! The binary is located (built once if need be) by `support::binary`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
 
 use hermes_converter_sdk::{Converter, MessageEvent, Outcome, ReplyRoute, Request};
 use hermes_plugin_discord::DiscordInteractions;
@@ -20,10 +19,7 @@ use hermes_plugin_slack::Slack;
 use hermes_plugin_twilio::Twilio;
 use serde_json::Value;
 
-use crate::support::{gateway, plugins_dir};
-
-/// How long a test waits for the binary's next expected line.
-const LINE_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::support::{LINE_TIMEOUT, gateway, http_get, http_post, plugins_dir, wait_line};
 
 /// A plugins directory with the three compiled first-party converters.
 fn first_party_plugins(parent: &Path) -> PathBuf {
@@ -349,72 +345,6 @@ impl Drop for ChildGuard {
             let _ = child.wait();
         }
     }
-}
-
-/// The next line from `lines` that satisfies `predicate`, within the timeout.
-fn wait_line(
-    lines: &mpsc::Receiver<String>,
-    seen: &mut Vec<String>,
-    predicate: impl Fn(&str) -> bool,
-) -> String {
-    let deadline = Instant::now() + LINE_TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => {
-                seen.push(line.clone());
-                if predicate(&line) {
-                    return line;
-                }
-            }
-            Err(e) => panic!(
-                "expected line not printed ({e}); output so far:\n{}",
-                seen.join("\n")
-            ),
-        }
-    }
-}
-
-/// One HTTP/1.1 POST; returns (status, body).
-fn http_post(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(String, String)],
-    body: &[u8],
-) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the ingress");
-    let mut head = format!(
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).expect("write head");
-    stream.write_all(body).expect("write body");
-    read_response(stream)
-}
-
-/// Status and body of the response on `stream` (read to the end).
-fn read_response(mut stream: TcpStream) -> (u16, String) {
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_owned())
-}
-
-/// `GET path` on `addr`: status and body.
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
-    let head = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-    stream.write_all(head.as_bytes()).expect("write head");
-    read_response(stream)
 }
 
 #[test]

@@ -8,9 +8,12 @@
 //! once per run with `cargo build -p hermes-gateway` (a no-op when fresh),
 //! so a developer never tests a stale binary.
 
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{OnceLock, mpsc};
+use std::time::Instant;
 
 use serde_json::Value;
 
@@ -211,4 +214,73 @@ impl Metrics {
             .iter()
             .filter(move |s| s.metric == name && s.labels.get(label.0) == Some(label.1))
     }
+}
+
+/// How long a test waits for the binary's next expected line.
+pub const LINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The next line from `lines` that satisfies `predicate`, within the timeout.
+pub fn wait_line(
+    lines: &mpsc::Receiver<String>,
+    seen: &mut Vec<String>,
+    predicate: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + LINE_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                seen.push(line.clone());
+                if predicate(&line) {
+                    return line;
+                }
+            }
+            Err(e) => panic!(
+                "expected line not printed ({e}); output so far:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+/// One HTTP/1.1 POST; returns (status, body).
+pub fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the ingress");
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("write head");
+    stream.write_all(body).expect("write body");
+    read_response(stream)
+}
+
+/// Status and body of the response on `stream` (read to the end).
+pub fn read_response(mut stream: TcpStream) -> (u16, String) {
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+/// `GET path` on `addr`: status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
+    let head = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).expect("write head");
+    read_response(stream)
 }

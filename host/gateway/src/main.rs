@@ -71,20 +71,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn new_plugin(name: &str) -> anyhow::Result<ExitCode> {
     let s = scaffold::create(std::path::Path::new("."), name)?;
-    println!("created converter crate {}:", s.dir.display());
-    for f in &s.files {
-        println!("  {f}");
-    }
-    if !s.sdk_found {
-        eprintln!(
-            "warning: the converter SDK was not found at {}; edit the hermes-converter-sdk path in Cargo.toml",
-            s.sdk_path.display()
-        );
-    }
     println!(
-        "next: cd {} && cargo test && cargo build --release --target wasm32-wasip2",
+        "created converter crate {} ({} files, the converter SDK and WIT included)",
+        s.dir.display(),
+        s.files.len()
+    );
+    println!("next:");
+    println!("  rustup target add wasm32-wasip2   # once per machine");
+    println!(
+        "  cd {} && cargo test && cargo build --release --target wasm32-wasip2",
         s.dir.display()
     );
+    println!("  (the crate's README.md goes on: plugins check, plugins test, dev)");
     Ok(ExitCode::SUCCESS)
 }
 

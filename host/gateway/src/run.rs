@@ -30,6 +30,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     // Configuration problems are reported before logging starts, as one
     // `error:` line (main), never as a log record or a backtrace.
+    let record = RecordOptions::from_flags(&args.record, false)?;
     let env = EnvLayers::load(args.env_file.as_deref())?;
     let config = match &args.config {
         Some(path) => ConfigFile::load(path)?,
@@ -49,7 +50,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .parse()
         .map_err(|e| anyhow!("--agent / HERMES_AGENT: {e}"))?;
     let plugins_dir = args.plugins.clone().context("--plugins DIR is required")?;
-    let record = RecordOptions::from_flags(&args.record, false)?;
 
     let admin = match &args.admin {
         Some(addr) => Some(admin::AdminOptions::resolve(

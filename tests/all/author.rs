@@ -268,15 +268,20 @@ impl Dev {
         wait_line(&self.lines, &mut self.seen, predicate)
     }
 
-    /// POSTs `body` as the scaffold's converter expects it.
-    fn post(&self, body: &str) -> (u16, String) {
-        let headers = [
+    /// POSTs `body` as the scaffold's converter expects it, from `tenant`
+    /// (its `x-tenant` header) when given.
+    fn post(&self, body: &str, tenant: Option<&str>) -> (u16, String) {
+        let mut headers: Vec<(String, String)> = [
             ("content-type", "text/plain"),
             ("x-chat-id", "c1"),
             ("x-user-id", "u1"),
             ("x-acme-token", "sekrit-42"),
         ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into();
+        if let Some(tenant) = tenant {
+            headers.push(("x-tenant".to_owned(), tenant.to_owned()));
+        }
         let path = format!("/hooks/{NAME}/messages");
         http_post(self.ingress, &path, &headers, body.as_bytes())
     }
@@ -299,7 +304,11 @@ fn dev_reloads_serves_a_new_platform_and_records_a_replayable_corpus() {
     let mut dev = Dev::start(home.path(), &plugins, &record);
     let hooks = dev.wait(|l| l.trim_start().starts_with("hooks "));
     assert!(!hooks.contains(NAME), "{hooks}");
-    assert_eq!(dev.post("hello").0, 404, "no plugin claims {NAME} yet");
+    assert_eq!(
+        dev.post("hello", None).0,
+        404,
+        "no plugin claims {NAME} yet"
+    );
 
     // A new component appears (renamed into place, as a build script
     // would): dev reloads on its own and says what changed.
@@ -308,23 +317,28 @@ fn dev_reloads_serves_a_new_platform_and_records_a_replayable_corpus() {
     std::fs::rename(&partial, plugins.join("acme_hooks.wasm")).expect("rename");
     let reloaded = dev.wait(|l| l.starts_with("⟳ plugins reloaded:"));
     assert_eq!(reloaded, format!("⟳ plugins reloaded: added {NAME}"));
-    assert_eq!(dev.post("hello"), (200, String::new()), "a plain 200");
+    let shop = Some("shop-42");
+    assert_eq!(dev.post("hello", shop), (200, String::new()), "a plain 200");
     dev.wait(|l| l == r#"→ send c1 "hello""#);
 
-    // A tenant config in the policy changes the rendering at once.
-    let policy =
-        format!("[platform.{NAME}]\nplugin = \"{NAME}\"\nconfig = {{ prefix = \"> \" }}\n");
+    // A route for one tenant, with its own config, serves that tenant at
+    // once; everyone else keeps the default.
+    let policy = format!(
+        "[[route]]\nplatform = \"{NAME}\"\ntenant = \"shop-42\"\nplugin = \"{NAME}\"\nconfig = {{ prefix = \"> \" }}\n"
+    );
     std::fs::write(plugins.join("policy.toml"), policy).expect("policy");
     let reloaded = dev.wait(|l| l.starts_with("⟳ plugins reloaded:"));
     assert_eq!(reloaded, "⟳ plugins reloaded: policy changed");
-    assert_eq!(dev.post("hello").0, 200);
+    assert_eq!(dev.post("hello", shop).0, 200);
     dev.wait(|l| l == r#"→ send c1 "> hello""#);
+    assert_eq!(dev.post("hello", None).0, 200);
+    dev.wait(|l| l == r#"→ send c1 "hello""#);
 
     // SIGHUP reloads too, and dev keeps serving.
     dev.signal("HUP");
     let reloaded = dev.wait(|l| l.starts_with("⟳ plugins reloaded:"));
     assert_eq!(reloaded, "⟳ plugins reloaded: nothing changed");
-    assert_eq!(dev.post("ping").0, 200);
+    assert_eq!(dev.post("ping", shop).0, 200);
 
     dev.signal("INT");
     let (done_tx, done) = mpsc::channel();
@@ -337,16 +351,16 @@ fn dev_reloads_serves_a_new_platform_and_records_a_replayable_corpus() {
         .expect("dev exits after SIGINT");
     assert_eq!(exit.expect("wait"), Some(0));
 
-    // The recording: three forwards, the credential-like header (the
+    // The recording: four forwards, the credential-like header (the
     // ingress strips `authorization` itself) redacted, the
-    // files private; replayed against the plugins as they are now (with
-    // the prefix), the case recorded before the policy differs.
+    // files private; replayed against the plugins as they are now (the
+    // tenant's prefix), the tenant's case recorded before the route differs.
     let manifest: Value = serde_json::from_str(
         &std::fs::read_to_string(record.join("manifest.json")).expect("manifest written"),
     )
     .expect("JSON");
     let cases = manifest["cases"].as_array().expect("cases");
-    assert_eq!(cases.len(), 3, "{manifest}");
+    assert_eq!(cases.len(), 4, "{manifest}");
     let authorization = cases[0]["forward"]["headers"]
         .as_array()
         .expect("headers")
@@ -375,7 +389,7 @@ fn dev_reloads_serves_a_new_platform_and_records_a_replayable_corpus() {
         lines,
         [
             r#"FAIL rec/acme-hooks/recorded-000001.body [positional]: events[0].text: expected "hello", got "> hello""#,
-            "3 cases, 3 runs: 2 passed, 1 failed",
+            "4 cases, 4 runs: 3 passed, 1 failed",
         ],
         "{stdout}"
     );

@@ -14,6 +14,7 @@ fn main() {
     // (directory in this repository, where it goes in a scaffold)
     for (from, to) in [
         ("plugins/sdk/src", "vendor/hermes-converter-sdk/src"),
+        ("plugins/abi/src", "vendor/hermes-converter-abi/src"),
         ("wit", "wit"),
     ] {
         let dir = root.join(from);

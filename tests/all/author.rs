@@ -70,7 +70,11 @@ fn scaffolded() -> &'static Scaffolded {
             .filter(|p| p["source"].is_null())
             .filter_map(|p| p["manifest_path"].as_str())
             .collect();
-        assert_eq!(local.len(), 2, "the plugin and its SDK: {local:?}");
+        assert_eq!(
+            local.len(),
+            3,
+            "the plugin, the SDK and its ABI crate: {local:?}"
+        );
         for manifest in local {
             let inside = Path::new(manifest).starts_with(crate_dir.canonicalize().expect("dir"))
                 || Path::new(manifest).starts_with(&crate_dir);

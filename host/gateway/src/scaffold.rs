@@ -31,6 +31,19 @@ const LOCKFILE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../
 /// Where the SDK goes in a scaffold, relative to the crate.
 const SDK_DIR: &str = "vendor/hermes-converter-sdk";
 
+/// Where the crate of what host and SDK agree on goes.
+const ABI_DIR: &str = "vendor/hermes-converter-abi";
+
+/// Its manifest outside the gateway's workspace (it has no dependencies).
+const ABI_MANIFEST: &str = r#"[package]
+name = "hermes-converter-abi"
+description = "What the hermes-gateway host and its converter plugins agree on"
+version = "0.1.0"
+edition = "2024"
+license = "Apache-2.0"
+publish = false
+"#;
+
 /// What `plugin new` created.
 #[derive(Debug)]
 pub struct Scaffold {
@@ -74,6 +87,7 @@ pub fn create(parent: &Path, name: &str) -> anyhow::Result<Scaffold> {
         ("README.md".into(), readme(name, &lib_name)),
         ("src/lib.rs".into(), lib_rs(name)),
         (format!("{SDK_DIR}/Cargo.toml"), SDK_MANIFEST.to_owned()),
+        (format!("{ABI_DIR}/Cargo.toml"), ABI_MANIFEST.to_owned()),
     ];
     files.extend(corpus(name));
     files.extend(
@@ -140,6 +154,7 @@ publish = false
 testing = ["dep:sha2", "dep:hex"]
 
 [dependencies]
+hermes-converter-abi = { path = "../hermes-converter-abi" }
 serde_json = "1"
 thiserror = "2"
 sha2 = { version = "0.10", optional = true }
@@ -362,7 +377,12 @@ mod tests {
             let path = s.dir.join(SDK_DIR).join(embedded);
             assert!(path.is_file(), "{} missing", path.display());
         }
-        assert!(s.dir.join("wit/converter.wit").is_file());
+        assert!(s.dir.join(ABI_DIR).join("src/lib.rs").is_file());
+        let wit = format!(
+            "wit/{}/converter.wit",
+            hermes_converter_abi::CURRENT_VERSION
+        );
+        assert!(s.dir.join(wit).is_file());
         assert!(s.dir.join("corpus/manifest.json").is_file());
         let lib = fs::read_to_string(s.dir.join("src/lib.rs")).expect("lib");
         assert!(lib.contains(r#"PluginInfo::new("my-conv""#));

@@ -1,4 +1,4 @@
-//! Host-side bindings of `wit/converter.wit` and the conversion of a guest's
+//! Host-side bindings of `wit/0.1.0/converter.wit` and the conversion of a guest's
 //! output into protocol types, with the output caps applied.
 
 use hermes_protocol::event::{MessageEvent, MessageType, PromptResponse, SessionSource};
@@ -8,7 +8,7 @@ use crate::outcome::{ConvertedEvent, RejectKind, ReplyRoute};
 
 wasmtime::component::bindgen!({
     world: "converter-plugin",
-    path: "../../wit",
+    path: "../../wit/0.1.0",
     // Calls into the guest are async (they yield to the runtime between CPU
     // slices); the host's own imports (`log`, `config`) answer at once.
     exports: { default: async },
@@ -18,9 +18,9 @@ pub(crate) use self::exports::hermes::converter::converter::{Outcome, PluginInfo
 use self::hermes::converter::types as wit;
 
 /// The WIT package this host implements.
-pub(crate) const PACKAGE: &str = "hermes:converter";
-/// Its version.
-pub(crate) const API_VERSION: &str = "0.1.0";
+pub(crate) const PACKAGE: &str = hermes_converter_abi::PACKAGE;
+/// Its newest version.
+pub(crate) const API_VERSION: &str = hermes_converter_abi::CURRENT_VERSION;
 
 pub(crate) fn request(forward: &hermes_protocol::forward::PassthroughForward) -> Request {
     Request {
@@ -48,17 +48,7 @@ pub(crate) fn reject_kind(kind: wit::ErrorKind) -> RejectKind {
     }
 }
 
-/// `media-urls` per event (the SDK's `MAX_MEDIA_URLS`).
-pub(crate) const MAX_MEDIA_URLS: usize = 64;
-
-/// `metadata` pairs per event (the SDK's `MAX_METADATA_PAIRS`).
-pub(crate) const MAX_METADATA_PAIRS: usize = 64;
-
-/// Bytes charged per string and per list element on top of the string
-/// bytes, so that many tiny items count too (the SDK's
-/// `OUTPUT_ELEMENT_OVERHEAD`; both sides must measure alike, or the SDK's
-/// own check would let through what the host refuses as a fault).
-pub(crate) const ELEMENT_OVERHEAD: usize = 16;
+use hermes_converter_abi::caps::{MAX_MEDIA as MAX_MEDIA_URLS, MAX_METADATA_PAIRS};
 
 /// The most wasmtime may copy out of a guest in one call, in its own units
 /// (string bytes plus `size_of` of each lifted list element): room for the
@@ -125,46 +115,51 @@ pub(crate) fn events(
 }
 
 /// An event's size as the caps measure it: string bytes plus
-/// [`ELEMENT_OVERHEAD`] per string, per media url, per metadata pair and
+/// `ELEMENT_OVERHEAD` per string, per media url, per metadata pair and
 /// for the event itself (the SDK's `output_size`).
 fn event_size(e: &wit::MessageEvent) -> usize {
-    const O: usize = ELEMENT_OVERHEAD;
-    let st = |v: &str| v.len() + O;
-    let opt = |o: &Option<String>| o.as_deref().map_or(0, st);
+    let mut size = hermes_converter_abi::OutputSize::default();
     let s = &e.source;
-    O + st(&e.text)
-        + opt(&e.message_id)
-        + opt(&e.reply_to_message_id)
-        + e.media_urls.iter().map(|u| O + st(u)).sum::<usize>()
-        + e.metadata
-            .iter()
-            .map(|(k, v)| O + st(k) + st(v))
-            .sum::<usize>()
-        + e.prompt_response.as_ref().map_or(0, |p| {
-            st(&p.prompt_id) + st(&p.option_id) + opt(&p.label) + opt(&p.prompt_message_id)
-        })
-        + st(&s.platform)
-        + st(&s.chat_id)
-        + [
-            &s.chat_name,
-            &s.user_id,
-            &s.user_name,
-            &s.thread_id,
-            &s.chat_topic,
-            &s.user_id_alt,
-            &s.chat_id_alt,
-            &s.scope_id,
-            &s.parent_chat_id,
-            &s.message_id,
-            &s.profile,
-        ]
-        .into_iter()
-        .map(opt)
-        .sum::<usize>()
-        + match &e.reply_route {
-            wit::ReplyRoute::Send => 0,
-            wit::ReplyRoute::FollowUp(k) => st(k),
-        }
+    size.element();
+    size.string(&e.text);
+    for url in &e.media_urls {
+        size.element();
+        size.string(url);
+    }
+    for (k, v) in &e.metadata {
+        size.element();
+        size.string(k);
+        size.string(v);
+    }
+    size.string(&s.platform);
+    size.string(&s.chat_id);
+    for field in [
+        &s.chat_name,
+        &s.user_id,
+        &s.user_name,
+        &s.thread_id,
+        &s.chat_topic,
+        &s.user_id_alt,
+        &s.chat_id_alt,
+        &s.scope_id,
+        &s.parent_chat_id,
+        &s.message_id,
+        &s.profile,
+        &e.message_id,
+        &e.reply_to_message_id,
+    ] {
+        size.optional(field.as_deref());
+    }
+    if let Some(p) = &e.prompt_response {
+        size.string(&p.prompt_id);
+        size.string(&p.option_id);
+        size.optional(p.label.as_deref());
+        size.optional(p.prompt_message_id.as_deref());
+    }
+    if let wit::ReplyRoute::FollowUp(kind) = &e.reply_route {
+        size.string(kind);
+    }
+    size.0
 }
 
 fn event(e: wit::MessageEvent) -> ConvertedEvent {
@@ -234,24 +229,10 @@ fn message_type(t: wit::MessageType) -> MessageType {
     }
 }
 
-/// Whether a plugin's `hermes:converter` version can run on this host: the
-/// same major version and a minor version no newer than the host's (0.x
-/// included: a plugin built against an older minor keeps loading, as the
-/// spec requires; every minor release of the WIT package only adds). The
-/// patch level never matters.
+/// Whether a plugin's `hermes:converter` version can run on this host
+/// (see [`hermes_converter_abi::implemented_version`]).
 pub(crate) fn version_compatible(plugin: &str) -> bool {
-    fn parse(v: &str) -> Option<(u64, u64)> {
-        let core = v.split(['-', '+']).next()?;
-        let mut it = core.split('.');
-        let major = it.next()?.parse().ok()?;
-        let minor = it.next()?.parse().ok()?;
-        let _patch: u64 = it.next()?.parse().ok()?;
-        Some((major, minor))
-    }
-    let (Some(p), Some(h)) = (parse(plugin), parse(API_VERSION)) else {
-        return false;
-    };
-    p.0 == h.0 && p.1 <= h.1
+    hermes_converter_abi::implemented_version(plugin).is_some()
 }
 
 #[cfg(test)]
@@ -259,17 +240,11 @@ mod tests {
     use super::*;
 
     /// The SDK turns over-cap output into a rejection before it reaches the
-    /// host; that only works while both sides measure the same way.
+    /// host; that only works while both sides measure the same way (the
+    /// caps themselves are one set of constants, `hermes-converter-abi`).
     #[test]
     fn caps_agree_with_the_sdk() {
         use hermes_converter_sdk as sdk;
-        let limits = Limits::default();
-        assert_eq!(limits.max_events, sdk::MAX_EVENTS);
-        assert_eq!(limits.max_event_text_bytes, sdk::MAX_EVENT_TEXT_BYTES);
-        assert_eq!(limits.max_output_bytes, sdk::MAX_OUTPUT_BYTES);
-        assert_eq!(MAX_MEDIA_URLS, sdk::MAX_MEDIA_URLS);
-        assert_eq!(MAX_METADATA_PAIRS, sdk::MAX_METADATA_PAIRS);
-        assert_eq!(ELEMENT_OVERHEAD, sdk::OUTPUT_ELEMENT_OVERHEAD);
         // The same event measured by both.
         let mut e = sdk::MessageEvent::new(
             "hello",
@@ -308,20 +283,5 @@ mod tests {
             metadata: e.metadata.clone(),
         };
         assert_eq!(event_size(&w), sdk::output_size(std::slice::from_ref(&e)));
-    }
-
-    #[test]
-    fn versions() {
-        assert!(version_compatible("0.1.0"));
-        assert!(version_compatible("0.1.7"), "patch levels do not matter");
-        assert!(version_compatible("0.0.3"), "an older minor keeps loading");
-        assert!(
-            !version_compatible("0.2.0"),
-            "a newer minor than the host's"
-        );
-        assert!(!version_compatible("1.0.0"), "another major");
-        assert!(!version_compatible("9.0.0"));
-        assert!(!version_compatible("garbage"));
-        assert!(!version_compatible("0.1"));
     }
 }

@@ -1,7 +1,7 @@
 //! # hermes-plugin-host: sandboxed converter plugins
 //!
 //! Webhook conversion runs in WebAssembly components that implement the
-//! `converter-plugin` world of `wit/converter.wit` (package
+//! `converter-plugin` world of `wit/0.1.0/converter.wit` (package
 //! `hermes:converter@0.1.0`). This crate loads them, routes each
 //! [`PassthroughForward`] to one, and runs the conversion in a sandbox:
 //!

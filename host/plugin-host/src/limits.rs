@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use hermes_converter_abi::caps;
+
 use crate::stats::QuarantinePolicy;
 
 /// Sandbox and resource limits.
@@ -81,10 +83,10 @@ impl Default for Limits {
             max_table_elements: 20_000,
             max_instances: 32,
             max_wasm_stack: 512 << 10,
-            max_body_bytes: 1 << 20,
-            max_events: 16,
-            max_event_text_bytes: 64 << 10,
-            max_output_bytes: 256 << 10,
+            max_body_bytes: hermes_converter_abi::MAX_BODY_BYTES,
+            max_events: caps::MAX_EVENTS,
+            max_event_text_bytes: caps::MAX_EVENT_TEXT_BYTES,
+            max_output_bytes: caps::MAX_OUTPUT_BYTES,
             max_guest_output_bytes: 16 << 10,
             max_host_resources: 256,
             max_log_lines: 32,

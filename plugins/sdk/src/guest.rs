@@ -12,7 +12,7 @@ use crate::{
 
 wit_bindgen::generate!({
     world: "converter-plugin",
-    path: "../../wit",
+    path: "../../wit/0.1.0",
     // The export macro must be reachable from the converter crates, through
     // `export_converter!` below.
     pub_export_macro: true,

@@ -34,11 +34,11 @@
 //! Build it with `cargo build --release --target wasm32-wasip2` and drop the
 //! `.wasm` into the gateway's `--plugins` directory.
 //!
-//! The types mirror `wit/converter.wit` one to one; see that file for the
+//! The types mirror `wit/0.1.0/converter.wit` one to one; see that file for the
 //! meaning of every field.
 //!
 //! (Why one file of this length: it is the SDK's whole public surface, the
-//! native mirror of `wit/converter.wit` in one place, and most of it is this
+//! native mirror of `wit/0.1.0/converter.wit` in one place, and most of it is this
 //! guide and the types' documentation.)
 
 #![cfg_attr(not(target_arch = "wasm32"), forbid(unsafe_code))]
@@ -55,79 +55,67 @@ pub mod testing;
 pub mod guest;
 
 /// The version of the WIT package (`hermes:converter`) this SDK builds against.
-pub const API_VERSION: &str = "0.1.0";
+pub const API_VERSION: &str = hermes_converter_abi::CURRENT_VERSION;
 
 /// The largest body the host hands to a converter (1 MiB); larger bodies are
 /// refused with [`ErrorKind::PayloadTooLarge`] before the converter runs.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub use hermes_converter_abi::MAX_BODY_BYTES;
 
-/// Events one conversion may produce (the host's default cap).
-pub const MAX_EVENTS: usize = 16;
-
-/// Bytes of `text` per event (the host's default cap).
-pub const MAX_EVENT_TEXT_BYTES: usize = 64 << 10;
-
-/// Bytes of one conversion's output as the host measures it (see
-/// [`output_size`]; the host's default cap).
-pub const MAX_OUTPUT_BYTES: usize = 256 << 10;
-
-/// `media_urls` per event.
-pub const MAX_MEDIA_URLS: usize = 64;
-
-/// `metadata` pairs per event.
-pub const MAX_METADATA_PAIRS: usize = 64;
-
-/// What the host charges per string and per list element on top of the
-/// string bytes, so that many tiny items also count.
-pub const OUTPUT_ELEMENT_OVERHEAD: usize = 16;
+// The host's default output caps, from the one crate host and SDK share.
+pub use hermes_converter_abi::caps::{
+    ELEMENT_OVERHEAD as OUTPUT_ELEMENT_OVERHEAD, MAX_EVENT_TEXT_BYTES, MAX_EVENTS,
+    MAX_MEDIA as MAX_MEDIA_URLS, MAX_METADATA_PAIRS, MAX_OUTPUT_BYTES,
+};
 
 /// The size of a conversion's events as the host measures it against
 /// [`MAX_OUTPUT_BYTES`]: every string's bytes plus
 /// [`OUTPUT_ELEMENT_OVERHEAD`] per string, per event, per media url and per
 /// metadata pair.
 pub fn output_size(events: &[MessageEvent]) -> usize {
-    const O: usize = OUTPUT_ELEMENT_OVERHEAD;
-    let s = |v: &str| v.len() + O;
-    let opt = |v: &Option<String>| v.as_deref().map_or(0, s);
-    events
-        .iter()
-        .map(|e| {
-            let src = &e.source;
-            O + s(&e.text)
-                + e.media_urls.iter().map(|u| O + s(u)).sum::<usize>()
-                + e.metadata
-                    .iter()
-                    .map(|(k, v)| O + s(k) + s(v))
-                    .sum::<usize>()
-                + s(&src.platform)
-                + s(&src.chat_id)
-                + [
-                    &src.chat_name,
-                    &src.user_id,
-                    &src.user_name,
-                    &src.thread_id,
-                    &src.chat_topic,
-                    &src.user_id_alt,
-                    &src.chat_id_alt,
-                    &src.scope_id,
-                    &src.parent_chat_id,
-                    &src.message_id,
-                    &src.profile,
-                ]
-                .into_iter()
-                .map(opt)
-                .sum::<usize>()
-                + e.prompt_response.as_ref().map_or(0, |p| {
-                    s(&p.prompt_id) + s(&p.option_id) + opt(&p.label) + opt(&p.prompt_message_id)
-                })
-                + opt(&e.message_id)
-                + opt(&e.reply_to_message_id)
-                + match &e.reply_route {
-                    ReplyRoute::Send => 0,
-                    ReplyRoute::FollowUp(k) => s(k),
-                }
-        })
-        .sum()
+    let mut size = hermes_converter_abi::OutputSize::default();
+    for e in events {
+        let src = &e.source;
+        size.element();
+        size.string(&e.text);
+        for url in &e.media_urls {
+            size.element();
+            size.string(url);
+        }
+        for (k, v) in &e.metadata {
+            size.element();
+            size.string(k);
+            size.string(v);
+        }
+        size.string(&src.platform);
+        size.string(&src.chat_id);
+        for field in [
+            &src.chat_name,
+            &src.user_id,
+            &src.user_name,
+            &src.thread_id,
+            &src.chat_topic,
+            &src.user_id_alt,
+            &src.chat_id_alt,
+            &src.scope_id,
+            &src.parent_chat_id,
+            &src.message_id,
+            &src.profile,
+            &e.message_id,
+            &e.reply_to_message_id,
+        ] {
+            size.optional(field.as_deref());
+        }
+        if let Some(p) = &e.prompt_response {
+            size.string(&p.prompt_id);
+            size.string(&p.option_id);
+            size.optional(p.label.as_deref());
+            size.optional(p.prompt_message_id.as_deref());
+        }
+        if let ReplyRoute::FollowUp(kind) = &e.reply_route {
+            size.string(kind);
+        }
+    }
+    size.0
 }
 
 /// `outcome`, or a typed [`ErrorKind::InvalidField`] rejection when its

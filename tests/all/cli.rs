@@ -870,7 +870,7 @@ fn plugins_check_lists_plugins_and_routes_and_names_bad_files() {
             "no plugin for {p}:\n{out}"
         );
     }
-    assert!(out.contains("api 0.1.0"), "{out}");
+    assert!(out.contains("api 0.2.0"), "{out}");
 
     std::fs::write(plugins.join("garbage.wasm"), b"not wasm at all").expect("write");
     std::fs::copy(
@@ -891,9 +891,9 @@ fn plugins_check_lists_plugins_and_routes_and_names_bad_files() {
         "{err}"
     );
     assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("incompatible.wasm") && l.contains("0.1.0")),
+        lines.iter().any(|l| l.contains("incompatible.wasm")
+            && l.contains("0.3.0")
+            && l.contains("0.1.0, 0.2.0")),
         "{err}"
     );
     // The good plugins are still listed.

@@ -25,9 +25,9 @@ use hermes_protocol::forward::PassthroughForward;
 use serde_json::{Value, json};
 
 /// The corpora, by directory name under `tests/data`.
-const CORPORA: [&str; 2] = ["corpus", "corpus-outside"];
+pub(crate) const CORPORA: [&str; 2] = ["corpus", "corpus-outside"];
 
-fn corpus_dir(name: &str) -> PathBuf {
+pub(crate) fn corpus_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("data")
         .join(name)
@@ -45,15 +45,19 @@ fn listed_cases(dir: &Path) -> usize {
 /// A plugins directory holding the three first-party components, and the
 /// one host that serves every case from it.
 fn first_party_host() -> (PluginHost, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let artifacts = [
+    host_of([
         (
             "discord-interactions.wasm",
             hermes_plugin_artifacts::DISCORD,
         ),
         ("twilio.wasm", hermes_plugin_artifacts::TWILIO),
         ("slack.wasm", hermes_plugin_artifacts::SLACK),
-    ];
+    ])
+}
+
+/// A host over a directory holding these components (file name, path).
+pub(crate) fn host_of(artifacts: [(&str, &str); 3]) -> (PluginHost, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
     for (name, artifact) in artifacts {
         std::fs::copy(artifact, dir.path().join(name)).expect("copy artifact");
     }
@@ -79,7 +83,7 @@ fn forward(case: &Case) -> PassthroughForward {
 
 /// Convert a case through the host in `mode`: positional has no tenant
 /// configuration at all; named has exactly `options = "named"`.
-async fn convert(host: &PluginHost, case: &Case, mode: Mode) -> Conversion {
+pub(crate) async fn convert(host: &PluginHost, case: &Case, mode: Mode) -> Conversion {
     let forward = forward(case);
     match mode {
         Mode::Positional => host.convert(&forward).await,
@@ -100,7 +104,7 @@ async fn convert(host: &PluginHost, case: &Case, mode: Mode) -> Conversion {
 /// prints. A contained
 /// plugin failure has no counterpart in the manifests: it becomes
 /// `{"outcome": "failed", ...}`, which never matches an expectation.
-fn conversion_to_json(conversion: &Conversion) -> Value {
+pub(crate) fn conversion_to_json(conversion: &Conversion) -> Value {
     match &conversion.outcome {
         Outcome::Ignored(reason) => json!({"outcome": "ignored", "reason": reason}),
         Outcome::Rejected { kind, message } => {

@@ -1,6 +1,7 @@
 //! The one end-to-end test binary (like wasmtime's `tests/all`): a module per
 //! area, so the workspace links few test binaries.
 
+mod abi;
 mod author;
 mod cli;
 mod corpus;

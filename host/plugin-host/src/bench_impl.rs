@@ -10,7 +10,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
 use crate::artifact_cache::ArtifactCache;
-use crate::bindings::{self, ConverterPluginPre};
+use crate::bindings::{self, GuestOutcome, PluginPre};
 use crate::engine::Allocator;
 use crate::limits::Limits;
 use crate::outcome::RejectKind;
@@ -21,7 +21,7 @@ pub struct BenchPlugin {
     engine: Engine,
     allocator: Allocator,
     linker: Linker<StoreState>,
-    pre: ConverterPluginPre<StoreState>,
+    pre: PluginPre,
     limits: Limits,
     bytes: Vec<u8>,
     name: Arc<str>,
@@ -68,10 +68,7 @@ impl BenchPlugin {
         let mut linker = crate::engine::linker(&engine).map_err(err)?;
         crate::sandbox::shadow_blocking_clocks(&mut linker).map_err(err)?;
         let component = Component::new(&engine, &bytes).map_err(|e| format!("{e:#}"))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| format!("{e:#}"))?;
-        let pre = ConverterPluginPre::new(pre).map_err(|e| format!("{e:#}"))?;
+        let pre = typed(&engine, &linker, &component)?;
         Ok(Self {
             engine,
             allocator,
@@ -103,13 +100,7 @@ impl BenchPlugin {
         let (component, _) = cache
             .load(&self.engine, &self.bytes, sha256)
             .map_err(|e| format!("{e:#}"))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| format!("{e:#}"))?;
-        ConverterPluginPre::new(pre)
-            .map(drop)
-            .map_err(|e| format!("{e:#}"))
+        typed(&self.engine, &self.linker, &component).map(drop)
     }
 
     fn sandbox(&self) -> Result<Sandbox, String> {
@@ -131,7 +122,7 @@ impl BenchPlugin {
     /// `convert`, output checks and conversion to protocol events, drop.
     /// Errs only on a plugin failure (trap, timeout, bad output).
     pub fn fresh_convert(&self, forward: &PassthroughForward) -> Result<BenchOutcome, String> {
-        let req = bindings::request(forward);
+        let req = bindings::Request::new(forward);
         let mut s = self.sandbox()?;
         block_on(s.tenant_of(&req)).map_err(err)?;
         outcome(block_on(s.convert(&req)).map_err(err)?, &self.limits)
@@ -149,7 +140,7 @@ impl BenchPlugin {
 impl WarmInstance<'_> {
     /// `convert` on the kept instance, with the same output handling.
     pub fn convert(&mut self, forward: &PassthroughForward) -> Result<BenchOutcome, String> {
-        let req = bindings::request(forward);
+        let req = bindings::Request::new(forward);
         outcome(
             block_on(self.sandbox.convert(&req)).map_err(err)?,
             &self.plugin.limits,
@@ -157,14 +148,29 @@ impl WarmInstance<'_> {
     }
 }
 
+/// The component type-checked against the bindings of the ABI version it
+/// names, as the loader does.
+fn typed(
+    engine: &Engine,
+    linker: &Linker<StoreState>,
+    component: &Component,
+) -> Result<PluginPre, String> {
+    let version = bindings::version_of(engine, component)?
+        .unwrap_or_else(|| hermes_converter_abi::CURRENT_VERSION.to_owned());
+    let implemented = hermes_converter_abi::implemented_version(&version)
+        .ok_or_else(|| format!("built against hermes:converter@{version}"))?;
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| format!("{e:#}"))?;
+    PluginPre::new(implemented, pre).map_err(|e| format!("{e:#}"))
+}
+
 /// The host's output handling (events become protocol events under the
 /// output caps), reduced to what the benchmark checks.
-fn outcome(outcome: bindings::Outcome, limits: &Limits) -> Result<BenchOutcome, String> {
-    match outcome {
-        bindings::Outcome::Events(e) => {
-            bindings::events(e, limits).map(|e| BenchOutcome::Events(e.len()))
-        }
-        bindings::Outcome::Ignored(_) => Ok(BenchOutcome::Ignored),
-        bindings::Outcome::Error(e) => Ok(BenchOutcome::Rejected(bindings::reject_kind(e.kind))),
-    }
+fn outcome(outcome: bindings::RawOutcome, limits: &Limits) -> Result<BenchOutcome, String> {
+    Ok(match outcome.check(limits)? {
+        GuestOutcome::Events(e) => BenchOutcome::Events(e.len()),
+        GuestOutcome::Ignored(_) => BenchOutcome::Ignored,
+        GuestOutcome::Rejected { kind, .. } => BenchOutcome::Rejected(kind),
+    })
 }

@@ -3,6 +3,7 @@
 //! [`Outcome`].
 
 use super::*;
+use crate::bindings::GuestOutcome;
 use crate::reuse::{InstanceKey, Role};
 
 impl PluginHost {
@@ -60,7 +61,7 @@ impl PluginHost {
             );
         }
         drop(entry);
-        let request = Arc::new(bindings::request(forward));
+        let request = Arc::new(bindings::Request::new(forward));
         // Whether `tenant` is what the plugin's `tenant-of` answered.
         let mut tenant_asked = false;
         let (tenant, target) = if table.routes_by_tenant(platform) {
@@ -256,9 +257,8 @@ impl Inner {
             Ok(t) => t,
             Err(e) => return Step::Done(self.failed(&plugin.stats, &plugin.name, None, e)),
         };
-        let Some(target) = table.resolve(&req.platform, req.profile.as_deref(), tenant.as_deref())
-        else {
-            return Step::Done(no_route(&req.platform, tenant));
+        let Some(target) = table.resolve(req.platform(), req.profile(), tenant.as_deref()) else {
+            return Step::Done(no_route(req.platform(), tenant));
         };
         let config = with_extra(&target.config, config_override.as_deref());
         let per_tenant = target.isolation == Isolation::PerTenant;
@@ -321,20 +321,20 @@ impl Inner {
             Ok(o) => o,
             Err(e) => return fail(e),
         };
+        let outcome = match outcome.check(limits) {
+            Ok(o) => o,
+            Err(why) => return fail(PluginError::BadOutput(why)),
+        };
         let outcome = match outcome {
-            bindings::Outcome::Events(events) => {
-                let events = match bindings::events(events, limits) {
-                    Ok(events) => events,
-                    Err(why) => return fail(PluginError::BadOutput(why)),
-                };
-                let profile = req.profile.as_deref();
-                if let Err(why) = trust::check(&req.platform, profile, &target.grant, &events) {
+            GuestOutcome::Events(events) => {
+                let profile = req.profile();
+                if let Err(why) = trust::check(req.platform(), profile, &target.grant, &events) {
                     return fail(PluginError::Overreach(why));
                 }
                 plugin.stats.record_events(events.len());
                 Outcome::Events(events)
             }
-            bindings::Outcome::Ignored(reason) => {
+            GuestOutcome::Ignored(reason) => {
                 if reason.len() > 64 {
                     let why = "ignore reason longer than 64 bytes".to_owned();
                     return fail(PluginError::BadOutput(why));
@@ -342,14 +342,10 @@ impl Inner {
                 plugin.stats.record_ignored();
                 Outcome::Ignored(reason)
             }
-            bindings::Outcome::Error(e) => {
+            GuestOutcome::Rejected { kind, mut message } => {
                 plugin.stats.record_rejected();
-                let mut message = e.message;
                 message.truncate(message.floor_char_boundary(1024));
-                Outcome::Rejected {
-                    kind: bindings::reject_kind(e.kind),
-                    message,
-                }
+                Outcome::Rejected { kind, message }
             }
         };
         (
@@ -375,7 +371,7 @@ impl Inner {
         let key = |role| InstanceKey {
             plugin: Arc::clone(plugin),
             config: Arc::clone(&config),
-            profile: req.profile.clone(),
+            profile: req.profile().map(str::to_owned),
             role,
         };
         let tenant = if asked {

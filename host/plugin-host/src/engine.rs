@@ -4,10 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::bindings::ConverterPlugin;
 use crate::epoch::EPOCH_TICK;
 use crate::error::HostError;
 use crate::limits::Limits;
@@ -114,13 +113,12 @@ pub(crate) fn build(
 }
 
 /// The linker every plugin is instantiated through: the empty WASI p2
-/// interfaces plus the converter world's `host` imports.
+/// interfaces plus the `host` imports of every implemented ABI version.
 pub(crate) fn linker(engine: &Engine) -> Result<Linker<StoreState>, HostError> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(|e| HostError::Linker(format!("{e:#}")))?;
-    ConverterPlugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
-        .map_err(|e| HostError::Linker(format!("{e:#}")))?;
+    crate::bindings::add_to_linker(&mut linker).map_err(|e| HostError::Linker(format!("{e:#}")))?;
     Ok(linker)
 }
 

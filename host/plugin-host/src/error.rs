@@ -56,7 +56,7 @@ pub enum PluginError {
     },
     /// The plugin was built against a WIT version this host cannot run.
     #[error(
-        "plugin built against hermes:converter@{plugin_version}, this host implements @{host_version}"
+        "plugin built against hermes:converter@{plugin_version}, this host implements versions {host_version}"
     )]
     Incompatible {
         /// The version the plugin imports/exports.
@@ -202,7 +202,7 @@ pub enum LoadError {
     },
     /// Built against a `hermes:converter` version this host cannot run.
     #[error(
-        "{file}: built against hermes:converter@{plugin_version}, but this host implements hermes:converter@{host_version}"
+        "{file}: built against hermes:converter@{plugin_version}, but this host implements hermes:converter versions {host_version} (rebuild it with an SDK for one of those)"
     )]
     Incompatible {
         /// The file.

@@ -141,7 +141,7 @@ use crate::stats::PluginStats;
 use crate::table::{LoadedPlugin, Resolved, Table};
 
 /// The version of `hermes:converter` this host implements.
-pub const API_VERSION: &str = bindings::API_VERSION;
+pub const API_VERSION: &str = hermes_converter_abi::CURRENT_VERSION;
 
 /// Where plugins come from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
 use crate::artifact_cache::{ArtifactCache, CacheOutcome};
-use crate::bindings::{self, ConverterPluginPre};
+use crate::bindings::{self, PluginPre};
 use crate::error::LoadError;
 use crate::limits::Limits;
 use crate::policy::Policy;
@@ -201,7 +201,7 @@ impl Loader<'_> {
             name: info.name,
             version: info.version,
             platforms: info.platforms,
-            api_version: info.api_version,
+            api_version: info.api_version.unwrap_or_else(|| pre.version().to_owned()),
             file: file.to_owned(),
             sha256,
         };
@@ -233,49 +233,41 @@ impl Loader<'_> {
     /// Refuse another `hermes:converter` version by name before linking (the
     /// linker's own error would only say an import is missing), then
     /// type-check against the world.
+    /// Checks the component against the bindings of the ABI version it
+    /// was built against, read from its own import and export names.
     pub(crate) fn type_check(
         &self,
         file: &Path,
         component: &Component,
-    ) -> Result<ConverterPluginPre<StoreState>, LoadError> {
-        let ty = component.component_type();
-        let names = ty
-            .exports(self.engine)
-            .map(|(n, _)| n.to_owned())
-            .chain(ty.imports(self.engine).map(|(n, _)| n.to_owned()));
-        for name in names {
-            let Some(rest) = name
-                .strip_prefix(bindings::PACKAGE)
-                .and_then(|r| r.strip_prefix('/'))
-            else {
-                continue;
+    ) -> Result<PluginPre, LoadError> {
+        let incompatible = |plugin_version: String| LoadError::Incompatible {
+            file: file.to_owned(),
+            plugin_version,
+            host_version: bindings::implemented(),
+        };
+        let version = match bindings::version_of(self.engine, component) {
+            Ok(Some(v)) => v,
+            // Not a converter at all: the type check below says what is missing.
+            Ok(None) => hermes_converter_abi::CURRENT_VERSION.to_owned(),
+            Err(several) => return Err(incompatible(format!("several ({several})"))),
+        };
+        let Some(implemented) = hermes_converter_abi::implemented_version(&version) else {
+            let shown = if version.is_empty() {
+                "(unversioned)".to_owned()
+            } else {
+                version
             };
-            let version = rest.split_once('@').map_or("", |(_, v)| v);
-            if !bindings::version_compatible(version) {
-                return Err(LoadError::Incompatible {
-                    file: file.to_owned(),
-                    plugin_version: if version.is_empty() {
-                        "(unversioned)".to_owned()
-                    } else {
-                        version.to_owned()
-                    },
-                    host_version: bindings::API_VERSION.to_owned(),
-                });
-            }
-        }
+            return Err(incompatible(shown));
+        };
         let type_err = |e: wasmtime::Error| LoadError::TypeCheck {
             file: file.to_owned(),
             message: format!("{e:#}"),
         };
         let pre = self.linker.instantiate_pre(component).map_err(type_err)?;
-        ConverterPluginPre::new(pre).map_err(type_err)
+        PluginPre::new(implemented, pre).map_err(type_err)
     }
 
-    fn describe(
-        &self,
-        file: &Path,
-        pre: &ConverterPluginPre<StoreState>,
-    ) -> Result<bindings::PluginInfo, LoadError> {
+    fn describe(&self, file: &Path, pre: &PluginPre) -> Result<bindings::Info, LoadError> {
         let err = |message: String| LoadError::Describe {
             file: file.to_owned(),
             message,
@@ -308,24 +300,33 @@ impl Loader<'_> {
         if info.platforms.is_empty() || !info.platforms.iter().all(|p| valid_name(p)) {
             return Err(err(format!("invalid platform list {:?}", info.platforms)));
         }
-        if info.version.len() > 64 || info.api_version.len() > 64 {
+        let api_version = info.api_version.as_deref().unwrap_or_default();
+        if info.version.len() > 64 || api_version.len() > 64 {
             return Err(err("version strings longer than 64 bytes".to_owned()));
         }
-        check_api_version(file, &info.api_version)?;
+        // 0.1 also names its version in `describe`: it must agree with the
+        // component's (it is informative only from 0.2 on, and absent).
+        if pre.version() == "0.1.0" {
+            check_api_version(file, api_version, pre.version())?;
+        }
         Ok(info)
     }
 }
 
-/// The WIT version a plugin's `describe()` reports must be one this host
-/// runs, like the version in its import and export names.
-pub(crate) fn check_api_version(file: &Path, api_version: &str) -> Result<(), LoadError> {
-    if bindings::version_compatible(api_version) {
+/// The WIT version a 0.1 plugin's `describe()` reports must be the one its
+/// import and export names carry (`built`), up to the patch level.
+pub(crate) fn check_api_version(
+    file: &Path,
+    api_version: &str,
+    built: &str,
+) -> Result<(), LoadError> {
+    if hermes_converter_abi::implemented_version(api_version) == Some(built) {
         return Ok(());
     }
     Err(LoadError::Incompatible {
         file: file.to_owned(),
         plugin_version: api_version.to_owned(),
-        host_version: bindings::API_VERSION.to_owned(),
+        host_version: bindings::implemented(),
     })
 }
 
@@ -336,14 +337,21 @@ mod tests {
     #[test]
     fn describe_api_version_of_another_major_is_refused_naming_both() {
         let file = Path::new("plugins/x.wasm");
-        assert!(check_api_version(file, bindings::API_VERSION).is_ok());
-        let err = check_api_version(file, "1.0.0").expect_err("another major");
+        assert!(check_api_version(file, "0.1.0", "0.1.0").is_ok());
+        assert!(
+            check_api_version(file, "0.1.3", "0.1.0").is_ok(),
+            "patch levels"
+        );
+        let err = check_api_version(file, "1.0.0", "0.1.0").expect_err("another major");
         let text = err.to_string();
         assert!(matches!(err, LoadError::Incompatible { .. }), "{err:?}");
         assert!(
-            text.contains("1.0.0") && text.contains(bindings::API_VERSION),
+            text.contains("1.0.0") && text.contains(&bindings::implemented()),
             "{text}"
         );
-        assert!(check_api_version(file, "0.2.0").is_err(), "a newer minor");
+        assert!(
+            check_api_version(file, "0.2.0", "0.1.0").is_err(),
+            "describe must agree with the component"
+        );
     }
 }

@@ -16,7 +16,11 @@ pub struct ConvertedEvent {
     pub event: MessageEvent,
     /// How replies to it must be sent.
     pub reply_route: ReplyRoute,
-    /// Informational extras from the plugin.
+    /// The content type of each of `event.media_urls`, where the plugin
+    /// gave one (WIT 0.2 media items; empty for a 0.1 plugin).
+    pub media_types: Vec<Option<String>>,
+    /// Informational extras from a WIT 0.1 plugin (0.2 has none). Never
+    /// copied onto outbound actions.
     pub metadata: Vec<(String, String)>,
 }
 
@@ -37,6 +41,24 @@ pub enum RejectKind {
 }
 
 impl RejectKind {
+    /// Every kind, in check order.
+    pub const ALL: [RejectKind; 9] = [
+        Self::EmptyBody,
+        Self::PayloadTooLarge,
+        Self::UnsupportedContentType,
+        Self::InvalidEncoding,
+        Self::InvalidForm,
+        Self::InvalidJson,
+        Self::MissingField,
+        Self::InvalidField,
+        Self::UnsupportedType,
+    ];
+
+    /// The kind spelled `s` (`empty_body`, …), if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     /// The wire spelling (`empty_body`, …).
     pub fn as_str(self) -> &'static str {
         match self {

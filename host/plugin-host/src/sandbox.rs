@@ -17,7 +17,7 @@ use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
 };
 
-use crate::bindings::{self, ConverterPlugin, ConverterPluginPre, Outcome, PluginInfo, Request};
+use crate::bindings::{self, Info, Plugin, PluginPre, RawOutcome, Request, v0_1, v0_2};
 use crate::budget::{CallLimiter, CpuBudget};
 use crate::error::{HostError, PluginError};
 use crate::limits::Limits;
@@ -51,6 +51,18 @@ pub(crate) struct StoreState {
     panic_message: Option<String>,
     output: CappedPipe,
     budget: CpuBudget,
+    /// What a 0.2 plugin's `host.limits` answers.
+    output_limits: v0_2::OutputLimits,
+}
+
+/// A log line's level, whatever the plugin's ABI version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
 }
 
 /// `s` as one log line: control characters (newlines, carriage returns,
@@ -82,12 +94,54 @@ impl WasiView for StoreState {
     }
 }
 
-impl bindings::hermes::converter::types::Host for StoreState {}
+impl v0_1::hermes::converter::types::Host for StoreState {}
+impl v0_2::hermes::converter::types::Host for StoreState {}
 
-impl bindings::hermes::converter::host::Host for StoreState {
-    fn log(&mut self, level: bindings::hermes::converter::types::Level, message: String) {
-        use bindings::hermes::converter::types::Level;
-        if level == Level::Error
+impl v0_1::hermes::converter::host::Host for StoreState {
+    fn log(&mut self, level: v0_1::hermes::converter::types::Level, message: String) {
+        use v0_1::hermes::converter::types::Level;
+        let level = match level {
+            Level::Trace => LogLevel::Trace,
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        self.log_line(level, message);
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        self.config.get(&key).cloned()
+    }
+}
+
+impl v0_2::hermes::converter::host::Host for StoreState {
+    fn log(&mut self, level: v0_2::hermes::converter::types::Level, message: String) {
+        use v0_2::hermes::converter::types::Level;
+        let level = match level {
+            Level::Trace => LogLevel::Trace,
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        self.log_line(level, message);
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        self.config.get(&key).cloned()
+    }
+
+    fn limits(&mut self) -> v0_2::OutputLimits {
+        self.output_limits
+    }
+}
+
+impl StoreState {
+    /// A plugin's `log` call, whatever its version: capped per call and
+    /// over time, escaped, tagged with plugin and tenant.
+    fn log_line(&mut self, level: LogLevel, message: String) {
+        if level == LogLevel::Error
             && let Some(panic) = message.strip_prefix(PANIC_LOG_PREFIX)
         {
             // Logged once, with the failure it causes; not as a line too.
@@ -111,16 +165,18 @@ impl bindings::hermes::converter::host::Host for StoreState {
         let plugin = &*self.plugin;
         let tenant = self.tenant.as_deref().unwrap_or("");
         match level {
-            Level::Trace => tracing::trace!(target: "hermes_plugin", plugin, tenant, "{message}"),
-            Level::Debug => tracing::debug!(target: "hermes_plugin", plugin, tenant, "{message}"),
-            Level::Info => tracing::info!(target: "hermes_plugin", plugin, tenant, "{message}"),
-            Level::Warn => tracing::warn!(target: "hermes_plugin", plugin, tenant, "{message}"),
-            Level::Error => tracing::error!(target: "hermes_plugin", plugin, tenant, "{message}"),
+            LogLevel::Trace => {
+                tracing::trace!(target: "hermes_plugin", plugin, tenant, "{message}")
+            }
+            LogLevel::Debug => {
+                tracing::debug!(target: "hermes_plugin", plugin, tenant, "{message}")
+            }
+            LogLevel::Info => tracing::info!(target: "hermes_plugin", plugin, tenant, "{message}"),
+            LogLevel::Warn => tracing::warn!(target: "hermes_plugin", plugin, tenant, "{message}"),
+            LogLevel::Error => {
+                tracing::error!(target: "hermes_plugin", plugin, tenant, "{message}")
+            }
         }
-    }
-
-    fn config(&mut self, key: String) -> Option<String> {
-        self.config.get(&key).cloned()
     }
 }
 
@@ -236,7 +292,7 @@ pub(crate) struct CallContext {
 /// between them (see [`CpuBudget`]).
 pub(crate) struct Sandbox {
     store: Store<StoreState>,
-    instance: ConverterPlugin,
+    instance: Plugin,
     deadline: Duration,
     limits: Limits,
     /// Calls made (a warm instance is retired after a number of them).
@@ -256,7 +312,7 @@ impl Sandbox {
     /// Create a store with its limits and instantiate the plugin in it.
     pub(crate) async fn new(
         engine: &Engine,
-        pre: &ConverterPluginPre<StoreState>,
+        pre: &PluginPre,
         limits: &Limits,
         cx: CallContext,
     ) -> Result<Self, PluginError> {
@@ -278,6 +334,7 @@ impl Sandbox {
             panic_message: None,
             output,
             budget: CpuBudget::new(limits.epoch_deadline),
+            output_limits: v0_2::output_limits(limits),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -338,13 +395,9 @@ impl Sandbox {
         self.store.data().limiter.memory_bytes
     }
 
-    pub(crate) async fn describe(&mut self) -> Result<PluginInfo, PluginError> {
+    pub(crate) async fn describe(&mut self) -> Result<Info, PluginError> {
         self.start_call();
-        let r = self
-            .instance
-            .hermes_converter_converter()
-            .call_describe(&mut self.store)
-            .await;
+        let r = self.instance.describe(&mut self.store).await;
         self.finish(r)
     }
 
@@ -353,11 +406,7 @@ impl Sandbox {
     /// so it must be short and printable.
     pub(crate) async fn tenant_of(&mut self, req: &Request) -> Result<Option<String>, PluginError> {
         self.start_call();
-        let r = self
-            .instance
-            .hermes_converter_converter()
-            .call_tenant_of(&mut self.store, req)
-            .await;
+        let r = self.instance.tenant_of(&mut self.store, req).await;
         let tenant = self.finish(r)?;
         if let Some(key) = &tenant {
             check_tenant_key(key)?;
@@ -365,13 +414,9 @@ impl Sandbox {
         Ok(tenant)
     }
 
-    pub(crate) async fn convert(&mut self, req: &Request) -> Result<Outcome, PluginError> {
+    pub(crate) async fn convert(&mut self, req: &Request) -> Result<RawOutcome, PluginError> {
         self.start_call();
-        let r = self
-            .instance
-            .hermes_converter_converter()
-            .call_convert(&mut self.store, req)
-            .await;
+        let r = self.instance.convert(&mut self.store, req).await;
         self.finish(r)
     }
 

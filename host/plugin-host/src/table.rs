@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::bindings::ConverterPluginPre;
+use crate::bindings::PluginPre;
 use crate::error::LoadError;
 use crate::policy::{Grant, Isolation, Policy, RouteRule};
-use crate::sandbox::{ConfigMap, StoreState};
+use crate::sandbox::ConfigMap;
 use crate::stats::PluginStats;
 
 /// What a loaded plugin says about itself, plus where it came from.
@@ -35,7 +35,7 @@ pub struct PluginDescription {
 pub(crate) struct LoadedPlugin {
     pub(crate) description: PluginDescription,
     pub(crate) name: Arc<str>,
-    pub(crate) pre: ConverterPluginPre<StoreState>,
+    pub(crate) pre: PluginPre,
     pub(crate) stats: Arc<PluginStats>,
 }
 

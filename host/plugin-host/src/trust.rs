@@ -112,6 +112,7 @@ mod tests {
                 ..MessageEvent::default()
             },
             reply_route: route,
+            media_types: Vec::new(),
             metadata: Vec::new(),
         }
     }

@@ -26,11 +26,19 @@ struct WireEvent<'a> {
     message_id: &'a Option<String>,
     reply_to_message_id: &'a Option<String>,
     media_urls: &'a [String],
+    /// The content type of each media url (WIT 0.2 plugins); omitted when
+    /// the plugin named none.
+    #[serde(skip_serializing_if = "no_media_types")]
+    media_types: &'a [Option<String>],
     prompt_response: Option<WirePrompt<'a>>,
     /// Mirrors `source.is_bot`, as the corpus lists it on the event.
     is_bot: bool,
     reply_route: WireRoute<'a>,
     metadata: BTreeMap<&'a str, &'a str>,
+}
+
+fn no_media_types(types: &&[Option<String>]) -> bool {
+    types.iter().all(Option::is_none)
 }
 
 #[derive(Serialize)]
@@ -61,6 +69,7 @@ impl<'a> From<&'a ConvertedEvent> for WireEvent<'a> {
             message_id: &e.message_id,
             reply_to_message_id: &e.reply_to_message_id,
             media_urls: &e.media_urls,
+            media_types: &c.media_types,
             prompt_response: e.prompt_response.as_ref().map(|p| WirePrompt {
                 prompt_id: &p.prompt_id,
                 option_id: &p.option_id,

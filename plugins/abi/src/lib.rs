@@ -13,7 +13,7 @@ pub const PACKAGE: &str = "hermes:converter";
 /// Every version of [`PACKAGE`] this release implements, oldest first. A
 /// host loads a plugin built against any of them; each has its folder in
 /// `wit/` (frozen once released) and its bindings in the host.
-pub const VERSIONS: [&str; 1] = ["0.1.0"];
+pub const VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];
 
 /// The version the SDK builds new plugins against (the newest).
 pub const CURRENT_VERSION: &str = VERSIONS[VERSIONS.len() - 1];
@@ -136,12 +136,13 @@ mod tests {
             Some("0.1.0"),
             "patch levels do not matter"
         );
-        assert_eq!(implemented_version("0.2.0"), None, "a newer minor");
+        assert_eq!(implemented_version("0.2.0"), Some("0.2.0"));
+        assert_eq!(implemented_version("0.3.0"), None, "a newer minor");
         assert_eq!(implemented_version("1.0.0"), None, "another major");
         for bad in ["garbage", "0.1", "0.1.0.0", ""] {
             assert_eq!(implemented_version(bad), None, "{bad}");
         }
-        assert_eq!(CURRENT_VERSION, "0.1.0");
+        assert_eq!(CURRENT_VERSION, "0.2.0");
     }
 
     #[test]

@@ -35,8 +35,6 @@ pub struct Content {
     pub reply_to_message_id: Option<String>,
     /// Set when a button answers a gateway prompt.
     pub prompt_response: Option<PromptResponse>,
-    /// Informational extras.
-    pub metadata: Vec<(String, String)>,
 }
 
 /// Convert one interaction request; `named` selects `name:value` rendering
@@ -140,7 +138,6 @@ fn event(root: &Value<'_>, kind: i64, id: &str, named: bool) -> Result<Outcome, 
     event.message_id = message_id;
     event.reply_to_message_id = content.reply_to_message_id;
     event.prompt_response = content.prompt_response;
-    event.metadata = content.metadata;
     Ok(Outcome::event(event))
 }
 

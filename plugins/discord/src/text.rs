@@ -86,7 +86,6 @@ pub fn command(data: &Value<'_>, named: bool) -> Result<Content, ConvertError> {
         message_type: MessageType::Command,
         reply_to_message_id,
         prompt_response: None,
-        metadata: Vec::new(),
     })
 }
 
@@ -354,11 +353,6 @@ pub fn component(data: &Value<'_>, message: Option<&Value<'_>>) -> Result<Conten
         .map(|m| m.opt_str_field("id"))
         .transpose()?
         .flatten();
-    let mut metadata = vec![("custom_id".to_owned(), custom_id.to_owned())];
-    if let Some(id) = source_message_id {
-        metadata.push(("source_message_id".to_owned(), id.to_owned()));
-    }
-
     if let Some((prompt_id, option_id)) = prompt_token(custom_id) {
         let mut text = String::with_capacity(option_id.len() + 1);
         text.push('/');
@@ -373,7 +367,6 @@ pub fn component(data: &Value<'_>, message: Option<&Value<'_>>) -> Result<Conten
                 label: None,
                 prompt_message_id: source_message_id.map(str::to_owned),
             }),
-            metadata,
         });
     }
 
@@ -392,7 +385,6 @@ pub fn component(data: &Value<'_>, message: Option<&Value<'_>>) -> Result<Conten
         message_type: MessageType::Text,
         reply_to_message_id: None,
         prompt_response: None,
-        metadata,
     })
 }
 
@@ -448,7 +440,6 @@ pub fn modal(data: &Value<'_>) -> Result<Content, ConvertError> {
         message_type: MessageType::Text,
         reply_to_message_id: None,
         prompt_response: None,
-        metadata: vec![("custom_id".to_owned(), custom_id.to_owned())],
     })
 }
 

@@ -6,13 +6,13 @@
 //! `export_converter!(MyConverter);` and the macro wires everything here.
 
 use crate::{
-    ChatType, Config, ConvertError, Converter, ErrorKind, Level, MessageEvent, MessageType,
-    Outcome, PluginInfo, PromptResponse, ReplyRoute, Request, Source,
+    Config, ConvertError, Converter, Level, Media, MessageEvent, Outcome, OutputCaps, PluginInfo,
+    PromptResponse, ReplyRoute, Request, Source,
 };
 
 wit_bindgen::generate!({
     world: "converter-plugin",
-    path: "../../wit/0.1.0",
+    path: "../../wit/0.2.0",
     // The export macro must be reachable from the converter crates, through
     // `export_converter!` below.
     pub_export_macro: true,
@@ -66,6 +66,18 @@ pub fn install_panic_hook() {
     });
 }
 
+/// The caps in force, read through the host's `limits` import.
+pub fn output_caps() -> OutputCaps {
+    let l = wit_host::limits();
+    let n = |v: u32| usize::try_from(v).unwrap_or(usize::MAX);
+    OutputCaps {
+        max_events: n(l.max_events),
+        max_event_text_bytes: n(l.max_event_text_bytes),
+        max_output_bytes: n(l.max_output_bytes),
+        max_media: n(l.max_media),
+    }
+}
+
 /// The tenant configuration, read through the host's `config` import.
 pub struct HostConfig;
 
@@ -82,13 +94,11 @@ pub fn describe<C: Converter>() -> wit::PluginInfo {
         name,
         version,
         platforms,
-        api_version,
     } = C::describe();
     wit::PluginInfo {
         name,
         version,
         platforms,
-        api_version,
     }
 }
 
@@ -129,7 +139,7 @@ fn outcome_to_wit(outcome: Outcome) -> wit::Outcome {
         }
         Outcome::Ignored(reason) => wit::Outcome::Ignored(reason),
         Outcome::Error(ConvertError { kind, message }) => wit::Outcome::Error(wit::ConvertError {
-            kind: error_kind_to_wit(kind),
+            kind: kind.as_str().to_owned(),
             message,
         }),
     }
@@ -138,11 +148,15 @@ fn outcome_to_wit(outcome: Outcome) -> wit::Outcome {
 fn event_to_wit(event: MessageEvent) -> wit::MessageEvent {
     wit::MessageEvent {
         text: event.text,
-        message_type: message_type_to_wit(event.message_type),
+        message_type: event.message_type.as_str().to_owned(),
         source: source_to_wit(event.source),
         message_id: event.message_id,
         reply_to_message_id: event.reply_to_message_id,
-        media_urls: event.media_urls,
+        media: event
+            .media
+            .into_iter()
+            .map(|Media { url, content_type }| wit::Media { url, content_type })
+            .collect(),
         prompt_response: event.prompt_response.map(
             |PromptResponse {
                  prompt_id,
@@ -160,7 +174,6 @@ fn event_to_wit(event: MessageEvent) -> wit::MessageEvent {
             ReplyRoute::Send => wit::ReplyRoute::Send,
             ReplyRoute::FollowUp(kind) => wit::ReplyRoute::FollowUp(kind),
         },
-        metadata: event.metadata,
     }
 }
 
@@ -168,13 +181,7 @@ fn source_to_wit(s: Source) -> wit::Source {
     wit::Source {
         platform: s.platform,
         chat_id: s.chat_id,
-        chat_type: match s.chat_type {
-            ChatType::Dm => wit::ChatType::Dm,
-            ChatType::Group => wit::ChatType::Group,
-            ChatType::Channel => wit::ChatType::Channel,
-            ChatType::Thread => wit::ChatType::Thread,
-            ChatType::Forum => wit::ChatType::Forum,
-        },
+        chat_type: s.chat_type.as_str().to_owned(),
         chat_name: s.chat_name,
         user_id: s.user_id,
         user_name: s.user_name,
@@ -188,33 +195,5 @@ fn source_to_wit(s: Source) -> wit::Source {
         profile: s.profile,
         is_bot: s.is_bot,
         message_is_edit: s.message_is_edit,
-    }
-}
-
-fn message_type_to_wit(t: MessageType) -> wit::MessageType {
-    match t {
-        MessageType::Text => wit::MessageType::Text,
-        MessageType::Location => wit::MessageType::Location,
-        MessageType::Photo => wit::MessageType::Photo,
-        MessageType::Video => wit::MessageType::Video,
-        MessageType::Audio => wit::MessageType::Audio,
-        MessageType::Voice => wit::MessageType::Voice,
-        MessageType::Document => wit::MessageType::Document,
-        MessageType::Sticker => wit::MessageType::Sticker,
-        MessageType::Command => wit::MessageType::Command,
-    }
-}
-
-fn error_kind_to_wit(k: ErrorKind) -> wit::ErrorKind {
-    match k {
-        ErrorKind::EmptyBody => wit::ErrorKind::EmptyBody,
-        ErrorKind::PayloadTooLarge => wit::ErrorKind::PayloadTooLarge,
-        ErrorKind::UnsupportedContentType => wit::ErrorKind::UnsupportedContentType,
-        ErrorKind::InvalidEncoding => wit::ErrorKind::InvalidEncoding,
-        ErrorKind::InvalidForm => wit::ErrorKind::InvalidForm,
-        ErrorKind::InvalidJson => wit::ErrorKind::InvalidJson,
-        ErrorKind::MissingField => wit::ErrorKind::MissingField,
-        ErrorKind::InvalidField => wit::ErrorKind::InvalidField,
-        ErrorKind::UnsupportedType => wit::ErrorKind::UnsupportedType,
     }
 }

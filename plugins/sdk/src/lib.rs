@@ -34,11 +34,11 @@
 //! Build it with `cargo build --release --target wasm32-wasip2` and drop the
 //! `.wasm` into the gateway's `--plugins` directory.
 //!
-//! The types mirror `wit/0.1.0/converter.wit` one to one; see that file for the
+//! The types mirror `wit/0.2.0/converter.wit` one to one; see that file for the
 //! meaning of every field.
 //!
 //! (Why one file of this length: it is the SDK's whole public surface, the
-//! native mirror of `wit/0.1.0/converter.wit` in one place, and most of it is this
+//! native mirror of `wit/0.2.0/converter.wit` in one place, and most of it is this
 //! guide and the types' documentation.)
 
 #![cfg_attr(not(target_arch = "wasm32"), forbid(unsafe_code))]
@@ -64,7 +64,7 @@ pub use hermes_converter_abi::MAX_BODY_BYTES;
 // The host's default output caps, from the one crate host and SDK share.
 pub use hermes_converter_abi::caps::{
     ELEMENT_OVERHEAD as OUTPUT_ELEMENT_OVERHEAD, MAX_EVENT_TEXT_BYTES, MAX_EVENTS,
-    MAX_MEDIA as MAX_MEDIA_URLS, MAX_METADATA_PAIRS, MAX_OUTPUT_BYTES,
+    MAX_MEDIA as MAX_MEDIA_URLS, MAX_OUTPUT_BYTES,
 };
 
 /// The size of a conversion's events as the host measures it against
@@ -77,14 +77,10 @@ pub fn output_size(events: &[MessageEvent]) -> usize {
         let src = &e.source;
         size.element();
         size.string(&e.text);
-        for url in &e.media_urls {
+        for m in &e.media {
             size.element();
-            size.string(url);
-        }
-        for (k, v) in &e.metadata {
-            size.element();
-            size.string(k);
-            size.string(v);
+            size.string(&m.url);
+            size.optional(m.content_type.as_deref());
         }
         size.string(&src.platform);
         size.string(&src.chat_id);
@@ -118,47 +114,84 @@ pub fn output_size(events: &[MessageEvent]) -> usize {
     size.0
 }
 
+/// The output caps a conversion must stay within: the host's active ones
+/// (`host.limits`, which an operator may have lowered) inside a component,
+/// the default ones natively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputCaps {
+    /// Events per conversion.
+    pub max_events: usize,
+    /// Bytes of `text` per event.
+    pub max_event_text_bytes: usize,
+    /// Bytes of all events, as [`output_size`] measures them.
+    pub max_output_bytes: usize,
+    /// Media items per event.
+    pub max_media: usize,
+}
+
+impl OutputCaps {
+    /// The host's defaults.
+    pub const DEFAULT: Self = Self {
+        max_events: MAX_EVENTS,
+        max_event_text_bytes: MAX_EVENT_TEXT_BYTES,
+        max_output_bytes: MAX_OUTPUT_BYTES,
+        max_media: MAX_MEDIA_URLS,
+    };
+
+    /// The caps in force for this call.
+    pub fn active() -> Self {
+        #[cfg(target_arch = "wasm32")]
+        return guest::output_caps();
+        #[cfg(not(target_arch = "wasm32"))]
+        Self::DEFAULT
+    }
+}
+
 /// `outcome`, or a typed [`ErrorKind::InvalidField`] rejection when its
-/// events exceed the host's output caps. Large but valid input (a 1 MiB SMS
-/// body) can legitimately produce more text than the host accepts; as a
-/// rejection it is bad input, whereas over-cap output reaching the host is a
-/// plugin fault that counts toward quarantine. The SDK's export glue applies
-/// this to every conversion (see [`Converter::CHECK_OUTPUT_CAPS`]).
+/// events exceed the host's output caps ([`OutputCaps::active`]). Large but
+/// valid input (a 1 MiB SMS body) can legitimately produce more text than
+/// the host accepts; as a rejection it is bad input, whereas over-cap output
+/// reaching the host is a plugin fault that counts toward quarantine. The
+/// SDK's export glue applies this to every conversion (see
+/// [`Converter::CHECK_OUTPUT_CAPS`]).
 pub fn check_output_caps(outcome: Outcome) -> Outcome {
+    check_output_caps_with(outcome, OutputCaps::active())
+}
+
+/// [`check_output_caps`] against given caps.
+pub fn check_output_caps_with(outcome: Outcome, caps: OutputCaps) -> Outcome {
     let Outcome::Events(events) = &outcome else {
         return outcome;
     };
     let reject = |message: String| Outcome::error(ErrorKind::InvalidField, message);
-    if events.len() > MAX_EVENTS {
+    if events.len() > caps.max_events {
         return reject(format!(
-            "{} events exceed the limit of {MAX_EVENTS}",
-            events.len()
+            "{} events exceed the limit of {}",
+            events.len(),
+            caps.max_events
         ));
     }
     for e in events {
-        if e.text.len() > MAX_EVENT_TEXT_BYTES {
+        if e.text.len() > caps.max_event_text_bytes {
             return reject(format!(
-                "text exceeds {MAX_EVENT_TEXT_BYTES} bytes ({} bytes)",
+                "text exceeds {} bytes ({} bytes)",
+                caps.max_event_text_bytes,
                 e.text.len()
             ));
         }
-        if e.media_urls.len() > MAX_MEDIA_URLS {
+        if e.media.len() > caps.max_media {
             return reject(format!(
-                "{} media urls exceed the limit of {MAX_MEDIA_URLS}",
-                e.media_urls.len()
-            ));
-        }
-        if e.metadata.len() > MAX_METADATA_PAIRS {
-            return reject(format!(
-                "{} metadata pairs exceed the limit of {MAX_METADATA_PAIRS}",
-                e.metadata.len()
+                "{} media items exceed the limit of {}",
+                e.media.len(),
+                caps.max_media
             ));
         }
     }
     let size = output_size(events);
-    if size > MAX_OUTPUT_BYTES {
+    if size > caps.max_output_bytes {
         return reject(format!(
-            "the events exceed {MAX_OUTPUT_BYTES} bytes ({size} bytes)"
+            "the events exceed {} bytes ({size} bytes)",
+            caps.max_output_bytes
         ));
     }
     outcome
@@ -349,6 +382,25 @@ pub enum ReplyRoute {
     FollowUp(String),
 }
 
+/// One attached media item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Media {
+    /// Where it is.
+    pub url: String,
+    /// Its content type, when the platform says.
+    pub content_type: Option<String>,
+}
+
+impl Media {
+    /// An item with its URL only.
+    pub fn url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            content_type: None,
+        }
+    }
+}
+
 /// One chat message for the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(missing_docs)]
@@ -358,11 +410,10 @@ pub struct MessageEvent {
     pub source: Source,
     pub message_id: Option<String>,
     pub reply_to_message_id: Option<String>,
-    pub media_urls: Vec<String>,
+    /// Attached media, in order (the wire event carries their URLs).
+    pub media: Vec<Media>,
     pub prompt_response: Option<PromptResponse>,
     pub reply_route: ReplyRoute,
-    /// Informational extras (custom ids, content types, ...).
-    pub metadata: Vec<(String, String)>,
 }
 
 impl MessageEvent {
@@ -374,10 +425,9 @@ impl MessageEvent {
             source,
             message_id: None,
             reply_to_message_id: None,
-            media_urls: Vec::new(),
+            media: Vec::new(),
             prompt_response: None,
             reply_route,
-            metadata: Vec::new(),
         }
     }
 }
@@ -501,18 +551,16 @@ pub struct PluginInfo {
     pub version: String,
     /// Forward platforms it converts.
     pub platforms: Vec<String>,
-    /// WIT API version built against (normally [`API_VERSION`]).
-    pub api_version: String,
 }
 
 impl PluginInfo {
-    /// Info for a plugin built against this SDK's [`API_VERSION`].
+    /// Info for a plugin (the WIT version it is built against, this SDK's
+    /// [`API_VERSION`], is in the component itself).
     pub fn new(name: &str, version: &str, platforms: &[&str]) -> Self {
         Self {
             name: name.to_owned(),
             version: version.to_owned(),
             platforms: platforms.iter().map(|p| (*p).to_owned()).collect(),
-            api_version: API_VERSION.to_owned(),
         }
     }
 }
@@ -659,15 +707,9 @@ mod output_cap_tests {
             Some(ErrorKind::InvalidField)
         );
         let mut media = event("m");
-        media.media_urls = vec!["u".to_owned(); MAX_MEDIA_URLS + 1];
+        media.media = vec![Media::url("u"); MAX_MEDIA_URLS + 1];
         assert_eq!(
             kind(&check_output_caps(Outcome::event(media))),
-            Some(ErrorKind::InvalidField)
-        );
-        let mut meta = event("m");
-        meta.metadata = vec![("k".to_owned(), "v".to_owned()); MAX_METADATA_PAIRS + 1];
-        assert_eq!(
-            kind(&check_output_caps(Outcome::event(meta))),
             Some(ErrorKind::InvalidField)
         );
         // Five events each under the text cap but together over the total.
@@ -682,16 +724,39 @@ mod output_cap_tests {
     }
 
     #[test]
+    fn lowered_caps_turn_output_into_a_rejection_not_a_fault() {
+        let lowered = OutputCaps {
+            max_event_text_bytes: 4,
+            ..OutputCaps::DEFAULT
+        };
+        let outcome = Outcome::event(event("hello"));
+        assert_eq!(
+            check_output_caps(outcome.clone()),
+            outcome,
+            "fits the defaults"
+        );
+        assert_eq!(
+            kind(&check_output_caps_with(outcome, lowered)),
+            Some(ErrorKind::InvalidField)
+        );
+    }
+
+    #[test]
     fn output_size_charges_overhead_per_item() {
         let e = event("abc");
         // event + text + platform + chat_id
         let base = 4 * OUTPUT_ELEMENT_OVERHEAD + 3 + 1 + 1;
         assert_eq!(output_size(std::slice::from_ref(&e)), base);
         let mut with_url = e;
-        with_url.media_urls.push("uu".to_owned());
+        with_url.media.push(Media::url("uu"));
+        assert_eq!(
+            output_size(std::slice::from_ref(&with_url)),
+            base + 2 * OUTPUT_ELEMENT_OVERHEAD + 2
+        );
+        with_url.media[0].content_type = Some("image/png".to_owned());
         assert_eq!(
             output_size(&[with_url]),
-            base + 2 * OUTPUT_ELEMENT_OVERHEAD + 2
+            base + 3 * OUTPUT_ELEMENT_OVERHEAD + 2 + 9
         );
     }
 }

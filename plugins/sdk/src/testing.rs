@@ -195,8 +195,9 @@ fn load_case(dir: &Path, corpus: &str, entry: &Value) -> Result<Case, String> {
 /// An outcome in the manifest's expectation shape: `{"outcome":"event",
 /// "events":[…]}`, `{"outcome":"ignored","reason":…}` or
 /// `{"outcome":"error","error_kind":…,"message":…}`. Events carry every field
-/// (unset ones as `null`), `source` every SessionSource key, and `metadata`
-/// as `[key, value]` pairs.
+/// (unset ones as `null`), `source` every SessionSource key, `metadata` as
+/// the empty object the host writes for a WIT 0.2 plugin, and
+/// `media_types` when any media item has a content type.
 pub fn outcome_to_json(outcome: &Outcome) -> Value {
     match outcome {
         Outcome::Ignored(reason) => json!({"outcome": "ignored", "reason": reason}),
@@ -223,12 +224,12 @@ pub fn outcome_to_json(outcome: &Outcome) -> Value {
                         ReplyRoute::Send => json!({"op": "send"}),
                         ReplyRoute::FollowUp(kind) => json!({"op": "follow_up", "kind": kind}),
                     };
-                    json!({
+                    let mut event = json!({
                         "text": e.text,
                         "message_type": e.message_type.as_str(),
                         "message_id": e.message_id,
                         "reply_to_message_id": e.reply_to_message_id,
-                        "media_urls": e.media_urls,
+                        "media_urls": e.media.iter().map(|m| m.url.as_str()).collect::<Vec<_>>(),
                         "prompt_response": prompt_response,
                         "is_bot": s.is_bot,
                         "reply_route": reply_route,
@@ -251,8 +252,15 @@ pub fn outcome_to_json(outcome: &Outcome) -> Value {
                             "is_bot": s.is_bot,
                             "message_is_edit": s.message_is_edit,
                         },
-                        "metadata": e.metadata.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<String, Value>>(),
-                    })
+                        "metadata": {},
+                    });
+                    // As the host writes it: only when a content type is known.
+                    if e.media.iter().any(|m| m.content_type.is_some()) {
+                        let types: Vec<Option<&str>> =
+                            e.media.iter().map(|m| m.content_type.as_deref()).collect();
+                        event["media_types"] = json!(types);
+                    }
+                    event
                 })
                 .collect();
             json!({"outcome": "event", "events": events})

@@ -61,16 +61,10 @@ fn chat_type_of(channel_id: &str) -> Result<ChatType, ConvertError> {
     }
 }
 
-fn event(
-    text: String,
-    message_type: MessageType,
-    source: Source,
-    metadata: Vec<(String, String)>,
-) -> Outcome {
+fn event(text: String, message_type: MessageType, source: Source) -> Outcome {
     let mut event = MessageEvent::new(text, source, ReplyRoute::FollowUp(REPLY_KIND.to_owned()));
     event.message_type = message_type;
     event.message_id = event.source.message_id.clone();
-    event.metadata = metadata;
     Outcome::event(event)
 }
 
@@ -103,7 +97,7 @@ fn slash_command(form: &Form<'_>) -> Result<Outcome, ConvertError> {
     };
     // `response_url` is a capability: the connector vaults it and answers a
     // `follow_up` of kind `slack.response_url`. It never travels further.
-    Ok(event(text, MessageType::Command, source, Vec::new()))
+    Ok(event(text, MessageType::Command, source))
 }
 
 /// `team_id`, `team.id`, else `user.team_id`.
@@ -194,8 +188,8 @@ fn interactivity(payload: &str) -> Result<Outcome, ConvertError> {
         }
     }
     // `response_url` is a capability the connector vaults (reply route
-    // `slack.response_url`); it is deliberately not copied into metadata.
-    Ok(event(part.text, MessageType::Text, source, part.metadata))
+    // `slack.response_url`); it never reaches the event.
+    Ok(event(part.text, MessageType::Text, source))
 }
 
 /// What an interactivity type renders to, before the user is attached.
@@ -203,7 +197,6 @@ struct Part<'v> {
     text: String,
     /// The channel, when the payload has one.
     chat: Option<Chat<'v>>,
-    metadata: Vec<(String, String)>,
 }
 
 struct Chat<'v> {
@@ -223,7 +216,7 @@ fn block_actions<'v>(root: &'v Value<'_>) -> Result<Part<'v>, ConvertError> {
         .opt_object_field("message")
         .and_then(|m| m.map(|m| m.opt_str_field("thread_ts")).transpose())
         .map(Option::flatten);
-    let ((text, metadata), channel, thread_ts) = match (action, channel, thread_ts) {
+    let (text, channel, thread_ts) = match (action, channel, thread_ts) {
         (Ok(a), Ok(c), Ok(t)) => (a, c, t),
         (a, c, t) => return Err(earliest([a.err(), c.err(), t.err()])),
     };
@@ -239,11 +232,7 @@ fn block_actions<'v>(root: &'v Value<'_>) -> Result<Part<'v>, ConvertError> {
             thread_ts: None,
         },
     });
-    Ok(Part {
-        text,
-        chat,
-        metadata,
-    })
+    Ok(Part { text, chat })
 }
 
 /// `channel.id`, else `container.channel_id`, with its chat type.
@@ -264,9 +253,9 @@ fn channel_of<'v>(root: &'v Value<'_>) -> Result<Option<(&'v str, ChatType)>, Co
     id.map(|id| chat_type_of(id).map(|t| (id, t))).transpose()
 }
 
-/// The first action's text and metadata.
-fn action_text(action: &Value<'_>) -> Result<(String, Vec<(String, String)>), ConvertError> {
-    let (action_id, block_id, kind) = match (
+/// The first action's text. (`block_id` is read for its type check only.)
+fn action_text(action: &Value<'_>) -> Result<String, ConvertError> {
+    let (action_id, _block_id, kind) = match (
         action.str_field("action_id"),
         action.opt_str_field("block_id"),
         action.opt_str_field("type"),
@@ -274,10 +263,6 @@ fn action_text(action: &Value<'_>) -> Result<(String, Vec<(String, String)>), Co
         (Ok(a), Ok(b), Ok(k)) => (a, b, k),
         (a, b, k) => return Err(earliest([a.err(), b.err(), k.err()])),
     };
-    let mut metadata = vec![("action_id".to_owned(), action_id.to_owned())];
-    if let Some(block_id) = block_id {
-        metadata.push(("block_id".to_owned(), block_id.to_owned()));
-    }
     let mut text = String::with_capacity(action_id.len() + 32);
     text.push_str(action_id);
     if kind == Some("button") {
@@ -287,12 +272,13 @@ fn action_text(action: &Value<'_>) -> Result<(String, Vec<(String, String)>), Co
         text.push_str(" values:");
         push_selection(&mut text, action)?;
     }
-    Ok((text, metadata))
+    Ok(text)
 }
 
 fn view_submission<'v>(root: &'v Value<'_>) -> Result<Part<'v>, ConvertError> {
     let view = root.object_field("view")?;
-    let (callback_id, view_id, values) = match (
+    // `view.id` is read for its type check only.
+    let (callback_id, _view_id, values) = match (
         view.str_field("callback_id"),
         view.opt_str_field("id"),
         view.opt_object_field("state")
@@ -302,10 +288,6 @@ fn view_submission<'v>(root: &'v Value<'_>) -> Result<Part<'v>, ConvertError> {
         (Ok(c), Ok(i), Ok(v)) => (c, i, v),
         (c, i, v) => return Err(earliest([c.err(), i.err(), v.err()])),
     };
-    let mut metadata = vec![("callback_id".to_owned(), callback_id.to_owned())];
-    if let Some(view_id) = view_id {
-        metadata.push(("view_id".to_owned(), view_id.to_owned()));
-    }
     // JSON object order means nothing: sort by (block_id, action_id).
     let mut entries: Vec<(&str, &str, &Value<'_>)> = Vec::new();
     for (block_id, block) in values
@@ -334,11 +316,7 @@ fn view_submission<'v>(root: &'v Value<'_>) -> Result<Part<'v>, ConvertError> {
         text.push(':');
         push_selection(&mut text, state)?;
     }
-    Ok(Part {
-        text,
-        chat: None,
-        metadata,
-    })
+    Ok(Part { text, chat: None })
 }
 
 /// An option object's `value`.

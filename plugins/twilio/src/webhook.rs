@@ -2,7 +2,7 @@
 
 use hermes_converter_sdk::form::{self, Form};
 use hermes_converter_sdk::{
-    ChatType, ConvertError, ErrorKind, MessageEvent, Outcome, ReplyRoute, Request, Source,
+    ChatType, ConvertError, ErrorKind, Media, MessageEvent, Outcome, ReplyRoute, Request, Source,
 };
 
 /// The media type Twilio posts.
@@ -41,8 +41,7 @@ pub fn convert(req: &Request) -> Result<Outcome, ConvertError> {
     };
     let scope = to.strip_prefix(WHATSAPP_PREFIX).unwrap_or(to);
 
-    let mut metadata = Vec::new();
-    let mut media_urls = Vec::new();
+    let mut media = Vec::new();
     let text = if voice {
         let speech = form.get("SpeechResult").filter(|s| !s.is_empty());
         let digits = form.get("Digits").filter(|d| !d.is_empty());
@@ -51,13 +50,7 @@ pub fn convert(req: &Request) -> Result<Outcome, ConvertError> {
             None => return Ok(Outcome::ignored("call_start")),
         }
     } else {
-        media(&form, &mut media_urls, &mut metadata)?;
-        if let Some(replied) = form.get("OriginalRepliedMessageSid") {
-            metadata.push((
-                "original_replied_message_sid".to_owned(),
-                replied.to_owned(),
-            ));
-        }
+        media = media_of(&form)?;
         form.get("ButtonPayload")
             .or_else(|| form.get("Body"))
             .unwrap_or("")
@@ -87,8 +80,7 @@ pub fn convert(req: &Request) -> Result<Outcome, ConvertError> {
     };
     let mut event = MessageEvent::new(text, source, ReplyRoute::Send);
     event.message_id = message_id;
-    event.media_urls = media_urls;
-    event.metadata = metadata;
+    event.media = media;
     Ok(Outcome::event(event))
 }
 
@@ -105,12 +97,8 @@ fn required<'f>(form: &'f Form<'_>, key: &str) -> Result<&'f str, ConvertError> 
 }
 
 /// `MediaUrl0 … MediaUrl{NumMedia-1}` in index order, whatever order the
-/// fields arrived in; their content types go to metadata.
-fn media(
-    form: &Form<'_>,
-    urls: &mut Vec<String>,
-    metadata: &mut Vec<(String, String)>,
-) -> Result<(), ConvertError> {
+/// fields arrived in, each with its `MediaContentType<N>` when present.
+fn media_of(form: &Form<'_>) -> Result<Vec<Media>, ConvertError> {
     let count = match form.get("NumMedia") {
         None | Some("") => 0,
         Some(n) => n.parse::<usize>().map_err(|_| {
@@ -122,14 +110,15 @@ fn media(
     };
     // Each index must have its field, so the loop cannot run longer than
     // the form is; a huge NumMedia fails at the first absent index.
+    let mut media = Vec::new();
     for i in 0..count {
         let url = required(form, &format!("MediaUrl{i}"))?;
-        urls.push(url.to_owned());
-        if let Some(content_type) = form.get(&format!("MediaContentType{i}")) {
-            metadata.push((format!("media_content_type{i}"), content_type.to_owned()));
-        }
+        media.push(Media {
+            url: url.to_owned(),
+            content_type: form.get(&format!("MediaContentType{i}")).map(str::to_owned),
+        });
     }
-    Ok(())
+    Ok(media)
 }
 
 #[cfg(test)]
@@ -165,12 +154,11 @@ mod tests {
         let e = event(
             "MessageSid=MM1&From=%2B1&To=%2B2&NumMedia=2&MediaUrl1=https%3A%2F%2Fb&MediaUrl0=https%3A%2F%2Fa&MediaContentType1=image%2Fpng",
         );
-        assert_eq!(e.media_urls, ["https://a", "https://b"]);
+        let urls: Vec<&str> = e.media.iter().map(|m| m.url.as_str()).collect();
+        assert_eq!(urls, ["https://a", "https://b"]);
         assert_eq!(e.text, "");
-        assert_eq!(
-            e.metadata,
-            [("media_content_type1".to_owned(), "image/png".to_owned())]
-        );
+        let types: Vec<Option<&str>> = e.media.iter().map(|m| m.content_type.as_deref()).collect();
+        assert_eq!(types, [None, Some("image/png")]);
     }
 
     #[test]

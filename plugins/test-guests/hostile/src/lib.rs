@@ -41,7 +41,7 @@
 #[cfg(target_arch = "wasm32")]
 mod hostile {
     use hermes_converter_sdk::{
-        ChatType, Config, Converter, ErrorKind, Level, MessageEvent, Outcome, PluginInfo,
+        ChatType, Config, Converter, ErrorKind, Level, Media, MessageEvent, Outcome, PluginInfo,
         ReplyRoute, Request, Source,
     };
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -143,7 +143,7 @@ mod hostile {
                 }
                 "many-media" => {
                     let mut e = event(req, "media".to_owned());
-                    e.media_urls = vec!["https://example.invalid/m".to_owned(); 100_000];
+                    e.media = vec![Media::url("https://example.invalid/m"); 100_000];
                     return Outcome::event(e);
                 }
                 "huge-text" => "x".repeat(1 << 20),

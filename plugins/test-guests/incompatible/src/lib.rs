@@ -1,6 +1,7 @@
-//! A converter built against `hermes:converter@9.0.0` (a copy of the WIT in
-//! this crate's `wit/` with another major version). The host must refuse it
-//! at load, naming both versions. Natively the crate is empty.
+//! A converter built against `hermes:converter@0.3.0` (a copy of the 0.2.0
+//! WIT in this crate's `wit/` with a newer minor version than any host of
+//! this release implements). The host must refuse it at load, naming its
+//! version and the ones it implements. Natively the crate is empty.
 
 #[cfg(target_arch = "wasm32")]
 mod incompatible {
@@ -17,9 +18,8 @@ mod incompatible {
         fn describe() -> PluginInfo {
             PluginInfo {
                 name: "incompatible".to_owned(),
-                version: "9.0.0".to_owned(),
+                version: "0.3.0".to_owned(),
                 platforms: vec!["incompatible".to_owned()],
-                api_version: "9.0.0".to_owned(),
             }
         }
 

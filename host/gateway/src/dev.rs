@@ -79,11 +79,17 @@ async fn serve(
     ingress.allow_non_loopback = args.allow_non_loopback;
     let record = RecordOptions::from_flags(&args.record, true)?;
     let setup = DevSetup::start(&args.plugins, args.policy.clone(), agent, ingress, record).await?;
+    // Everything printed from here on is watched from before the banner: a
+    // client may act on the banner's addresses at once, and what it causes
+    // must not slip past printers that did not exist yet.
+    let actions = setup.connector.cursor_at_end();
+    let mut requests = setup.ingress.subscribe();
+    let mut reloads = setup.plugins.subscribe_reloads();
+
     // The author's loop: a rebuilt `.wasm` or an edited policy is picked
     // up on its own (or on SIGHUP), as `run` does, and each reload printed.
     serving::drain_on_signals(setup.shutdown.clone(), Some(setup.plugins.clone()))?;
     let _watch = serving::watch_plugins(&setup.plugins);
-    let mut reloads = setup.plugins.subscribe_reloads();
     let reload_printer = tokio::spawn(async move {
         loop {
             match reloads.recv().await {
@@ -137,11 +143,7 @@ async fn serve(
     );
     println!("Ctrl-C drains and exits.");
 
-    let printer = tokio::spawn(print_actions(
-        setup.connector.cursor_at_end(),
-        args.show_typing,
-    ));
-    let mut requests = setup.ingress.subscribe();
+    let printer = tokio::spawn(print_actions(actions, args.show_typing));
     let request_printer = tokio::spawn(async move {
         loop {
             match requests.recv().await {

@@ -1,8 +1,9 @@
 //! # hermes-plugin-host: sandboxed converter plugins
 //!
 //! Webhook conversion runs in WebAssembly components that implement the
-//! `converter-plugin` world of `wit/0.1.0/converter.wit` (package
-//! `hermes:converter@0.1.0`). This crate loads them, routes each
+//! `converter-plugin` world of `hermes:converter`, any released version of
+//! it (`wit/0.1.0`, `wit/0.2.0`; see `bindings/`). This crate loads them,
+//! routes each
 //! [`PassthroughForward`] to one, and runs the conversion in a sandbox:
 //!
 //! ```no_run
@@ -41,10 +42,12 @@
 //!   instances;
 //! - input caps (empty body, 1 MiB) checked before the guest runs; wasmtime's
 //!   hostcall fuel bounding what lifting a result may copy out of the guest;
-//!   then output caps (16 events, 64 KiB of text per event, 64 media urls and
-//!   64 metadata pairs per event, 256 KiB in all) checked before anything is
-//!   handed on (the SDK turns over-cap output into an `invalid_field`
-//!   rejection first, so a valid but huge request is not a plugin fault);
+//!   then output caps (16 events, 64 KiB of text per event, 64 media items
+//!   (and, from a 0.1 plugin, 64 metadata pairs) per event, 256 KiB in all)
+//!   checked before anything is handed on (the SDK, which reads the active
+//!   caps through `host.limits` from WIT 0.2 on, turns over-cap output into
+//!   an `invalid_field` rejection first, so a valid but huge request is not
+//!   a plugin fault);
 //! - `log` routed into `tracing` (target `hermes_plugin`, fields `plugin` and
 //!   `tenant`), capped per call in lines and bytes and per plugin over time
 //!   (a token bucket, 100 lines/s with a burst of 200 by default); `config`
@@ -140,7 +143,8 @@ use crate::sandbox::{CallContext, ConfigMap, Sandbox, StoreState};
 use crate::stats::PluginStats;
 use crate::table::{LoadedPlugin, Resolved, Table};
 
-/// The version of `hermes:converter` this host implements.
+/// The newest version of `hermes:converter` this host implements (it
+/// implements every one in `hermes_converter_abi::VERSIONS`).
 pub const API_VERSION: &str = hermes_converter_abi::CURRENT_VERSION;
 
 /// Where plugins come from.

@@ -51,7 +51,7 @@ mod recent;
 mod scope;
 mod session;
 
-pub use agent::{Agent, AgentError, TurnInput};
+pub use agent::{Agent, AgentError, ReplySink, TurnInput};
 pub use egress::{Converted, Converter, Egress, Relay};
 pub use gateway::{ExitReason, Gateway, GatewayConfig};
 pub use metrics::{EventDrop, ForwardDrop, Metrics, MetricsSnapshot};
@@ -59,8 +59,10 @@ pub use recent::RecentIds;
 pub use scope::{ChatScope, ScopeCache};
 pub use session::{
     DrainOutcome, Incoming, Origin, ReplyRoute, STOP_COMMAND, STOP_REASON, SessionConfig, Sessions,
-    Submitted,
+    StreamingConfig, Submitted,
 };
 
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod tests;

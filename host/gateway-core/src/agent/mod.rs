@@ -106,12 +106,61 @@ pub trait Agent: Send + Sync + 'static {
         "custom"
     }
 
+    /// Whether [`respond_streaming`](Self::respond_streaming) writes the
+    /// reply into its sink as it grows (then the session layer can show it
+    /// growing, where the platform allows edits).
+    fn streams(&self) -> bool {
+        false
+    }
+
+    /// [`respond`](Self::respond), writing the reply into `sink` as it
+    /// grows. The returned text is the whole reply, and what the sink holds
+    /// at the end is a prefix of it (normally all of it). By default the
+    /// reply is not streamed.
+    fn respond_streaming(
+        &self,
+        turn: &TurnInput,
+        cancel: CancellationToken,
+        sink: ReplySink,
+    ) -> impl Future<Output = Result<String, AgentError>> + Send {
+        let _ = sink;
+        self.respond(turn, cancel)
+    }
+
     /// Produces the reply text for `turn`.
     fn respond(
         &self,
         turn: &TurnInput,
         cancel: CancellationToken,
     ) -> impl Future<Output = Result<String, AgentError>> + Send;
+}
+
+/// Where a streaming agent writes its reply as it grows: the text so far,
+/// read by whoever shows it (the session layer's delivery). Bounded by what
+/// the agent itself keeps of a reply. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct ReplySink(Option<std::sync::Arc<tokio::sync::watch::Sender<String>>>);
+
+impl ReplySink {
+    /// A sink nobody reads.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// A sink, and the receiver of the text it accumulates.
+    pub fn channel() -> (Self, tokio::sync::watch::Receiver<String>) {
+        let (tx, rx) = tokio::sync::watch::channel(String::new());
+        (Self(Some(std::sync::Arc::new(tx))), rx)
+    }
+
+    /// Appends `piece` to the reply so far.
+    pub fn push(&self, piece: &str) {
+        if let Some(tx) = &self.0
+            && !piece.is_empty()
+        {
+            tx.send_modify(|text| text.push_str(piece));
+        }
+    }
 }
 
 /// A parsed `--agent` spec.
@@ -249,6 +298,27 @@ impl AgentBackend {
 }
 
 impl Agent for AgentBackend {
+    fn streams(&self) -> bool {
+        match self {
+            AgentBackend::Echo(a) => a.streams(),
+            AgentBackend::Exec(a) => a.streams(),
+            AgentBackend::OpenAi(a) => a.streams(),
+        }
+    }
+
+    async fn respond_streaming(
+        &self,
+        turn: &TurnInput,
+        cancel: CancellationToken,
+        sink: ReplySink,
+    ) -> Result<String, AgentError> {
+        match self {
+            AgentBackend::Echo(a) => a.respond_streaming(turn, cancel, sink).await,
+            AgentBackend::Exec(a) => a.respond_streaming(turn, cancel, sink).await,
+            AgentBackend::OpenAi(a) => a.respond_streaming(turn, cancel, sink).await,
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             AgentBackend::Echo(a) => a.kind(),

@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{Agent, AgentError, TurnInput};
+use super::{Agent, AgentError, ReplySink, TurnInput};
 use crate::scope::ChatScope;
 
 /// Settings of the `openai:` backend. `Debug` never prints the API key.
@@ -173,7 +173,7 @@ impl OpenAiAgent {
         }
     }
 
-    async fn complete(&self, turn: &TurnInput) -> Result<String, AgentError> {
+    async fn complete(&self, turn: &TurnInput, sink: &ReplySink) -> Result<String, AgentError> {
         let key = history_key(turn);
         let mut messages: Vec<Value> = self
             .history_of(&key)
@@ -224,10 +224,13 @@ impl OpenAiAgent {
                             // Cut at a char boundary; dropping the stream
                             // closes the connection.
                             let cut = piece.floor_char_boundary(room);
-                            reply.push_str(piece.get(..cut).unwrap_or_default());
+                            let kept = piece.get(..cut).unwrap_or_default();
+                            reply.push_str(kept);
+                            sink.push(kept);
                             break 'read;
                         }
                         reply.push_str(&piece);
+                        sink.push(&piece);
                     }
                     Chunk::Nothing => {}
                 }
@@ -248,15 +251,29 @@ impl Agent for OpenAiAgent {
         "openai"
     }
 
+    fn streams(&self) -> bool {
+        true
+    }
+
     async fn respond(
         &self,
         turn: &TurnInput,
         cancel: CancellationToken,
     ) -> Result<String, AgentError> {
+        self.respond_streaming(turn, cancel, ReplySink::none())
+            .await
+    }
+
+    async fn respond_streaming(
+        &self,
+        turn: &TurnInput,
+        cancel: CancellationToken,
+        sink: ReplySink,
+    ) -> Result<String, AgentError> {
         tokio::select! {
             // Dropping `complete` drops the response and its connection.
             () = cancel.cancelled() => Err(AgentError::Cancelled),
-            result = self.complete(turn) => result,
+            result = self.complete(turn, &sink) => result,
         }
     }
 }

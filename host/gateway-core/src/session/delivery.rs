@@ -9,7 +9,7 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
     /// written as soon as the previous reply is finished.
     pub(super) async fn deliver(self, key: SessionKey) {
         loop {
-            let reply = {
+            let mut reply = {
                 let mut state = lock(&self.inner.state);
                 let Some(session) = state.sessions.get_mut(&key) else {
                     return;
@@ -21,50 +21,70 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
                 };
                 reply
             };
-            self.send_reply(&key, reply).await;
+            match reply.stream.take() {
+                Some(stream) => self.stream_reply(&key, reply, stream).await,
+                None => self.send_reply(&key, reply).await,
+            }
         }
     }
 
     /// Sends one reply's chunks until one fails or the drain cancels it.
-    pub(super) async fn send_reply(&self, key: &SessionKey, reply: Reply) {
-        let inner = &self.inner;
+    pub(super) async fn send_reply(&self, key: &SessionKey, mut reply: Reply) {
         let mut first = true;
-        for chunk in reply.chunks {
-            if reply.cancel.is_cancelled() {
-                inner.metrics.turn_cancelled();
-                return;
-            }
-            let metadata = with_scope(&reply.metadata, &reply.scope);
-            let action = match &reply.route {
-                ReplyRoute::Send => Action::Send {
-                    chat_id: reply.chat_id.clone(),
-                    content: chunk,
-                    reply_to: reply.reply_to.clone(),
-                    metadata,
-                },
-                ReplyRoute::FollowUp { kind } => Action::FollowUp {
-                    session_key: key.as_str().to_owned(),
-                    kind: kind.clone(),
-                    content: chunk,
-                    metadata,
-                },
-            };
-            let op = action.op();
-            let result = self.request_through_reconnects(action, &reply.cancel).await;
-            if result.success && std::mem::take(&mut first) {
-                let waited = reply.received.elapsed();
-                inner
-                    .metrics
-                    .latency
-                    .reply
-                    .observe(&[&reply.platform], waited);
-            }
-            if !self.record_reply(key, op, &result) {
+        for chunk in std::mem::take(&mut reply.chunks) {
+            if self
+                .send_chunk(key, &reply, chunk, &mut first)
+                .await
+                .is_none()
+            {
                 // Later pieces without the failed one would read as nonsense,
                 // and an ambiguous failure may have been delivered: stop here.
                 return;
             }
         }
+    }
+
+    /// Sends one piece of `reply` (a `send`, or a `follow_up` on its vaulted
+    /// capability), counted and logged; the result when it succeeded. The
+    /// first success of a reply (`first`) times what the user waited.
+    pub(super) async fn send_chunk(
+        &self,
+        key: &SessionKey,
+        reply: &Reply,
+        content: String,
+        first: &mut bool,
+    ) -> Option<ActionResult> {
+        let inner = &self.inner;
+        if reply.cancel.is_cancelled() {
+            inner.metrics.turn_cancelled();
+            return None;
+        }
+        let metadata = with_scope(&reply.metadata, &reply.scope);
+        let action = match &reply.route {
+            ReplyRoute::Send => Action::Send {
+                chat_id: reply.chat_id.clone(),
+                content,
+                reply_to: reply.reply_to.clone(),
+                metadata,
+            },
+            ReplyRoute::FollowUp { kind } => Action::FollowUp {
+                session_key: key.as_str().to_owned(),
+                kind: kind.clone(),
+                content,
+                metadata,
+            },
+        };
+        let op = action.op();
+        let result = self.request_through_reconnects(action, &reply.cancel).await;
+        if result.success && std::mem::take(first) {
+            let waited = reply.received.elapsed();
+            inner
+                .metrics
+                .latency
+                .reply
+                .observe(&[&reply.platform], waited);
+        }
+        self.record_reply(key, op, &result).then_some(result)
     }
 
     /// Sends `action`; when nothing was written for want of a connection,

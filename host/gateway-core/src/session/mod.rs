@@ -61,6 +61,7 @@ use crate::scope::{ChatScope, ScopeCache};
 
 mod admission;
 mod delivery;
+mod stream;
 mod turn;
 mod worker;
 
@@ -115,6 +116,62 @@ pub struct SessionConfig {
     /// sooner sends none: an indicator that flickers for a few milliseconds
     /// tells the user nothing and costs a round trip per turn.
     pub typing_delay: Duration,
+    /// Showing a streaming agent's reply as it grows.
+    pub streaming: StreamingConfig,
+}
+
+/// How a streaming agent's reply is shown as it grows: where the platform's
+/// descriptor allows edits (`supports_edit` and the `edit` op) and the reply
+/// is a `send` (the contract has no edit for `follow_up`), the first piece
+/// is sent once there is enough text, then that message is edited as the
+/// text grows, at most once per `edit_interval` and never with two edits in
+/// flight, and a last edit sets the exact text. Elsewhere, and for agents
+/// that do not stream, the whole reply is sent at the end (typing meanwhile).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamingConfig {
+    /// On where the descriptor allows (default true).
+    pub enabled: bool,
+    /// Platforms never streamed to, whatever their descriptor says.
+    pub disabled_platforms: Vec<String>,
+    /// The least time between two edits of a reply (default 1 s).
+    pub edit_interval: Duration,
+    /// The first piece goes out once the reply has this many characters…
+    pub first_chunk_chars: usize,
+    /// …or once the agent has been writing this long (default 700 ms).
+    pub first_chunk_delay: Duration,
+    /// Appended by a last edit to a reply cut short by an interrupt or
+    /// `/stop` (empty: the partial message is left exactly as it is).
+    pub interrupt_marker: String,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            disabled_platforms: Vec::new(),
+            edit_interval: Duration::from_secs(1),
+            first_chunk_chars: 40,
+            first_chunk_delay: Duration::from_millis(700),
+            interrupt_marker: " …".to_owned(),
+        }
+    }
+}
+
+impl StreamingConfig {
+    /// Whether a reply on `route` to `platform`, described by `descriptor`,
+    /// is streamed.
+    pub fn applies(
+        &self,
+        descriptor: &hermes_protocol::descriptor::Descriptor,
+        route: &ReplyRoute,
+        platform: &str,
+    ) -> bool {
+        self.enabled
+            && matches!(route, ReplyRoute::Send)
+            && descriptor.supports_edit
+            && descriptor.supports_op("edit")
+            && !self.disabled_platforms.iter().any(|p| p == platform)
+    }
 }
 
 /// The default [`SessionConfig::typing_delay`]: about the time after which
@@ -133,6 +190,7 @@ impl Default for SessionConfig {
             scope_chats: 10_000,
             turn_timeout: crate::agent::DEFAULT_TURN_TIMEOUT,
             typing_delay: DEFAULT_TYPING_DELAY,
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -179,6 +237,8 @@ struct Queued {
 /// A computed answer on its way out, in the session's delivery chain.
 struct Reply {
     chunks: Vec<String>,
+    /// A streamed reply's text as it grows (then `chunks` is empty).
+    stream: Option<stream::StreamReply>,
     chat_id: String,
     reply_to: Option<String>,
     route: ReplyRoute,

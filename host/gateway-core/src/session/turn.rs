@@ -1,6 +1,8 @@
 //! One turn: the agent's answer to one event, split for its platform.
 
+use super::stream::StreamEnd;
 use super::*;
+use crate::agent::ReplySink;
 
 impl<E: Egress, A: Agent> Sessions<E, A> {
     /// Runs one turn up to its computed answer, split into chunks: the reply
@@ -19,9 +21,41 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
         // author, whatever the chat's memory holds by then (§5.6).
         let scope = ChatScope::of(&incoming.event.source);
         let descriptor = inner.egress.descriptor(&incoming.event.source.platform);
+        let platform = incoming.event.source.platform.clone();
         let turn = TurnInput {
             session_key: key.clone(),
             event: incoming.event,
+        };
+
+        // A streaming agent whose reply may be shown as it grows: the reply
+        // joins the session's delivery chain now (after every earlier reply)
+        // and is fed while the agent writes (`stream.rs`).
+        let mut place = Some(place);
+        let streamed = inner.agent.streams()
+            && inner
+                .config
+                .streaming
+                .applies(&descriptor, &incoming.route, &platform);
+        let (sink, stream_end) = if streamed {
+            let (sink, text) = ReplySink::channel();
+            let (end_tx, end) = tokio::sync::watch::channel(None);
+            let reply = Reply {
+                chunks: Vec::new(),
+                stream: Some(stream::StreamReply { text, end }),
+                chat_id: chat_id.clone(),
+                reply_to: turn.event.message_id.clone(),
+                route: incoming.route.clone(),
+                metadata: incoming.metadata.clone(),
+                scope: scope.clone(),
+                cancel: cancel.clone(),
+                received: incoming.received,
+                platform: platform.clone(),
+                _place: place.take()?,
+            };
+            self.hand_off(key, reply);
+            (sink, Some(end_tx))
+        } else {
+            (ReplySink::none(), None)
         };
 
         // Typing runs alongside the agent but never delays the reply: once the
@@ -55,7 +89,7 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => Err(AgentError::Cancelled),
-                result = tokio::time::timeout(timeout, inner.agent.respond(&turn, cancel.clone())) => {
+                result = tokio::time::timeout(timeout, inner.agent.respond_streaming(&turn, cancel.clone(), sink)) => {
                     result.unwrap_or(Err(AgentError::TimedOut(timeout)))
                 }
             }
@@ -79,25 +113,34 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             .latency
             .turn
             .observe(&[inner.agent.kind(), outcome], started.elapsed());
-        let text = match answer {
+        let end = match answer {
             _ if cancel.is_cancelled() => {
                 inner.metrics.turn_cancelled();
                 info!(session_key = key.as_str(), "turn cancelled");
-                return None;
+                StreamEnd::Cancelled
             }
             Err(AgentError::Cancelled) => {
                 inner.metrics.turn_cancelled();
-                return None;
+                StreamEnd::Cancelled
             }
             Ok(text) => {
                 inner.metrics.turn_completed();
-                text
+                StreamEnd::Completed(text)
             }
             Err(error) => {
                 inner.metrics.turn_failed();
                 warn!(session_key = key.as_str(), %error, "agent failed; sending an error reply");
-                error.user_message().to_owned()
+                StreamEnd::Failed(error.user_message().to_owned())
             }
+        };
+        if let Some(stream_end) = stream_end {
+            // The streamed reply's delivery finishes it.
+            let _ = stream_end.send(Some(end));
+            return None;
+        }
+        let text = match end {
+            StreamEnd::Cancelled => return None,
+            StreamEnd::Completed(text) | StreamEnd::Failed(text) => text,
         };
         if text.is_empty() {
             debug!(
@@ -115,6 +158,7 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
         );
         Some(Reply {
             chunks,
+            stream: None,
             chat_id,
             reply_to: turn.event.message_id,
             route: incoming.route,
@@ -122,8 +166,8 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
             scope,
             cancel,
             received: incoming.received,
-            platform: turn.event.source.platform,
-            _place: place,
+            platform,
+            _place: place.take()?,
         })
     }
 }

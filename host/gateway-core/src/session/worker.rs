@@ -73,19 +73,29 @@ impl<E: Egress, A: Agent> Sessions<E, A> {
                 .run_turn(&key, queued.incoming, cancel, place)
                 .instrument(span)
                 .await;
-            let mut state = lock(&inner.state);
-            if let Some(session) = state.sessions.get_mut(&key) {
+            if let Some(session) = lock(&inner.state).sessions.get_mut(&key) {
                 session.running = None;
-                if let Some(reply) = reply {
-                    session.replies.push_back(reply);
-                    if !session.delivering {
-                        session.delivering = true;
-                        let this = self.clone();
-                        let key = key.clone();
-                        inner.tasks.spawn(async move { this.deliver(key).await });
-                    }
-                }
             }
+            if let Some(reply) = reply {
+                self.hand_off(&key, reply);
+            }
+        }
+    }
+
+    /// Puts `reply` in `key`'s delivery chain, starting the chain's task if
+    /// none runs: replies go out strictly in the order handed off.
+    pub(super) fn hand_off(&self, key: &SessionKey, reply: Reply) {
+        let inner = &self.inner;
+        let mut state = lock(&inner.state);
+        let Some(session) = state.sessions.get_mut(key) else {
+            return;
+        };
+        session.replies.push_back(reply);
+        if !session.delivering {
+            session.delivering = true;
+            let this = self.clone();
+            let key = key.clone();
+            inner.tasks.spawn(async move { this.deliver(key).await });
         }
     }
 

@@ -38,7 +38,7 @@ fn examples_dir() -> PathBuf {
 }
 
 /// `(file, platform, hook path, content type)` of every sample payload.
-const EXAMPLES: [(&str, &str, &str, &str); 7] = [
+const EXAMPLES: [(&str, &str, &str, &str); 8] = [
     (
         "discord-slash-command.json",
         "discord",
@@ -65,6 +65,12 @@ const EXAMPLES: [(&str, &str, &str, &str); 7] = [
     ),
     (
         "twilio-whatsapp-button.form",
+        "twilio",
+        "/hooks/twilio/messaging",
+        "application/x-www-form-urlencoded",
+    ),
+    (
+        "twilio-sms-story.form",
         "twilio",
         "/hooks/twilio/messaging",
         "application/x-www-form-urlencoded",
@@ -268,6 +274,7 @@ fn demo_plays_the_script_and_exits_zero() {
             "discord-modal-submit.json",
             "twilio-sms.form",
             "twilio-whatsapp-button.form",
+            "twilio-sms-story.form",
             "twilio-sms-slow.form"
         ],
         "steps in order\n{stdout}"
@@ -300,15 +307,45 @@ fn demo_plays_the_script_and_exits_zero() {
         );
     }
 
+    // The streamed reply: one send, then edits of that message, each showing
+    // more of the reply than the one before (the demo itself waits for the
+    // edit showing the agent's whole text, or fails).
+    let streamed: Vec<&str> = steps[5]
+        .1
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| l.starts_with("→ "))
+        .collect();
+    assert!(
+        streamed.len() >= 2,
+        "a send and at least one edit\n{stdout}"
+    );
+    assert!(streamed[0].starts_with("→ send +15555550166 "), "{stdout}");
+    let shown = |line: &str| -> String {
+        let start = line.find('"').expect("quoted content");
+        let end = line.rfind('"').expect("quoted content");
+        line.get(start + 1..end).unwrap_or_default().to_owned()
+    };
+    let mut previous = shown(streamed[0]);
+    for line in &streamed[1..] {
+        assert!(line.starts_with("→ edit +15555550166 "), "{line}\n{stdout}");
+        let now = shown(line);
+        assert!(
+            now.starts_with(&previous) && now.len() > previous.len(),
+            "each edit shows more: {previous:?} then {now:?}"
+        );
+        previous = now;
+    }
+
     // The slow turn: interrupted by the connector, and no reply to it at all.
     let slow = native_event("twilio-sms-slow.form");
     let slow_key = format!(
         "agent:main:{}:dm:{}",
         slow.source.platform, slow.source.chat_id
     );
-    let slow_lines = &steps[5].1;
+    let slow_lines = &steps[6].1;
     assert_eq!(
-        actions_of(5),
+        actions_of(6),
         [],
         "the interrupted turn printed an action\n{stdout}"
     );

@@ -1384,3 +1384,103 @@ async fn a_long_reply_is_split_in_utf16_units_under_the_descriptor_limit() {
         "some piece holds an emoji"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Streamed replies
+
+/// An OpenAI-compatible server on loopback that streams, as server-sent
+/// events, exactly the pieces the test sends it, then `[DONE]` when the
+/// sender is dropped.
+async fn streaming_openai(
+    mut pieces: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}/v1", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let Ok((socket, _)) = listener.accept().await else {
+            return;
+        };
+        let (read, mut write) = socket.into_split();
+        let mut read = BufReader::new(read);
+        // The request: its head, then as many body bytes as it declares.
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        let _ = tokio::io::AsyncReadExt::read_exact(&mut read, &mut body).await;
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        let _ = write.write_all(head.as_bytes()).await;
+        let chunk = |event: String| format!("{:x}\r\n{event}\r\n", event.len());
+        while let Some(piece) = pieces.recv().await {
+            let event = json!({"choices": [{"delta": {"content": piece}}]});
+            let _ = write
+                .write_all(chunk(format!("data: {event}\n\n")).as_bytes())
+                .await;
+        }
+        let _ = write
+            .write_all(chunk("data: [DONE]\n\n".to_owned()).as_bytes())
+            .await;
+        let _ = write.write_all(b"0\r\n\r\n").await;
+    });
+    base
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_openai_reply_grows_in_one_message_and_ends_exact() {
+    let (pieces, stream) = tokio::sync::mpsc::unbounded_channel();
+    let base = streaming_openai(stream).await;
+    // The placeholder descriptor supports edits (and lists no ops: the
+    // legacy set, `edit` included).
+    let gw = Running::start(Launch {
+        agent: format!("openai:{base}"),
+        ..Launch::default()
+    })
+    .await;
+    let mut cursor = gw.stub.cursor();
+    gw.hello(&mut cursor).await;
+    gw.push(inbound("tell me", "m-s", dm("c-s"), None)).await;
+
+    // Past the first-piece threshold (40 characters): one send.
+    let first = "Streaming replies arrive piece by piece, ";
+    pieces.send(first).expect("server alive");
+    let (_, content, reply_to, _) = gw.send_to(&mut cursor, "c-s").await;
+    assert_eq!(
+        (content.as_str(), reply_to.as_deref()),
+        (first, Some("m-s"))
+    );
+
+    // More text: the same message is edited, never a second send.
+    pieces.send("and the message grows ").expect("server alive");
+    pieces.send("as they come.").expect("server alive");
+    drop(pieces);
+    let full = "Streaming replies arrive piece by piece, and the message grows as they come.";
+    let (_, last) = gw
+        .frame(
+            &mut cursor,
+            "the last edit",
+            |f| matches!(action(f), Some(Action::Edit { content, .. }) if content == full),
+        )
+        .await;
+    let Some(Action::Edit { chat_id, .. }) = action(&last) else {
+        unreachable!()
+    };
+    assert_eq!(chat_id, "c-s");
+    let sends = gw
+        .frames()
+        .iter()
+        .filter(|(_, f)| matches!(action(f), Some(Action::Send { .. })))
+        .count();
+    assert_eq!(sends, 1, "one message, edited; no second send");
+}

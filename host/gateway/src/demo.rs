@@ -4,8 +4,10 @@
 //! The samples are the files in `docs/examples/` (compiled in, so the binary
 //! runs from anywhere). The agent is a small in-process one: it echoes,
 //! except that a text starting with `/slow` waits until the turn is
-//! cancelled — that makes the interrupt step deterministic. Every wait is on
-//! an event (the connector's record, the agent's signal), bounded by
+//! cancelled — that makes the interrupt step deterministic — and one
+//! starting with `/story` writes a short story a few words at a time, so
+//! the reply is seen growing (a `send`, then `edit`s). Every wait is on an
+//! event (the connector's record, the agent's signal), bounded by
 //! `--timeout`; a missing reply exits 1 naming the step.
 
 use std::process::ExitCode;
@@ -14,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use hermes_connector::ingress::IngressConfig;
 use hermes_connector::{EventCursor, StubEvent};
-use hermes_gateway_core::{Agent, AgentError, ExitReason, TurnInput};
+use hermes_gateway_core::{Agent, AgentError, ExitReason, ReplySink, TurnInput};
 use hermes_protocol::action::Action;
 use hermes_protocol::frame::{ConnectorFrame, GatewayFrame};
 use tokio::sync::mpsc;
@@ -26,6 +28,15 @@ use crate::embedded::{self, DevSetup};
 /// Texts starting with this make the demo agent wait until interrupted.
 pub const SLOW_PREFIX: &str = "/slow";
 
+/// Texts starting with this make the demo agent stream [`STORY`].
+pub const STORY_PREFIX: &str = "/story";
+
+/// What the demo agent streams, a few words at a time.
+pub const STORY: &str = "A firing starts slow: the kiln climbs a hundred degrees an hour while the last water leaves the clay. Past six hundred the glaze begins to move, and by cone six it has melted into glass. Then the hardest part: waiting a full day for it to cool.";
+
+/// The pause between two pieces of [`STORY`]: slow enough to see it grow.
+const STORY_PACE: Duration = Duration::from_millis(150);
+
 /// Echoes, except that a `/slow…` turn reports its session and then waits
 /// for cancellation (and so never replies).
 #[derive(Debug)]
@@ -36,6 +47,29 @@ pub struct DemoAgent {
 impl Agent for DemoAgent {
     fn kind(&self) -> &'static str {
         "demo"
+    }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    async fn respond_streaming(
+        &self,
+        turn: &TurnInput,
+        cancel: CancellationToken,
+        sink: ReplySink,
+    ) -> Result<String, AgentError> {
+        if !turn.event.text.starts_with(STORY_PREFIX) {
+            return self.respond(turn, cancel).await;
+        }
+        for piece in STORY.split_inclusive(' ').collect::<Vec<_>>().chunks(3) {
+            tokio::select! {
+                () = cancel.cancelled() => return Err(AgentError::Cancelled),
+                () = tokio::time::sleep(STORY_PACE) => {}
+            }
+            sink.push(&piece.concat());
+        }
+        Ok(STORY.to_owned())
     }
 
     async fn respond(
@@ -67,6 +101,8 @@ enum Expect {
     Reply,
     /// A slow turn, interrupted by the connector (`interrupt_inbound`).
     Interrupt,
+    /// A streamed reply: every action until one shows the whole [`STORY`].
+    Stream,
 }
 
 /// One scripted webhook.
@@ -138,6 +174,13 @@ fn script() -> Vec<Step> {
             Expect::Reply,
         ),
         step(
+            "A streamed reply, growing as the agent writes",
+            example!("twilio-sms-story.form"),
+            "/hooks/twilio/messaging",
+            FORM,
+            Expect::Stream,
+        ),
+        step(
             "A slow turn, interrupted by the connector",
             example!("twilio-sms-slow.form"),
             "/hooks/twilio/messaging",
@@ -190,7 +233,7 @@ async fn play(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     println!("  plugins    {}", embedded::plugin_list(&setup.report));
     println!(
-        "  agent      demo (echo; a text starting with {SLOW_PREFIX} waits until interrupted)"
+        "  agent      demo (echo; {STORY_PREFIX} streams a story; {SLOW_PREFIX} waits until interrupted)"
     );
     println!("  ingress    {}", setup.ingress.url());
 
@@ -216,6 +259,24 @@ async fn play(args: DemoArgs) -> anyhow::Result<ExitCode> {
                         .await
                         .map_err(|_| anyhow!("no reply within {timeout:?}"))?;
                     println!("  {}", embedded::describe_action(&action));
+                    replies += 1;
+                }
+                Expect::Stream => {
+                    let streamed = async {
+                        loop {
+                            let action = next_reply(&mut cursor).await;
+                            println!("  {}", embedded::describe_action(&action));
+                            if let Action::Send { content, .. } | Action::Edit { content, .. } =
+                                &action
+                                && content == STORY
+                            {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::time::timeout(timeout, streamed).await.map_err(|_| {
+                        anyhow!("the streamed reply did not finish within {timeout:?}")
+                    })?;
                     replies += 1;
                 }
                 Expect::Interrupt => {

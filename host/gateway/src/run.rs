@@ -122,7 +122,7 @@ async fn serve(
             recorder,
         },
         agent,
-        gateway_config(&settings.sessions),
+        gateway_config(&settings),
         metrics,
         shutdown.clone(),
         |handle| {
@@ -193,13 +193,15 @@ async fn relay_config(
     Ok(Some(config))
 }
 
-fn gateway_config(sessions: &settings::SessionSettings) -> GatewayConfig {
+fn gateway_config(settings: &Settings) -> GatewayConfig {
+    let sessions = &settings.sessions;
     GatewayConfig {
         sessions: SessionConfig {
             session_keys: SessionKeySettings {
                 group_sessions_per_user: sessions.group_sessions_per_user,
                 thread_sessions_per_user: sessions.thread_sessions_per_user,
             },
+            streaming: settings.streaming.clone(),
             ..SessionConfig::default()
         },
         ..GatewayConfig::default()

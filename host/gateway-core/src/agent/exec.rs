@@ -2,7 +2,10 @@
 //!
 //! The child gets one JSON line `{"session_key", "event"}` (the event in its
 //! wire form, relay-contract §5.1) on stdin, then EOF; its stdout, minus one
-//! trailing newline, is the reply. A non-zero exit is an error.
+//! trailing newline, is the reply. A non-zero exit is an error. The reply
+//! streams line by line: each line the command completes is shown as it
+//! comes (where the platform allows edits), so a command that prints as it
+//! works is seen working.
 //!
 //! The child runs in its own process group and the whole group is killed on
 //! cancel, on timeout and when the turn's future is dropped: `sh -c 'sleep 30'`
@@ -26,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use super::{Agent, AgentError, TurnInput};
+use super::{Agent, AgentError, ReplySink, TurnInput};
 
 /// Most stdout bytes kept as the reply; the rest is read and discarded so the
 /// child never blocks on a full pipe.
@@ -169,8 +172,58 @@ async fn read_bounded<R: AsyncRead + Unpin>(
     }
 }
 
+/// Reads the reply from `reader`, at most `limit` bytes, writing each
+/// completed line into `sink` as it comes. What the sink gets is always a
+/// prefix of the final reply: a line's newline is written only once the
+/// next line starts, so the reply's one trailing newline (dropped from the
+/// reply) never reaches it.
+async fn read_reply<R: AsyncRead + Unpin>(
+    mut reader: R,
+    limit: usize,
+    sink: &ReplySink,
+) -> std::io::Result<Vec<u8>> {
+    let mut kept = Vec::new();
+    let mut chunk = [0u8; 8192];
+    // `kept[..shown]` is in the sink.
+    let mut shown = 0;
+    loop {
+        let n = reader.read(&mut chunk).await?;
+        if n == 0 {
+            let end = reply_len(&kept);
+            if end > shown {
+                sink.push(&String::from_utf8_lossy(
+                    kept.get(shown..end).unwrap_or_default(),
+                ));
+            }
+            return Ok(kept);
+        }
+        let room = limit.saturating_sub(kept.len());
+        kept.extend_from_slice(chunk.get(..n.min(room)).unwrap_or_default());
+        let fresh = kept.get(shown..).unwrap_or_default();
+        if let Some(last_newline) = fresh.iter().rposition(|b| *b == b'\n') {
+            let end = shown + last_newline;
+            if end > shown {
+                sink.push(&String::from_utf8_lossy(
+                    kept.get(shown..end).unwrap_or_default(),
+                ));
+                shown = end;
+            }
+        }
+    }
+}
+
+/// The length of stdout that is the reply: one trailing `\n` (or `\r\n`)
+/// dropped.
+fn reply_len(out: &[u8]) -> usize {
+    match out {
+        [.., b'\r', b'\n'] => out.len() - 2,
+        [.., b'\n'] => out.len() - 1,
+        _ => out.len(),
+    }
+}
+
 impl ExecAgent {
-    async fn run(&self, turn: &TurnInput) -> Result<String, AgentError> {
+    async fn run(&self, turn: &TurnInput, sink: &ReplySink) -> Result<String, AgentError> {
         let mut line = serde_json::to_vec(&serde_json::json!({
             "session_key": turn.session_key.as_str(),
             "event": &turn.event,
@@ -213,7 +266,7 @@ impl ExecAgent {
         };
         let out = async {
             match stdout {
-                Some(s) => read_bounded(s, MAX_REPLY_BYTES, false).await,
+                Some(s) => read_reply(s, MAX_REPLY_BYTES, sink).await,
                 None => Ok(Vec::new()),
             }
         };
@@ -243,14 +296,8 @@ impl ExecAgent {
                 stderr: String::from_utf8_lossy(&err).trim().to_owned(),
             });
         }
-        let mut reply = String::from_utf8_lossy(&out).into_owned();
-        if reply.ends_with('\n') {
-            reply.pop();
-            if reply.ends_with('\r') {
-                reply.pop();
-            }
-        }
-        Ok(reply)
+        let end = reply_len(&out);
+        Ok(String::from_utf8_lossy(out.get(..end).unwrap_or_default()).into_owned())
     }
 }
 
@@ -259,14 +306,28 @@ impl Agent for ExecAgent {
         "exec"
     }
 
+    fn streams(&self) -> bool {
+        true
+    }
+
     async fn respond(
         &self,
         turn: &TurnInput,
         cancel: CancellationToken,
     ) -> Result<String, AgentError> {
+        self.respond_streaming(turn, cancel, ReplySink::none())
+            .await
+    }
+
+    async fn respond_streaming(
+        &self,
+        turn: &TurnInput,
+        cancel: CancellationToken,
+        sink: ReplySink,
+    ) -> Result<String, AgentError> {
         // Dropping `run` drops its `GroupChild`, which kills the group.
         tokio::select! {
-            result = self.run(turn) => result,
+            result = self.run(turn, &sink) => result,
             () = cancel.cancelled() => Err(AgentError::Cancelled),
             () = tokio::time::sleep(self.timeout) => Err(AgentError::TimedOut(self.timeout)),
         }
@@ -290,6 +351,37 @@ mod tests {
             session_key: SessionKey::from_wire("agent:main:relay:dm:c1".to_owned()),
             event,
         }
+    }
+
+    #[tokio::test]
+    async fn lines_stream_as_they_come_and_end_as_the_reply() {
+        let agent = ExecAgent::new(
+            "printf 'one\\ntwo\\r\\nthree\\n'".into(),
+            Duration::from_secs(10),
+        );
+        let (sink, text) = ReplySink::channel();
+        let reply = agent
+            .respond_streaming(&turn("x"), CancellationToken::new(), sink)
+            .await
+            .expect("runs");
+        assert_eq!(reply, "one\ntwo\r\nthree");
+        assert_eq!(*text.borrow(), reply, "the sink ends holding the reply");
+
+        // A command still working has shown its first line already.
+        let agent = ExecAgent::new(
+            "printf 'first\\n'; sleep 30".into(),
+            Duration::from_secs(60),
+        );
+        let (sink, mut text) = ReplySink::channel();
+        let cancel = CancellationToken::new();
+        let turn = turn("x");
+        let running = agent.respond_streaming(&turn, cancel.clone(), sink);
+        let watched = async {
+            text.wait_for(|t| t == "first").await.expect("sink alive");
+            cancel.cancel();
+        };
+        let (result, ()) = tokio::join!(running, watched);
+        assert!(matches!(result, Err(AgentError::Cancelled)), "{result:?}");
     }
 
     #[tokio::test]

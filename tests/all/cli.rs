@@ -141,6 +141,7 @@ fn every_subcommand_has_help() {
     for args in [
         &["plugins", "check", "--help"][..],
         &["plugins", "test", "--help"],
+        &["plugins", "push", "--help"],
         &["convert", "--help"],
         &["plugin", "new", "--help"],
         &["dev", "--help"],

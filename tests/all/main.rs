@@ -8,6 +8,7 @@ mod corpus;
 mod demo;
 mod gateway;
 mod native;
+mod oci;
 mod plugins;
 mod relay;
 mod soak;

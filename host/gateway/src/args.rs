@@ -247,7 +247,31 @@ pub enum PluginsCommand {
     /// failing case (the first field that differs, expected and got) and a
     /// summary; exits 1 if any case failed.
     Test(TestArgs),
+    /// Publish a converter component to an OCI registry, in the Wasm OCI
+    /// artifact layout (annotations: name, version, platforms, WIT version
+    /// from its describe()). Prints the manifest digest and the pin to write
+    /// into the policy: `oci://HOST/REPO@sha256:…`.
+    Push(PushArgs),
 }
+
+/// Flags of `plugins push`.
+#[derive(Debug, Args)]
+#[command(after_help = PUSH_HELP)]
+pub struct PushArgs {
+    /// The component (`*.wasm`).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Where: `HOST[:PORT]/REPOSITORY:TAG` (`oci://` optional).
+    #[arg(value_name = "REF")]
+    pub reference: String,
+}
+
+/// Credentials and transport of `plugins push`.
+pub const PUSH_HELP: &str = "\
+Credentials: HERMES_REGISTRY_USERNAME and HERMES_REGISTRY_PASSWORD, else the
+registry's entry in the Docker config file ($DOCKER_CONFIG/config.json or
+~/.docker/config.json), else anonymous. They are never printed or logged.
+Plain http:// is used only for a registry on loopback.";
 
 /// Flags of `plugins test`.
 #[derive(Debug, Args)]

@@ -309,6 +309,17 @@ impl Collector for Plugins {
             ("reused", h.instances_reused),
             ("retired", h.instances_retired),
         ];
+        let pulls = [
+            ("pulled", h.pulls_pulled),
+            ("cached", h.pulls_cached),
+            ("failed", h.pulls_failed),
+        ];
+        counters(
+            e,
+            "hermes_plugin_pulls",
+            "[[source]] components by result: pulled from the registry, served from the cache, failed or refused.",
+            by("result", &pulls),
+        )?;
         counters(
             e,
             "hermes_plugin_instances",

@@ -23,6 +23,7 @@ mod exposition;
 mod logging;
 mod plugins_check;
 mod plugins_test;
+mod push;
 mod record;
 mod run;
 mod scaffold;
@@ -61,6 +62,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Run(args)) => run::run(args),
         Some(Command::Plugins(PluginsCommand::Check(args))) => plugins_check::run(args),
         Some(Command::Plugins(PluginsCommand::Test(args))) => plugins_test::run(args),
+        Some(Command::Plugins(PluginsCommand::Push(args))) => push::run(args),
         Some(Command::Convert(args)) => convert::run(args),
         Some(Command::Plugin(PluginCommand::New(args))) => new_plugin(&args.name),
         Some(Command::Enroll(args)) => enroll::run(args).map(|()| ExitCode::SUCCESS),

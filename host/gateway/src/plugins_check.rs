@@ -43,18 +43,22 @@ pub fn render(report: &LoadReport, table: &RoutingTable) -> String {
     let mut out = String::new();
     out.push_str(&format!("plugins ({}):\n", report.loaded.len()));
     for p in &report.loaded {
-        let file = p
-            .file
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_else(|| p.file.display().to_string());
+        // Where it came from: its registry pin, or its file.
+        let from = p.source.clone().unwrap_or_else(|| {
+            p.file
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.file.display().to_string())
+        });
         out.push_str(&format!(
-            "  {} {}  api {}  platforms: {}  ({file})\n",
+            "  {} {}  api {}  platforms: {}  ({from})\n",
             p.name,
             p.version,
             p.api_version,
             p.platforms.join(", ")
         ));
+        // The bytes' digest: equal on two gateways means the same converter.
+        out.push_str(&format!("    sha256:{}\n", p.sha256));
     }
     out.push_str("routing:\n");
     if table.defaults.is_empty() && table.routes.is_empty() {

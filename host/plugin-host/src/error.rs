@@ -184,6 +184,16 @@ impl FailureKind {
 /// [`LoadReport`](crate::LoadReport); the file is skipped, the rest loads.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoadError {
+    /// A `[[source]]` could not be pulled (or was refused: a tag, a
+    /// digest mismatch). The version its repository served before, if any,
+    /// keeps serving.
+    #[error("{reference}: cannot pull: {message}")]
+    Pull {
+        /// The reference.
+        reference: String,
+        /// Why.
+        message: String,
+    },
     /// The file could not be read.
     #[error("{file}: cannot read: {message}")]
     Io {

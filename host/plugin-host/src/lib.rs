@@ -111,6 +111,7 @@ mod pipe;
 pub mod policy;
 mod reuse;
 mod sandbox;
+mod sources;
 mod stats;
 mod table;
 pub mod trust;
@@ -237,6 +238,13 @@ pub struct HostCounters {
     /// Warm instances retired after use (a failure, the use limit, a full
     /// cache, a reload).
     pub instances_retired: u64,
+    /// `[[source]]` components pulled from their registry.
+    pub pulls_pulled: u64,
+    /// `[[source]]` components served from the cache (a pinned digest
+    /// already there: the registry is not asked).
+    pub pulls_cached: u64,
+    /// `[[source]]` pulls that failed or were refused.
+    pub pulls_failed: u64,
 }
 
 #[derive(Default)]
@@ -246,6 +254,9 @@ pub(crate) struct HostCounts {
     pub(crate) instances_created: std::sync::atomic::AtomicU64,
     pub(crate) instances_reused: std::sync::atomic::AtomicU64,
     pub(crate) instances_retired: std::sync::atomic::AtomicU64,
+    pub(crate) pulls_pulled: std::sync::atomic::AtomicU64,
+    pub(crate) pulls_cached: std::sync::atomic::AtomicU64,
+    pub(crate) pulls_failed: std::sync::atomic::AtomicU64,
 }
 
 impl HostCounts {
@@ -403,9 +414,14 @@ impl PluginHost {
         self.rebuild(&files, policy, errors)
     }
 
-    fn rebuild(&self, files: &[PathBuf], policy: Policy, errors: Vec<LoadError>) -> LoadReport {
+    fn rebuild(&self, files: &[PathBuf], policy: Policy, mut errors: Vec<LoadError>) -> LoadReport {
         let inner = &*self.inner;
         let previous = self.table();
+        // The policy's `[[source]]` components join the directory's files.
+        let cache_dir = inner.config.cache_dir.as_deref();
+        let pulled = sources::pull(&policy, cache_dir, &previous, &mut errors, &inner.counts);
+        let files: Vec<PathBuf> = files.iter().cloned().chain(pulled.files).collect();
+        let files = &files;
         let mut report = LoadReport {
             errors,
             ..LoadReport::default()
@@ -434,6 +450,7 @@ impl PluginHost {
                         limits: &inner.config.limits,
                         stats: &stats,
                         policy_file: &inner.policy_path,
+                        origin: &pulled.origin,
                     };
                     loader.build(files, policy, &previous, &mut report)
                 })
@@ -479,6 +496,9 @@ impl PluginHost {
             instances_created: get(&c.instances_created),
             instances_reused: get(&c.instances_reused),
             instances_retired: get(&c.instances_retired) + self.inner.idle.retired(),
+            pulls_pulled: get(&c.pulls_pulled),
+            pulls_cached: get(&c.pulls_cached),
+            pulls_failed: get(&c.pulls_failed),
         }
     }
 

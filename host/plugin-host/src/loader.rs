@@ -27,6 +27,8 @@ pub(crate) struct Loader<'a> {
     pub(crate) limits: &'a Limits,
     pub(crate) stats: &'a dyn Fn(&str) -> Arc<PluginStats>,
     pub(crate) policy_file: &'a Path,
+    /// The source each pulled file came from.
+    pub(crate) origin: &'a std::collections::BTreeMap<PathBuf, String>,
 }
 
 /// The `*.wasm` files of a directory, sorted.
@@ -204,6 +206,7 @@ impl Loader<'_> {
             api_version: info.api_version.unwrap_or_else(|| pre.version().to_owned()),
             file: file.to_owned(),
             sha256,
+            source: self.origin.get(file).cloned(),
         };
         tracing::info!(plugin = %description.name, version = %description.version, file = %file.display(), platforms = ?description.platforms, "plugin loaded");
         Ok(Arc::new(LoadedPlugin {

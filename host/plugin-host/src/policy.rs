@@ -19,6 +19,11 @@
 //! [[route]]
 //! profile = "coder"
 //! plugin = "discord-interactions"
+//!
+//! # A plugin pulled from an OCI registry, pinned by digest (`sources.rs`),
+//! # loaded beside the directory's `*.wasm` files.
+//! [[source]]
+//! oci = "oci://registry.example/hermes/discord@sha256:…"
 //! ```
 //!
 //! A forward goes to the most specific matching `[[route]]` (a tenant match
@@ -49,6 +54,21 @@ pub struct Policy {
     /// Tenant and profile overrides, in file order.
     #[serde(default)]
     pub route: Vec<RouteRule>,
+    /// Plugins pulled from an OCI registry (`sources.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source: Vec<SourceRule>,
+}
+
+/// `[[source]]`: a plugin from an OCI registry, pinned by digest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRule {
+    /// `oci://HOST/REPO@sha256:…`.
+    pub oci: String,
+    /// Accept a tag (`oci://HOST/REPO:TAG`), resolved to a digest at each
+    /// load and logged. Off by default: a tag can move under a fleet.
+    #[serde(default)]
+    pub allow_tag: bool,
 }
 
 /// `[platform.NAME]`.

@@ -27,8 +27,12 @@ pub struct PluginDescription {
     pub api_version: String,
     /// The file it was loaded from.
     pub file: PathBuf,
-    /// SHA-256 of the file, hex.
+    /// SHA-256 of the file, hex (for a plugin from a registry: the digest
+    /// of its layer).
     pub sha256: String,
+    /// The `oci://…@sha256:…` reference it was pulled by, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// A loaded, type-checked plugin.

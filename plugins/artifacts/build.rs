@@ -34,6 +34,11 @@ const GUESTS: &[(&str, &str, &str)] = &[
         "hermes-test-guest-incompatible",
         "hermes_test_guest_incompatible",
     ),
+    (
+        "DISCORD_NEXT",
+        "hermes-test-guest-discord-next",
+        "hermes_test_guest_discord_next",
+    ),
 ];
 
 const TARGET: &str = "wasm32-wasip2";

@@ -6,6 +6,7 @@ mod author;
 mod cli;
 mod corpus;
 mod demo;
+mod experiment;
 mod gateway;
 mod native;
 mod oci;

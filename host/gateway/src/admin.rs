@@ -341,6 +341,7 @@ pub fn plugins_json(host: &PluginHost) -> serde_json::Value {
         "plugins": host.plugins(),
         "routing": host.routing_table(),
         "counters": host.counters(),
+        "experiments": host.experiments(),
     })
 }
 

@@ -212,6 +212,36 @@ pub struct RunArgs {
     /// `--record DIR` and its limits.
     #[command(flatten)]
     pub record: crate::record::RecordFlags,
+
+    /// `--shadow-log FILE`.
+    #[command(flatten)]
+    pub shadow: ShadowFlags,
+}
+
+/// Where the differences of shadow candidates (`shadow = "…"` in the
+/// policy) are written.
+#[derive(Debug, Clone, Args)]
+pub struct ShadowFlags {
+    /// Append each difference a shadow candidate makes as a JSON line to
+    /// FILE (created 0600; at most 64 MiB): route, platform, tenant, both
+    /// plugins' versions and digests, and the differing fields.
+    #[arg(long, value_name = "FILE")]
+    pub shadow_log: Option<PathBuf>,
+    /// Also write each differing request's body (base64). Header values
+    /// are never written.
+    #[arg(long, requires = "shadow_log")]
+    pub shadow_log_bodies: bool,
+}
+
+impl ShadowFlags {
+    /// Opens the log on `host`, when asked for.
+    pub fn apply(&self, host: &hermes_plugin_host::PluginHost) -> anyhow::Result<()> {
+        if let Some(path) = &self.shadow_log {
+            host.set_shadow_log(path.clone(), self.shadow_log_bodies)
+                .map_err(|e| anyhow::anyhow!("--shadow-log {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
 }
 
 impl RunArgs {
@@ -252,6 +282,30 @@ pub enum PluginsCommand {
     /// from its describe()). Prints the manifest digest and the pin to write
     /// into the policy: `oci://HOST/REPO@sha256:…`.
     Push(PushArgs),
+    /// Run every case of a corpus through two plugins — the one serving now
+    /// and a candidate — and print where their outcomes differ, field by
+    /// field. Exits 1 when any case differs.
+    Diff(DiffArgs),
+}
+
+/// Flags of `plugins diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Directory of converter plugins holding both, loaded as `run` would.
+    #[arg(long, value_name = "DIR")]
+    pub plugins: PathBuf,
+    /// The plugin serving now (by `describe()` name).
+    #[arg(long, value_name = "NAME")]
+    pub old: String,
+    /// The candidate.
+    #[arg(long, value_name = "NAME")]
+    pub new: String,
+    /// Corpus directory (`manifest.json` version 2), e.g. one `--record` wrote.
+    #[arg(long, value_name = "CORPUS_DIR")]
+    pub corpus: PathBuf,
+    /// Policy file (default: DIR/policy.toml when present).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
 }
 
 /// Flags of `plugins push`.
@@ -516,6 +570,9 @@ pub struct DevArgs {
     /// `--record DIR` and its limits.
     #[command(flatten)]
     pub record: crate::record::RecordFlags,
+    /// `--shadow-log FILE`.
+    #[command(flatten)]
+    pub shadow: ShadowFlags,
 }
 
 /// Flags of `demo`.

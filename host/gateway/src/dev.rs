@@ -90,6 +90,7 @@ async fn serve(
     // up on its own (or on SIGHUP), as `run` does, and each reload printed.
     serving::drain_on_signals(setup.shutdown.clone(), Some(setup.plugins.clone()))?;
     let _watch = serving::watch_plugins(&setup.plugins);
+    args.shadow.apply(&setup.plugins)?;
     let reload_printer = tokio::spawn(async move {
         loop {
             match reloads.recv().await {

@@ -327,6 +327,60 @@ impl Collector for Plugins {
             by("event", &instances),
         )?;
 
+        let experiments = host.experiments();
+        let shadow = experiments
+            .iter()
+            .filter(|x| x.kind == "shadow")
+            .flat_map(|x| {
+                let labels = |result| {
+                    vec![
+                        ("route", Escaped(&x.route)),
+                        ("candidate", Escaped(&x.candidate)),
+                        ("result", Escaped(result)),
+                    ]
+                };
+                [
+                    (labels("compared"), x.compared),
+                    (labels("agreed"), x.agreed),
+                    (labels("differed"), x.differed),
+                    (labels("candidate_faulted"), x.candidate_faulted),
+                    (labels("dropped"), x.dropped),
+                ]
+            });
+        counters(
+            e,
+            "hermes_plugin_shadow",
+            "Shadow comparisons per route and candidate, by result.",
+            shadow,
+        )?;
+        let canary = experiments
+            .iter()
+            .filter(|x| x.kind == "canary")
+            .flat_map(|x| {
+                let labels = |result| {
+                    vec![
+                        ("route", Escaped(&x.route)),
+                        ("candidate", Escaped(&x.candidate)),
+                        ("result", Escaped(result)),
+                    ]
+                };
+                [
+                    (labels("served"), x.served),
+                    (labels("candidate_faulted"), x.candidate_faulted),
+                ]
+            });
+        counters(
+            e,
+            "hermes_plugin_canary",
+            "Canary conversions per route and candidate: served by the candidate, or contained after its fault.",
+            canary,
+        )?;
+        counter(
+            e,
+            "hermes_plugin_canary_rollbacks",
+            "Canary candidates taken out of their route for faulting more than the active plugin.",
+            h.canary_rollbacks,
+        )?;
         let per_plugin = host.counters();
         type Pick = fn(&PluginCounters) -> u64;
         let simple: [(&str, &str, Pick); 7] = [

@@ -22,6 +22,7 @@ mod env_file;
 mod exposition;
 mod logging;
 mod plugins_check;
+mod plugins_diff;
 mod plugins_test;
 mod push;
 mod record;
@@ -63,6 +64,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Plugins(PluginsCommand::Check(args))) => plugins_check::run(args),
         Some(Command::Plugins(PluginsCommand::Test(args))) => plugins_test::run(args),
         Some(Command::Plugins(PluginsCommand::Push(args))) => push::run(args),
+        Some(Command::Plugins(PluginsCommand::Diff(args))) => plugins_diff::run(args),
         Some(Command::Convert(args)) => convert::run(args),
         Some(Command::Plugin(PluginCommand::New(args))) => new_plugin(&args.name),
         Some(Command::Enroll(args)) => enroll::run(args).map(|()| ExitCode::SUCCESS),

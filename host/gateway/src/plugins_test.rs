@@ -69,7 +69,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// How a case runs: once under its own `config`, or in both modes.
-fn runs(case: &Case) -> Vec<(Mode, BTreeMap<String, String>)> {
+pub(crate) fn runs(case: &Case) -> Vec<(Mode, BTreeMap<String, String>)> {
     if let Some(config) = case.entry.get("config").and_then(Value::as_object) {
         let pairs = config
             .iter()
@@ -95,8 +95,16 @@ fn runs(case: &Case) -> Vec<(Mode, BTreeMap<String, String>)> {
 /// route is an `error` outcome with its own kind, which an expectation of
 /// an event or an ignore never matches.
 async fn outcome(host: &PluginHost, case: &Case, config: BTreeMap<String, String>) -> Value {
+    let forward = forward_of(case);
+    let conversion = host.convert_with_config(&forward, config).await;
+    let (line, _) = crate::convert::render(conversion.plugin.as_deref(), &conversion.outcome);
+    serde_json::from_str(&line).unwrap_or(Value::Null)
+}
+
+/// The forward a corpus case describes.
+pub(crate) fn forward_of(case: &Case) -> PassthroughForward {
     let r = &case.request;
-    let forward = PassthroughForward {
+    PassthroughForward {
         platform: r.platform.clone(),
         bot_id: r.bot_id.clone(),
         method: r.method.clone(),
@@ -104,8 +112,5 @@ async fn outcome(host: &PluginHost, case: &Case, config: BTreeMap<String, String
         headers: r.headers.clone(),
         body: r.body.clone(),
         profile: r.profile.clone(),
-    };
-    let conversion = host.convert_with_config(&forward, config).await;
-    let (line, _) = crate::convert::render(conversion.plugin.as_deref(), &conversion.outcome);
-    serde_json::from_str(&line).unwrap_or(Value::Null)
+    }
 }

@@ -89,6 +89,7 @@ async fn serve(
     }
     // Dropping the handle would stop the watcher: keep it for the whole run.
     let _watch = serving::watch_plugins(&host);
+    args.shadow.apply(&host)?;
     let recorder = record.map(Recorder::start).transpose()?;
 
     let metrics = Arc::new(Metrics::new());

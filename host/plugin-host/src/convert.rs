@@ -128,9 +128,14 @@ impl PluginHost {
                 })
             })
             .await;
-        match step {
+        let conversion = match step {
             Step::Done(conversion) => conversion,
             Step::Routed { tenant, .. } => no_route(platform, tenant),
+        };
+        if table.policy.has_experiments() {
+            self.with_experiment(&request, conversion).await
+        } else {
+            conversion
         }
     }
 
@@ -275,7 +280,7 @@ impl Inner {
     }
 
     /// Convert in a fresh instance of `target`.
-    async fn convert_fresh(
+    pub(crate) async fn convert_fresh(
         &self,
         req: &bindings::Request,
         target: &Resolved,

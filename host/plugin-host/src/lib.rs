@@ -103,6 +103,7 @@ mod convert;
 mod engine;
 mod epoch;
 mod error;
+mod experiment;
 mod limits;
 mod loader;
 mod outcome;
@@ -130,6 +131,7 @@ use wasmtime::component::Linker;
 pub use crate::artifact_cache::CacheOutcome;
 pub use crate::engine::Allocator;
 pub use crate::error::{FailureKind, HostError, LoadError, PluginError};
+pub use crate::experiment::{ExperimentReport, comparable, differences};
 pub use crate::limits::Limits;
 pub use crate::outcome::{Conversion, ConvertedEvent, Outcome, RejectKind, ReplyRoute};
 pub use crate::policy::{Isolation, Policy};
@@ -217,6 +219,8 @@ struct Inner {
     counts: HostCounts,
     /// Every reload's report, for whoever listens (`dev` prints them).
     reloads: tokio::sync::broadcast::Sender<Arc<LoadReport>>,
+    /// Shadow and canary candidates' state (`experiment.rs`).
+    experiments: experiment::Experiments,
     _ticker: engine::Ticker,
 }
 
@@ -245,6 +249,8 @@ pub struct HostCounters {
     pub pulls_cached: u64,
     /// `[[source]]` pulls that failed or were refused.
     pub pulls_failed: u64,
+    /// Canary candidates taken out of their route for faulting too often.
+    pub canary_rollbacks: u64,
 }
 
 #[derive(Default)]
@@ -257,6 +263,7 @@ pub(crate) struct HostCounts {
     pub(crate) pulls_pulled: std::sync::atomic::AtomicU64,
     pub(crate) pulls_cached: std::sync::atomic::AtomicU64,
     pub(crate) pulls_failed: std::sync::atomic::AtomicU64,
+    pub(crate) canary_rollbacks: std::sync::atomic::AtomicU64,
 }
 
 impl HostCounts {
@@ -326,6 +333,7 @@ impl PluginHost {
                 idle: reuse::IdleInstances::new(limits.max_idle_instances, limits.max_idle_bytes),
                 counts: HostCounts::default(),
                 reloads: tokio::sync::broadcast::channel(RELOAD_REPORTS_KEPT).0,
+                experiments: experiment::Experiments::default(),
                 _ticker: ticker,
                 config,
             }),
@@ -478,8 +486,10 @@ impl PluginHost {
             HostCounts::bump(result);
         }
         *inner.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
-        // A reload or policy change retires every warm instance.
+        // A reload or policy change retires every warm instance, and puts
+        // every rolled-back canary back.
         inner.idle.clear();
+        inner.experiments.reset_rollbacks();
         inner
             .tables_built
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -499,6 +509,7 @@ impl PluginHost {
             pulls_pulled: get(&c.pulls_pulled),
             pulls_cached: get(&c.pulls_cached),
             pulls_failed: get(&c.pulls_failed),
+            canary_rollbacks: get(&c.canary_rollbacks),
         }
     }
 

@@ -162,6 +162,12 @@ impl Loader<'_> {
             }
         }
         table.resolve_routes(self.policy_file, previous, report);
+        for message in crate::experiment::unknown_candidates(&table) {
+            report.errors.push(LoadError::Policy {
+                file: self.policy_file.to_owned(),
+                message,
+            });
+        }
         report.loaded = table
             .by_name
             .values()

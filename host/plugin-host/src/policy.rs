@@ -90,7 +90,70 @@ pub struct PlatformPolicy {
     /// Whether an instance may serve more than one forward (see [`Isolation`]).
     #[serde(default, skip_serializing_if = "Isolation::is_default")]
     pub isolation: Isolation,
+    /// A candidate converter tried on the same forwards, off the live path
+    /// (`experiment.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<String>,
+    /// The share of forwards the shadow sees, 0.0 to 1.0 (default 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_sample: Option<Share>,
+    /// A candidate serving a share of the conversations for real.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
 }
+
+impl Policy {
+    /// Whether any route or platform has a shadow or canary candidate.
+    pub(crate) fn has_experiments(&self) -> bool {
+        self.platform
+            .values()
+            .any(|p| p.shadow.is_some() || p.canary.is_some())
+            || self
+                .route
+                .iter()
+                .any(|r| r.shadow.is_some() || r.canary.is_some())
+    }
+}
+
+/// `canary = { plugin = "NAME", percent = N }`: N% of the conversations
+/// (by a hash of their session key, so one conversation never flips) are
+/// converted by the candidate. It is rolled back — taken out of the route
+/// until the next reload — when its fault rate over the last `window` of
+/// its conversions exceeds the active plugin's over its last `window` by
+/// more than `margin`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    /// The candidate (by `describe()` name).
+    pub plugin: String,
+    /// 0 to 100.
+    pub percent: u8,
+    /// Conversions each side is judged over (default 50).
+    #[serde(default = "Canary::default_window")]
+    pub window: usize,
+    /// How much higher the candidate's fault rate may be (default 0.1).
+    #[serde(default = "Canary::default_margin")]
+    pub margin: f64,
+}
+
+impl Canary {
+    fn default_window() -> usize {
+        50
+    }
+
+    fn default_margin() -> f64 {
+        0.1
+    }
+}
+
+impl Eq for Canary {}
+
+/// A share of the forwards, 0.0 to 1.0 (`shadow_sample`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Share(pub f64);
+
+impl Eq for Share {}
 
 /// How far apart a plugin's conversions are kept.
 ///
@@ -176,6 +239,15 @@ pub struct RouteRule {
     /// routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<Isolation>,
+    /// A shadow candidate for the forwards this rule routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<String>,
+    /// The share of them the shadow sees (default 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_sample: Option<Share>,
+    /// A canary candidate for the forwards this rule routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
 }
 
 impl RouteRule {

@@ -65,6 +65,8 @@ pub(crate) struct Resolved {
     pub(crate) config: ConfigMap,
     pub(crate) grant: Grant,
     pub(crate) isolation: Isolation,
+    /// A shadow or canary candidate on this route (`experiment.rs`).
+    pub(crate) experiment: Option<crate::experiment::Experiment>,
 }
 
 impl Route {
@@ -389,6 +391,7 @@ impl Table {
                 config: ConfigMap::default(),
                 grant: Grant::default(),
                 isolation: Isolation::default(),
+                experiment: None,
             })
             .or(first)
     }
@@ -410,11 +413,19 @@ impl Table {
             grant = grant.with(&r.grant_platforms, &r.grant_follow_up);
             isolation = r.isolation.unwrap_or(isolation);
         }
+        let experiment = crate::experiment::Experiment::of(
+            platform,
+            plugin,
+            rule,
+            self.policy.platform.get(platform),
+            |name| self.by_name.get(name).cloned(),
+        );
         Resolved {
             plugin: Arc::clone(plugin),
             config: Arc::clone(config),
             grant,
             isolation,
+            experiment,
         }
     }
 

@@ -230,6 +230,14 @@ impl Request {
         }
     }
 
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.current.body
+    }
+
+    pub(crate) fn body_len(&self) -> usize {
+        self.current.body.len()
+    }
+
     pub(crate) fn platform(&self) -> &str {
         &self.current.platform
     }

@@ -23,7 +23,9 @@
 //! instead of half the saturated one, `HERMES_BENCH_NO_TYPING=1` a descriptor
 //! without the `typing` op, `HERMES_BENCH_ISOLATION=per-tenant` warm
 //! per-tenant instances, `HERMES_GATEWAY_BIN` a prebuilt binary to run
-//! instead of building one. With `HERMES_BENCH_BASELINE=SCRIPT` (set by
+//! instead of building one. `HERMES_BENCH_SHADOW=SAMPLE` adds a shadow
+//! candidate to Discord's route at that sample rate. With
+//! `HERMES_BENCH_BASELINE=SCRIPT` (set by
 //! `scripts/bench-baseline`) the Python asyncio baseline runs first, on the
 //! same stub and workload, and the two are compared.
 //!
@@ -702,6 +704,20 @@ fn main() {
     if !isolation.is_empty() {
         let policy = format!(
             "[platform.discord]\nisolation = \"{isolation}\"\n[platform.twilio]\nisolation = \"{isolation}\"\n"
+        );
+        std::fs::write(plugins.join("policy.toml"), policy).expect("policy");
+    }
+    // `HERMES_BENCH_SHADOW=SAMPLE` (0.0–1.0): Discord's forwards also go to
+    // a shadow candidate, compared off the live path; the live latency is
+    // what this measures.
+    if let Ok(sample) = std::env::var("HERMES_BENCH_SHADOW") {
+        std::fs::copy(
+            hermes_plugin_artifacts::DISCORD_NEXT,
+            plugins.join("discord-next.wasm"),
+        )
+        .expect("copy component");
+        let policy = format!(
+            "[platform.discord]\nplugin = \"discord-interactions\"\nshadow = \"discord-next\"\nshadow_sample = {sample}\n"
         );
         std::fs::write(plugins.join("policy.toml"), policy).expect("policy");
     }

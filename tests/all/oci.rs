@@ -256,3 +256,146 @@ fn a_fleet_pulls_by_digest_rolls_forward_and_back_and_refuses_what_does_not_veri
 fn layer_digest(file: &str) -> String {
     format!("sha256:{}", sha256_of(file))
 }
+
+/// A `run` gateway with its own home (and so its own cache), its own stub
+/// connector, and `--admin` on a free loopback port.
+struct RunningGateway {
+    child: crate::support::ChildGuard,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    admin: std::net::SocketAddr,
+    _stub: hermes_connector::StubConnector,
+}
+
+impl RunningGateway {
+    fn start(rt: &tokio::runtime::Runtime, home: &Path, policy: &Path) -> Self {
+        use hermes_connector::{StubConfig, StubConnector};
+        let stub = rt
+            .block_on(StubConnector::start(StubConfig::with_secrets([
+                "fleet-secret",
+            ])))
+            .expect("stub");
+        let plugins = home.join("plugins");
+        std::fs::create_dir_all(&plugins).expect("plugins dir");
+        let mut child = crate::support::ChildGuard(
+            gateway(home)
+                .arg("run")
+                .arg("--plugins")
+                .arg(&plugins)
+                .arg("--policy")
+                .arg(policy)
+                .args(["--admin", "127.0.0.1:0", "--log-format", "json"])
+                .env("GATEWAY_RELAY_URL", stub.url())
+                .env("GATEWAY_RELAY_ID", "gw-fleet")
+                .env("GATEWAY_RELAY_SECRET", "fleet-secret")
+                .env("HERMES_REGISTRY_USERNAME", "ci-user")
+                .env("HERMES_REGISTRY_PASSWORD", "never-printed-7f3a")
+                .env("RUST_LOG", "info,hermes_oci=trace,hermes_plugin_host=debug")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn run"),
+        );
+        let stderr = child.0.stderr.take().expect("piped stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let listening = crate::support::wait_line(&lines, &mut seen, |l| {
+            l.contains("admin endpoints listening")
+        });
+        let admin = serde_json::from_str::<serde_json::Value>(&listening)
+            .ok()
+            .and_then(|v| v["addr"].as_str()?.parse().ok())
+            .unwrap_or_else(|| panic!("no admin address in {listening}"));
+        Self {
+            child,
+            lines,
+            seen,
+            admin,
+            _stub: stub,
+        }
+    }
+
+    /// `(source, sha256)` of every plugin, as `GET /plugins` shows them.
+    fn served(&self) -> Vec<(Option<String>, String)> {
+        let (status, body) = crate::support::http_get(self.admin, "/plugins");
+        assert_eq!(status, 200, "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).expect("/plugins JSON");
+        body["plugins"]
+            .as_array()
+            .expect("plugins")
+            .iter()
+            .map(|p| {
+                (
+                    p["source"].as_str().map(str::to_owned),
+                    p["sha256"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits for the file watch's reload (the policy was edited).
+    fn reloaded(&mut self) {
+        crate::support::wait_line(&self.lines, &mut self.seen, |l| {
+            l.contains("plugins reloaded after a file change")
+        });
+    }
+
+    /// Everything it logged so far.
+    fn log(mut self) -> String {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+        self.seen.extend(self.lines.iter());
+        self.seen.join("\n")
+    }
+}
+
+#[test]
+fn two_running_gateways_serve_the_pinned_bytes_and_roll_forward_and_back_without_a_restart() {
+    let registry = Registry::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let publisher = tempfile::tempdir().expect("tempdir");
+    let old_file = crate::abi::fixture("discord.wasm");
+    let new_file = hermes_plugin_artifacts::DISCORD.to_owned();
+    let old = registry.push(publisher.path(), &old_file, "hermes/discord:0.1");
+    let new = registry.push(publisher.path(), &new_file, "hermes/discord:0.2");
+
+    let fleet = tempfile::tempdir().expect("tempdir");
+    let policy = fleet.path().join("policy.toml");
+    write_policy(&policy, &registry.pin("hermes/discord", &old));
+    let mut gateways = [
+        RunningGateway::start(&rt, &fleet.path().join("a"), &policy),
+        RunningGateway::start(&rt, &fleet.path().join("b"), &policy),
+    ];
+    let expect =
+        |pin: &str, file: &str| vec![(Some(registry.pin("hermes/discord", pin)), sha256_of(file))];
+    for g in &gateways {
+        assert_eq!(g.served(), expect(&old, &old_file), "the pinned bytes");
+    }
+
+    // Roll forward, then back: one edit of the shared policy each time; the
+    // running processes pick it up from their file watch.
+    for (pin, file) in [(&new, &new_file), (&old, &old_file)] {
+        write_policy(&policy, &registry.pin("hermes/discord", pin));
+        for g in &mut gateways {
+            g.reloaded();
+            assert_eq!(g.served(), expect(pin, file));
+        }
+    }
+
+    for g in gateways {
+        let log = g.log();
+        assert!(
+            !log.contains("never-printed-7f3a"),
+            "a registry credential was logged"
+        );
+        assert!(!log.contains("fleet-secret"), "the relay secret was logged");
+    }
+}

@@ -20,12 +20,13 @@
 //!   `margin`, it is rolled back: out of the route until the next reload,
 //!   logged, counted, and shown with the reason in `/plugins`.
 
+mod canary;
+mod shadow;
+
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Write as _;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::atomic::AtomicUsize;
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -33,16 +34,8 @@ use serde_json::{Value, json};
 use crate::outcome::{Conversion, Outcome};
 use crate::policy::{Canary, PlatformPolicy, RouteRule};
 use crate::table::{LoadedPlugin, Resolved};
-use crate::{Inner, PluginHost, bindings};
-
-/// Shadow jobs waiting at most, and the bytes of their requests.
-const SHADOW_QUEUE: usize = 64;
-const SHADOW_QUEUE_BYTES: usize = 16 << 20;
-/// Latest differences kept per experiment, lines per difference.
-const LATEST: usize = 16;
-const LINES: usize = 8;
-/// The most a JSONL log grows; then it stops (said once).
-const LOG_MAX_BYTES: u64 = 64 << 20;
+use crate::{PluginHost, bindings};
+use shadow::{Job, Log};
 
 /// A candidate on a route.
 #[derive(Clone)]
@@ -212,23 +205,6 @@ pub(crate) struct Experiments {
     log: Mutex<Option<Log>>,
 }
 
-struct Log {
-    file: std::fs::File,
-    written: u64,
-    bodies: bool,
-    full: bool,
-}
-
-/// One shadow comparison to make.
-struct Job {
-    request: Arc<bindings::Request>,
-    active: Conversion,
-    experiment: Experiment,
-    target: Resolved,
-    tenant: Option<String>,
-    bytes: usize,
-}
-
 impl Experiments {
     fn with<T>(&self, e: &Experiment, kind: &'static str, f: impl FnOnce(&mut State) -> T) -> T {
         let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
@@ -263,33 +239,7 @@ impl Experiments {
         self.with(e, "canary", |s| s.report.rolled_back.is_some())
     }
 }
-
 impl PluginHost {
-    /// Writes each shadow difference as a JSON line to `path` (appended,
-    /// created 0600; at most 64 MiB, then it stops). Request bodies are
-    /// written only with `bodies`; header values never are.
-    pub fn set_shadow_log(&self, path: PathBuf, bodies: bool) -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)?;
-        let written = file.metadata().map_or(0, |m| m.len());
-        *self
-            .inner
-            .experiments
-            .log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Log {
-            file,
-            written,
-            bodies,
-            full: false,
-        });
-        Ok(())
-    }
-
     /// Every shadow and canary experiment: counts, latest differences, and
     /// why a canary was rolled back.
     pub fn experiments(&self) -> Vec<ExperimentReport> {
@@ -341,117 +291,6 @@ impl PluginHost {
             }
         }
     }
-
-    fn queue_shadow(
-        &self,
-        request: &Arc<bindings::Request>,
-        active: Conversion,
-        experiment: Experiment,
-        target: Resolved,
-    ) {
-        let exps = &self.inner.experiments;
-        let bytes = request.body_len() + 1024;
-        let drop_it = |e: &Experiment| exps.with(e, "shadow", |s| s.report.dropped += 1);
-        if exps.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > SHADOW_QUEUE_BYTES {
-            exps.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            return drop_it(&experiment);
-        }
-        let sender = {
-            let mut shadow = exps.shadow.lock().unwrap_or_else(PoisonError::into_inner);
-            if shadow.is_none() {
-                *shadow = start_shadow_worker(Arc::downgrade(&self.inner));
-            }
-            shadow.clone()
-        };
-        let tenant = active.tenant.clone();
-        let job = Box::new(Job {
-            request: Arc::clone(request),
-            active,
-            experiment,
-            target,
-            tenant,
-            bytes,
-        });
-        let refused = match sender.map(|s| s.try_send(job)) {
-            Some(Ok(())) => None,
-            Some(Err(TrySendError::Full(job) | TrySendError::Disconnected(job))) => Some(job),
-            None => None,
-        };
-        if let Some(job) = refused {
-            exps.queued_bytes.fetch_sub(job.bytes, Ordering::Relaxed);
-            drop_it(&job.experiment);
-        }
-    }
-
-    async fn canary(
-        &self,
-        request: &Arc<bindings::Request>,
-        active: Conversion,
-        experiment: Experiment,
-        target: Resolved,
-        (percent, window, margin): (u8, usize, f64),
-    ) -> Conversion {
-        let exps = &self.inner.experiments;
-        let active_fault = matches!(&active.outcome, Outcome::Failed(e) if e.is_fault());
-        exps.with(&experiment, "canary", |s| {
-            push(&mut s.active_window, active_fault, window)
-        });
-        if exps.rolled_back(&experiment) {
-            return active;
-        }
-        // Stickiness: the conversation's session key decides, so every
-        // message of one conversation goes the same way.
-        let Outcome::Events(events) = &active.outcome else {
-            return active;
-        };
-        let Some(first) = events.first() else {
-            return active;
-        };
-        let key = hermes_protocol::session::session_key(
-            &first.event.source,
-            request.profile(),
-            &hermes_protocol::session::SessionKeySettings::default(),
-        );
-        if bucket(key.as_str()) >= u32::from(percent) {
-            return active;
-        }
-        let candidate = self
-            .convert_candidate(request, &experiment, &target, active.tenant.clone())
-            .await;
-        let fault = matches!(&candidate.outcome, Outcome::Failed(_));
-        let rolled = exps.with(&experiment, "canary", |s| {
-            push(&mut s.candidate_window, fault, window);
-            if fault {
-                s.report.candidate_faulted += 1;
-            } else {
-                s.report.served += 1;
-            }
-            let rate = |w: &VecDeque<bool>| {
-                w.iter().filter(|f| **f).count() as f64 / w.len().max(1) as f64
-            };
-            let (theirs, ours) = (rate(&s.candidate_window), rate(&s.active_window));
-            let judged = s.candidate_window.len() >= window.min(10);
-            if judged && theirs - ours > margin && s.report.rolled_back.is_none() {
-                let why = format!(
-                    "fault rate {:.0}% over its last {} conversions, {:.0}% for the active plugin (margin {:.0}%)",
-                    theirs * 100.0,
-                    s.candidate_window.len(),
-                    ours * 100.0,
-                    margin * 100.0
-                );
-                s.report.rolled_back = Some(why.clone());
-                Some(why)
-            } else {
-                None
-            }
-        });
-        if let Some(why) = rolled {
-            tracing::warn!(route = %experiment.label, candidate = %experiment.candidate.name, "canary rolled back: {why}");
-            crate::HostCounts::bump(&self.inner.counts.canary_rollbacks);
-        }
-        if fault { active } else { candidate }
-    }
-
     /// The candidate's conversion of `request`, in a fresh sandbox on the
     /// route's configuration and grant (its own stats: its faults are its
     /// own).
@@ -475,7 +314,6 @@ impl PluginHost {
             .await
     }
 }
-
 impl PluginHost {
     /// Converts `forward` with the plugin named `name`, whatever the routing
     /// says (`plugins diff`), on the configuration `config` and the grant of
@@ -521,142 +359,6 @@ impl PluginHost {
             .await
     }
 }
-
-/// Keeps the last `window` outcomes.
-fn push(w: &mut VecDeque<bool>, fault: bool, window: usize) {
-    w.push_back(fault);
-    while w.len() > window {
-        w.pop_front();
-    }
-}
-
-/// A stable 0..100 bucket of a session key (FNV-1a).
-fn bucket(key: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in key.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h % 100
-}
-
-/// The thread that makes the shadow comparisons, on a runtime of its own:
-/// nothing of it runs on the live path's threads.
-fn start_shadow_worker(inner: Weak<Inner>) -> Option<SyncSender<Box<Job>>> {
-    let (tx, rx) = sync_channel(SHADOW_QUEUE);
-    let started = std::thread::Builder::new()
-        .name("hermes-shadow".to_owned())
-        .spawn(move || shadow_worker(inner, rx));
-    match started {
-        Ok(_) => Some(tx),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot start the shadow thread; shadow forwards are dropped");
-            None
-        }
-    }
-}
-
-fn shadow_worker(inner: Weak<Inner>, jobs: Receiver<Box<Job>>) {
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    while let Ok(job) = jobs.recv() {
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        inner
-            .experiments
-            .queued_bytes
-            .fetch_sub(job.bytes, Ordering::Relaxed);
-        let host = PluginHost { inner };
-        runtime.block_on(host.compare(*job));
-    }
-}
-
-impl PluginHost {
-    /// One shadow comparison, counted, kept and logged.
-    async fn compare(&self, job: Job) {
-        let candidate = self
-            .convert_candidate(
-                &job.request,
-                &job.experiment,
-                &job.target,
-                job.tenant.clone(),
-            )
-            .await;
-        let differences = differences(&comparable(&job.active), &comparable(&candidate));
-        let faulted = matches!(candidate.outcome, Outcome::Failed(_));
-        let exps = &self.inner.experiments;
-        exps.with(&job.experiment, "shadow", |s| {
-            let r = &mut s.report;
-            r.compared += 1;
-            if faulted {
-                r.candidate_faulted += 1;
-            }
-            if differences.is_empty() {
-                r.agreed += 1;
-            } else {
-                r.differed += 1;
-                r.latest
-                    .push_back(differences.iter().take(LINES).cloned().collect());
-                while r.latest.len() > LATEST {
-                    r.latest.pop_front();
-                }
-            }
-        });
-        if !differences.is_empty() {
-            self.log_difference(&job, &differences);
-        }
-    }
-
-    fn log_difference(&self, job: &Job, differences: &[String]) {
-        let mut log = self
-            .inner
-            .experiments
-            .log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let Some(log) = log.as_mut() else {
-            return;
-        };
-        if log.full {
-            return;
-        }
-        let who = |p: &LoadedPlugin| json!({"plugin": p.description.name, "version": p.description.version, "sha256": p.description.sha256});
-        let mut line = json!({
-            "at": std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            "route": &*job.experiment.label,
-            "platform": job.request.platform(),
-            "tenant": job.tenant,
-            "active": who(&job.target.plugin),
-            "candidate": who(&job.experiment.candidate),
-            "differences": differences,
-        });
-        if log.bodies {
-            use base64::Engine as _;
-            line["body_b64"] =
-                json!(base64::engine::general_purpose::STANDARD.encode(job.request.body()));
-        }
-        let mut text = line.to_string();
-        text.push('\n');
-        if log.written + text.len() as u64 > LOG_MAX_BYTES {
-            log.full = true;
-            tracing::warn!(
-                "shadow log full ({LOG_MAX_BYTES} bytes); no more differences are written"
-            );
-            return;
-        }
-        if log.file.write_all(text.as_bytes()).is_ok() {
-            log.written += text.len() as u64;
-        }
-    }
-}
-
 /// An outcome as compared: its kind, error kind, and every event field.
 pub fn comparable(c: &Conversion) -> Value {
     match &c.outcome {
@@ -702,7 +404,6 @@ fn diff_into(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
         _ => out.push(format!("{path}: {a} → {b}")),
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -719,17 +420,5 @@ mod tests {
             d.contains(&"outcome: \"event\" → \"ignored\"".to_owned()),
             "{d:?}"
         );
-    }
-
-    #[test]
-    fn buckets_are_stable_and_spread() {
-        assert_eq!(
-            bucket("agent:main:discord:dm:1"),
-            bucket("agent:main:discord:dm:1")
-        );
-        let spread: std::collections::BTreeSet<u32> = (0..200)
-            .map(|i| bucket(&format!("agent:main:sms:dm:+1555{i}")) / 10)
-            .collect();
-        assert!(spread.len() >= 8, "{spread:?}");
     }
 }

@@ -948,7 +948,8 @@ fn main() {
             && (l.contains("forwards")
                 || l.contains("turns_")
                 || l.contains("replies")
-                || l.contains("dropped"))
+                || l.contains("dropped")
+                || l.contains("shadow"))
     }) {
         println!("  gateway: {line}");
     }

@@ -124,6 +124,12 @@ fn start_shadow_worker(inner: Weak<Inner>) -> Option<SyncSender<Box<Job>>> {
 }
 
 fn shadow_worker(inner: Weak<Inner>, jobs: Receiver<Box<Job>>) {
+    // The comparisons yield the CPU to the live path: on Linux the nice
+    // value is per thread (`who = 0` is the calling thread), so only this
+    // one runs at the lowest priority. Failing that, it runs as it is.
+    if let Err(e) = rustix::process::setpriority_process(None, 19) {
+        tracing::debug!(error = %e, "shadow thread keeps its priority");
+    }
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

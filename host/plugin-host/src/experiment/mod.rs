@@ -10,7 +10,8 @@
 //!   plugin). The two outcomes are compared field by field; the counts and
 //!   the latest differences are in `/metrics` and `/plugins`, and each
 //!   difference is a line in the optional JSONL log. The live forward never
-//!   waits for any of it.
+//!   waits for any of it, and the comparisons take at most a tenth of a
+//!   core.
 //! - **Canary** (`canary = { plugin, percent }`): a stable share of the
 //!   conversations — by a hash of the event's session key (default key
 //!   settings), so one conversation never flips — gets the candidate's

@@ -17,6 +17,9 @@ use crate::{Inner, PluginHost, bindings};
 /// Shadow jobs waiting at most, and the bytes of their requests.
 const SHADOW_QUEUE: usize = 64;
 const SHADOW_QUEUE_BYTES: usize = 16 << 20;
+/// After each comparison the shadow thread rests this many times as long:
+/// at most a tenth of a core goes to comparisons.
+const SHADOW_REST: u32 = 9;
 /// Latest differences kept per experiment, lines per difference.
 const LATEST: usize = 16;
 const LINES: usize = 8;
@@ -124,12 +127,6 @@ fn start_shadow_worker(inner: Weak<Inner>) -> Option<SyncSender<Box<Job>>> {
 }
 
 fn shadow_worker(inner: Weak<Inner>, jobs: Receiver<Box<Job>>) {
-    // The comparisons yield the CPU to the live path: on Linux the nice
-    // value is per thread (`who = 0` is the calling thread), so only this
-    // one runs at the lowest priority. Failing that, it runs as it is.
-    if let Err(e) = rustix::process::setpriority_process(None, 19) {
-        tracing::debug!(error = %e, "shadow thread keeps its priority");
-    }
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -145,9 +142,16 @@ fn shadow_worker(inner: Weak<Inner>, jobs: Receiver<Box<Job>>) {
             .queued_bytes
             .fetch_sub(job.bytes, Ordering::Relaxed);
         let host = PluginHost { inner };
+        let started = std::time::Instant::now();
         runtime.block_on(host.compare(*job));
+        drop(host);
+        // A bounded share of the CPU: rest SHADOW_REST times as long as the
+        // comparison took. Meanwhile the queue fills, and a full queue drops
+        // (counted), so a busy route is compared on a sample of its sample.
+        std::thread::sleep(started.elapsed() * SHADOW_REST);
     }
 }
+
 impl PluginHost {
     /// One shadow comparison, counted, kept and logged.
     async fn compare(&self, job: Job) {

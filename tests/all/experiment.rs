@@ -216,3 +216,36 @@ fn plugins_diff_runs_a_corpus_through_both_and_names_each_difference() {
         "a plugin does not differ from itself"
     );
 }
+
+/// A route reached by the tenant the plugin names (not a platform pin)
+/// gets its experiment too, and only that tenant's forwards do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_route_gets_its_canary_and_other_tenants_do_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = host(
+        dir.path(),
+        "[platform.discord]\nplugin = \"discord-interactions\"\n\n[[route]]\nplatform = \"discord\"\ntenant = \"111\"\nplugin = \"discord-interactions\"\ncanary = { plugin = \"discord-next\", percent = 100 }\n",
+    );
+    let in_guild = |guild: &str| {
+        let mut forward = slash("ping", "100000000000000004");
+        let mut body: Value = serde_json::from_slice(&forward.body).expect("JSON");
+        body["guild_id"] = guild.into();
+        forward.body = body.to_string().into_bytes();
+        forward
+    };
+    let text = |c: &hermes_plugin_host::Conversion| match &c.outcome {
+        Outcome::Events(events) => events[0].event.text.clone(),
+        other => panic!("{other:?}"),
+    };
+    let canaried = host.convert(&in_guild("111")).await;
+    assert_eq!(canaried.plugin.as_deref(), Some("discord-next"));
+    assert!(text(&canaried).ends_with("(next)"), "{canaried:?}");
+    let other = host.convert(&in_guild("222")).await;
+    assert_eq!(other.plugin.as_deref(), Some("discord-interactions"));
+    assert!(!text(&other).ends_with("(next)"), "{other:?}");
+    let report = experiment(&host, |r| r.served == 1);
+    assert_eq!(
+        (report.route.as_str(), report.kind),
+        ("route discord tenant=111", "canary")
+    );
+}

@@ -62,6 +62,27 @@ impl PluginHost {
         }
         drop(entry);
         let request = Arc::new(bindings::Request::new(forward));
+        let conversion = self.convert_routed(&table, &request, config_override).await;
+        // Every route, however it was reached (by platform, or by the
+        // tenant the plugin named), gets its shadow or canary here.
+        if table.policy.has_experiments() {
+            self.with_experiment(&request, conversion).await
+        } else {
+            conversion
+        }
+    }
+
+    /// Routes `request` (by platform and profile, then by tenant where the
+    /// policy routes by tenant) and converts it.
+    async fn convert_routed(
+        &self,
+        table: &Arc<crate::table::Table>,
+        request: &Arc<bindings::Request>,
+        config_override: Option<ConfigMap>,
+    ) -> Conversion {
+        let limits = &self.inner.config.limits;
+        let platform = request.platform();
+        let profile = request.profile();
         // Whether `tenant` is what the plugin's `tenant-of` answered.
         let mut tenant_asked = false;
         let (tenant, target) = if table.routes_by_tenant(platform) {
@@ -72,8 +93,8 @@ impl PluginHost {
             };
             if usable(&asked.plugin) {
                 let (table, request, config_override) = (
-                    Arc::clone(&table),
-                    Arc::clone(&request),
+                    Arc::clone(table),
+                    Arc::clone(request),
                     config_override.clone(),
                 );
                 let plugin = Arc::clone(&asked.plugin);
@@ -118,24 +139,19 @@ impl PluginHost {
                 let inner = &self.inner;
                 Step::Done(match target.isolation {
                     Isolation::PerRequest => {
-                        inner.convert_fresh(&request, &target, config, tenant).await
+                        inner.convert_fresh(request, &target, config, tenant).await
                     }
                     Isolation::PerTenant => {
                         inner
-                            .convert_warm(&request, &target, config, tenant, tenant_asked)
+                            .convert_warm(request, &target, config, tenant, tenant_asked)
                             .await
                     }
                 })
             })
             .await;
-        let conversion = match step {
+        match step {
             Step::Done(conversion) => conversion,
             Step::Routed { tenant, .. } => no_route(platform, tenant),
-        };
-        if table.policy.has_experiments() {
-            self.with_experiment(&request, conversion).await
-        } else {
-            conversion
         }
     }
 
@@ -149,7 +165,7 @@ impl PluginHost {
     /// guest yields to the runtime every CPU slice (see `budget.rs`), no
     /// blocking WASI call is linked, and the slots bound how many run at
     /// once.
-    async fn admitted(
+    pub(crate) async fn admitted(
         &self,
         plugin: &Arc<LoadedPlugin>,
         tenant: Option<String>,
@@ -193,7 +209,7 @@ fn with_extra(routed: &ConfigMap, extra: Option<&BTreeMap<String, String>>) -> C
 }
 
 /// What one job on a worker came to.
-enum Step {
+pub(crate) enum Step {
     /// The conversion is over.
     Done(Conversion),
     /// The tenant key is known and routes to another plugin (or another
@@ -439,7 +455,7 @@ impl Inner {
     /// its output), so it shares the bucket of the plugin's own lines.
     /// The outer timeout is the machine being overloaded, not the plugin
     /// misbehaving: counted, never a fault.
-    fn failed(
+    pub(crate) fn failed(
         &self,
         stats: &PluginStats,
         plugin: &str,

@@ -3,8 +3,10 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::Experiment;
+use crate::convert::Step;
 use crate::outcome::{Conversion, Outcome};
 use crate::table::Resolved;
 use crate::{PluginHost, bindings};
@@ -42,9 +44,29 @@ impl PluginHost {
         if bucket(key.as_str()) >= u32::from(percent) {
             return active;
         }
-        let candidate = self
-            .convert_candidate(request, &experiment, &target, active.tenant.clone())
-            .await;
+        // On the live path the candidate is held to what the active plugin
+        // is: its quarantine, its share of the conversion slots, the outer
+        // timeout.
+        let plugin = &experiment.candidate;
+        let tenant = active.tenant.clone();
+        let probe_every = self.inner.config.limits.quarantine.probe_every;
+        let candidate = if let Err(remaining) = plugin.stats.admit(Instant::now(), probe_every) {
+            let e = crate::PluginError::Quarantined { remaining };
+            self.inner.failed(&plugin.stats, &plugin.name, tenant, e)
+        } else {
+            let step = self
+                .admitted(plugin, tenant.clone(), async {
+                    Step::Done(
+                        self.convert_candidate(request, &experiment, &target, tenant)
+                            .await,
+                    )
+                })
+                .await;
+            match step {
+                Step::Done(conversion) => conversion,
+                Step::Routed { .. } => return active,
+            }
+        };
         let fault = matches!(&candidate.outcome, Outcome::Failed(_));
         let rolled = exps.with(&experiment, "canary", |s| {
             push(&mut s.candidate_window, fault, window);

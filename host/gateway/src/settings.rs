@@ -6,7 +6,6 @@
 //! is tested without touching the process environment.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use hermes_transport::{ConfigError, RelayConfig};
@@ -14,42 +13,10 @@ use serde::Deserialize;
 
 use crate::env_file;
 
+mod secret;
 mod streaming;
+pub use secret::Secret;
 pub use streaming::StreamingFile;
-
-/// A credential. `Debug` and `Display` print `<hidden>` so a secret cannot
-/// reach a log line or an error message by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that must use it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether the value is empty or only whitespace (unusable).
-    pub fn is_blank(&self) -> bool {
-        self.0.trim().is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<hidden>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<hidden>")
-    }
-}
 
 /// A misconfiguration, reported as one line and exit code 1.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use hermes_gateway_core::Metrics;
 use hermes_gateway_core::latency::Histograms;
-use hermes_plugin_host::{PluginCounters, PluginHost};
+use hermes_plugin_host::{ExperimentReport, PluginCounters, PluginHost};
 use hermes_transport::{LinkState, RelayHandle};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -99,6 +99,28 @@ fn counters<'a>(
 /// Writes one unlabelled counter.
 fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
     counters(encoder, name, help, [(Vec::new(), value)])
+}
+
+/// The counts of every experiment of `kind`, labelled by route, candidate
+/// and result.
+fn by_experiment<'a>(
+    experiments: &'a [ExperimentReport],
+    kind: &'a str,
+    results: impl Fn(&ExperimentReport) -> Vec<(&'static str, u64)> + 'a,
+) -> impl Iterator<Item = (Labels<'a>, u64)> + 'a {
+    experiments
+        .iter()
+        .filter(move |x| x.kind == kind)
+        .flat_map(move |x| {
+            results(x).into_iter().map(|(result, n)| {
+                let labels = vec![
+                    ("route", Escaped(&x.route)),
+                    ("candidate", Escaped(&x.candidate)),
+                    ("result", Escaped(result)),
+                ];
+                (labels, n)
+            })
+        })
 }
 
 /// Writes one gauge family.
@@ -328,47 +350,27 @@ impl Collector for Plugins {
         )?;
 
         let experiments = host.experiments();
-        let shadow = experiments
-            .iter()
-            .filter(|x| x.kind == "shadow")
-            .flat_map(|x| {
-                let labels = |result| {
-                    vec![
-                        ("route", Escaped(&x.route)),
-                        ("candidate", Escaped(&x.candidate)),
-                        ("result", Escaped(result)),
-                    ]
-                };
-                [
-                    (labels("compared"), x.compared),
-                    (labels("agreed"), x.agreed),
-                    (labels("differed"), x.differed),
-                    (labels("candidate_faulted"), x.candidate_faulted),
-                    (labels("dropped"), x.dropped),
-                ]
-            });
+        let shadow = by_experiment(&experiments, "shadow", |x| {
+            vec![
+                ("compared", x.compared),
+                ("agreed", x.agreed),
+                ("differed", x.differed),
+                ("candidate_faulted", x.candidate_faulted),
+                ("dropped", x.dropped),
+            ]
+        });
         counters(
             e,
             "hermes_plugin_shadow",
             "Shadow comparisons per route and candidate, by result.",
             shadow,
         )?;
-        let canary = experiments
-            .iter()
-            .filter(|x| x.kind == "canary")
-            .flat_map(|x| {
-                let labels = |result| {
-                    vec![
-                        ("route", Escaped(&x.route)),
-                        ("candidate", Escaped(&x.candidate)),
-                        ("result", Escaped(result)),
-                    ]
-                };
-                [
-                    (labels("served"), x.served),
-                    (labels("candidate_faulted"), x.candidate_faulted),
-                ]
-            });
+        let canary = by_experiment(&experiments, "canary", |x| {
+            vec![
+                ("served", x.served),
+                ("candidate_faulted", x.candidate_faulted),
+            ]
+        });
         counters(
             e,
             "hermes_plugin_canary",

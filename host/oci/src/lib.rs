@@ -150,6 +150,20 @@ fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// `Ok` when `bytes` are what `expected` (`sha256:…`) names; else what
+/// arrived was not what was asked for.
+fn verify(what: &'static str, bytes: &[u8], expected: &str) -> Result<(), OciError> {
+    let actual = sha256_digest(bytes);
+    if actual == expected {
+        return Ok(());
+    }
+    Err(OciError::Tampered {
+        what,
+        expected: expected.to_owned(),
+        actual,
+    })
+}
+
 /// A client for the registry of `reference`: plain HTTP only on loopback.
 fn client(reference: &Reference) -> Client {
     let host = reference.resolve_registry();
@@ -270,14 +284,7 @@ pub async fn push(component: Vec<u8>, target: &str, info: &Describe) -> Result<S
         .pull_manifest_raw(&reference, &auth, &[OCI_IMAGE_MEDIA_TYPE])
         .await
         .map_err(registry)?;
-    let actual = sha256_digest(&raw);
-    if actual != digest {
-        return Err(OciError::Tampered {
-            what: "the manifest",
-            expected: digest,
-            actual,
-        });
-    }
+    verify("the manifest", &raw, &digest)?;
     Ok(digest)
 }
 
@@ -293,14 +300,7 @@ pub async fn resolve_tag(reference: &OciRef) -> Result<OciRef, OciError> {
         )
         .await
         .map_err(|e| OciError::Registry(e.to_string()))?;
-    let actual = sha256_digest(&raw);
-    if actual != digest {
-        return Err(OciError::Tampered {
-            what: "the manifest",
-            expected: digest,
-            actual,
-        });
-    }
+    verify("the manifest", &raw, &digest)?;
     Ok(reference.at(&digest))
 }
 
@@ -354,14 +354,7 @@ pub async fn fetch(reference: &OciRef, cache: &Path) -> Result<Fetched, OciError
             "the manifest is too large".to_owned(),
         ));
     }
-    let actual = sha256_digest(&raw);
-    if actual != digest {
-        return Err(OciError::Tampered {
-            what: "the manifest",
-            expected: digest,
-            actual,
-        });
-    }
+    verify("the manifest", &raw, &digest)?;
     let manifest: OciImageManifest = serde_json::from_slice(&raw)
         .map_err(|e| OciError::NotAComponent(format!("unreadable manifest: {e}")))?;
     let layer = match manifest.layers.as_slice() {
@@ -393,14 +386,7 @@ pub async fn fetch(reference: &OciRef, cache: &Path) -> Result<Fetched, OciError
             },
             other => registry(other),
         })?;
-    let actual = sha256_digest(&bytes);
-    if actual != layer.digest {
-        return Err(OciError::Tampered {
-            what: "the component layer",
-            expected: layer.digest.clone(),
-            actual,
-        });
-    }
+    verify("the component layer", &bytes, &layer.digest)?;
     let path = store(cache, &digest, &layer.digest, &bytes)?;
     Ok(Fetched {
         path,

@@ -148,6 +148,8 @@ struct Pending {
     entry: Value,
     platform: String,
     body: Vec<u8>,
+    /// What it counts against [`QUEUE_BYTES`].
+    size: u64,
 }
 
 /// A running recording. Cheap to clone; the writer thread ends when the
@@ -161,6 +163,8 @@ pub struct Recorder {
     cases: Arc<AtomicUsize>,
     bytes: Arc<AtomicU64>,
     full: Arc<AtomicBool>,
+    /// Bytes of the cases queued for the writer, not yet written.
+    queued: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -174,6 +178,8 @@ impl std::fmt::Debug for Recorder {
 /// Cases the writer may have queued at once (each also counted against
 /// the byte budget when offered).
 const QUEUE: usize = 256;
+/// … and their bytes at most, whatever the recording's own budget.
+const QUEUE_BYTES: u64 = 16 << 20;
 
 impl Recorder {
     /// Opens (or creates) the corpus directory and starts the writer.
@@ -196,12 +202,14 @@ impl Recorder {
             cases: Arc::new(AtomicUsize::new(cases.len())),
             bytes: Arc::new(AtomicU64::new(bytes)),
             full: Arc::new(AtomicBool::new(false)),
+            queued: Arc::new(AtomicU64::new(0)),
             options: Arc::new(options),
             queue,
         };
         let writer = Writer {
             dir: dir.clone(),
             cases: Mutex::new(cases),
+            queued: Arc::clone(&recorder.queued),
         };
         std::thread::Builder::new()
             .name("hermes-record".to_owned())
@@ -231,18 +239,24 @@ impl Recorder {
         if !self.reserve(size) {
             return;
         }
+        let behind = || warn!("recording: the writer is behind; a forward was not recorded");
+        if self.queued.fetch_add(size, Ordering::Relaxed) + size > QUEUE_BYTES {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
+            self.release(size);
+            return behind();
+        }
         let pending = Pending {
             entry,
             platform: forward.platform.clone(),
             body: forward.body.clone(),
+            size,
         };
-        match self.queue.try_send(pending) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.release(size);
-                warn!("recording: the writer is behind; a forward was not recorded");
+        if let Err(e) = self.queue.try_send(pending) {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
+            self.release(size);
+            if matches!(e, TrySendError::Full(_)) {
+                behind();
             }
-            Err(TrySendError::Disconnected(_)) => self.release(size),
         }
     }
 
@@ -351,6 +365,7 @@ fn read_manifest(dir: &Path) -> anyhow::Result<Vec<Value>> {
 struct Writer {
     dir: PathBuf,
     cases: Mutex<Vec<Value>>,
+    queued: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -360,6 +375,7 @@ impl Writer {
         while let Ok(first) = pending.recv() {
             let batch = std::iter::once(first).chain(pending.try_iter());
             for case in batch {
+                self.queued.fetch_sub(case.size, Ordering::Relaxed);
                 if let Err(e) = self.write_case(case) {
                     warn!(error = %format!("{e:#}"), "recording: a case was not written");
                 }

@@ -23,6 +23,8 @@ const SHADOW_REST: u32 = 9;
 /// Latest differences kept per experiment, lines per difference.
 const LATEST: usize = 16;
 const LINES: usize = 8;
+/// Bytes kept of each such line (an event text may be 64 KiB).
+const LINE_BYTES: usize = 240;
 /// The most a JSONL log grows; then it stops (said once).
 const LOG_MAX_BYTES: u64 = 64 << 20;
 
@@ -177,7 +179,7 @@ impl PluginHost {
             } else {
                 r.differed += 1;
                 r.latest
-                    .push_back(differences.iter().take(LINES).cloned().collect());
+                    .push_back(differences.iter().take(LINES).map(|l| clip(l)).collect());
                 while r.latest.len() > LATEST {
                     r.latest.pop_front();
                 }
@@ -231,4 +233,12 @@ impl PluginHost {
             log.written += text.len() as u64;
         }
     }
+}
+
+/// `line`, cut to [`LINE_BYTES`] (at a character boundary) with `…`.
+fn clip(line: &str) -> String {
+    if line.len() <= LINE_BYTES {
+        return line.to_owned();
+    }
+    format!("{}…", &line[..line.floor_char_boundary(LINE_BYTES)])
 }
